@@ -1,0 +1,223 @@
+"""`python -m stn.bench sampler`: time every sampler implementation against F.affine_grid + F.grid_sample.
+
+Each method runs the whole transformer step that a model pays for (grid generation from θ and
+sampling; forward, and forward+backward with gradients for input and θ), so ratios are
+directly what a training step sees. Ratios are speed-ups over the baseline measured in the
+same run (> 1 is faster). Peak memory is what the step allocates on top of its inputs: from
+the CUDA caching allocator on GPUs and from the profiler's allocation trace on the CPU.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # the CPU memory trace would otherwise log to stderr
+
+from . import ops
+from .transforms import Affine, Affine3D
+
+
+@dataclass(frozen=True)
+class Case:
+    n: int
+    c: int
+    in_size: tuple[int, ...]
+    out_size: tuple[int, ...]
+
+    @property
+    def label(self) -> str:
+        x = "x".join
+        return f"{self.n}x{self.c}x{x(map(str, self.in_size))}->{x(map(str, self.out_size))}"
+
+
+CASES = [
+    Case(256, 1, (42, 42), (42, 42)),
+    Case(256, 1, (60, 60), (30, 30)),
+    Case(128, 32, (32, 32), (32, 32)),
+    Case(64, 3, (448, 448), (224, 224)),
+    Case(16, 1, (60, 60, 60), (60, 60, 60)),
+]
+
+Method = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _baseline(case: Case) -> Method:
+    def run(x, theta):
+        ndim = len(case.out_size)
+        grid = F.affine_grid(theta.view(case.n, ndim, ndim + 1), [case.n, case.c, *case.out_size], align_corners=False)
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+    return run
+
+
+def _unfused(case: Case, impl: str) -> Method:
+    transform = Affine3D() if len(case.out_size) == 3 else Affine()
+
+    def run(x, theta):
+        return ops.sample(x, transform.grid(theta, case.out_size), "bilinear", False, impl)
+
+    return run
+
+
+def _sampler_only(case: Case, impl: str | None) -> Method:
+    """Sampling from a fixed, precomputed grid; impl None is torch's grid_sample."""
+    grids: dict = {}
+
+    def run(x, theta):
+        key = (theta.device, theta.dtype)
+        if key not in grids:  # built once, outside the timed region's gradient
+            transform = Affine3D() if len(case.out_size) == 3 else Affine()
+            grids[key] = transform.grid(theta.detach(), case.out_size).requires_grad_(theta.requires_grad)
+        grid = grids[key]
+        if impl is None:
+            return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        return ops.sample(x, grid, "bilinear", False, impl)
+
+    return run
+
+
+def methods_for(case: Case, device: torch.device, part: str) -> dict[str, Method]:
+    """Baseline first, then every implementation that can run on `device`.
+
+    part="step": grid generation + sampling (baseline F.affine_grid + F.grid_sample);
+    part="sampler": sampling only from a precomputed grid (baseline F.grid_sample).
+    """
+    impls = [impl for impl, reason in ops.available_impls(device).items() if reason is None]
+    if part == "sampler":
+        methods = {"torch grid_sample": _sampler_only(case, None)}
+        methods.update({f"stn {impl}": _sampler_only(case, impl) for impl in impls})
+    else:
+        methods = {"torch affine_grid+grid_sample": _baseline(case)}
+        methods.update({f"stn {impl}": _unfused(case, impl) for impl in impls})
+    return methods
+
+
+def _inputs(case: Case, device, requires_grad: bool):
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(case.n, case.c, *case.in_size, generator=g).to(device)
+    ndim = len(case.out_size)
+    eye = torch.eye(ndim, ndim + 1)
+    theta = (eye + 0.1 * torch.randn(case.n, ndim, ndim + 1, generator=g)).reshape(case.n, -1).to(device)
+    return x.requires_grad_(requires_grad), theta.requires_grad_(requires_grad)
+
+
+def _step(method: Method, x, theta, backward: bool):
+    out = method(x, theta)
+    if backward:
+        leaves = [t for t in (x, theta) if t.requires_grad]
+        torch.autograd.grad(out, leaves, torch.ones_like(out), allow_unused=True)
+    return out
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_method(method: Method, case: Case, device, backward: bool, repeats: int) -> float:
+    x, theta = _inputs(case, device, backward)
+    for _ in range(2):
+        _step(method, x, theta, backward)
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        _step(method, x, theta, backward)
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def peak_memory(method: Method, case: Case, device) -> float:
+    """Peak bytes allocated by one forward+backward beyond its inputs, in MiB."""
+    x, theta = _inputs(case, device, True)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        _step(method, x, theta, True)
+        torch.cuda.synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        _step(method, x, theta, True)
+    events = sorted(prof.events(), key=lambda e: e.time_range.start)
+    current = peak = 0
+    for e in events:
+        current += e.self_cpu_memory_usage
+        peak = max(peak, current)
+    return peak / 2**20
+
+
+def run_sampler_benchmark(device: torch.device, repeats: int, cases: list[Case], part: str) -> list[dict]:
+    rows = []
+    for case in cases:
+        methods = methods_for(case, device, part)
+        base_f = base_fb = None
+        for name, method in methods.items():
+            fwd = time_method(method, case, device, False, repeats)
+            fb = time_method(method, case, device, True, repeats)
+            base_f, base_fb = base_f or fwd, base_fb or fb
+            rows.append(
+                {
+                    "case": case.label,
+                    "method": name,
+                    "fwd_ms": fwd * 1e3,
+                    "fwd_speedup": base_f / fwd,
+                    "fwdbwd_ms": fb * 1e3,
+                    "fwdbwd_speedup": base_fb / fb,
+                    "peak_mib": peak_memory(method, case, device),
+                }
+            )
+    return rows
+
+
+def format_rows(rows: list[dict], device: torch.device) -> str:
+    header = f"{'case':<28} {'method':<30} {'fwd ms':>9} {'x base':>7} {'fwd+bwd ms':>11} {'x base':>7} {'peak MiB':>9}"
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        lines.append(
+            f"{r['case']:<28} {r['method']:<30} {r['fwd_ms']:>9.2f} {r['fwd_speedup']:>7.2f} "
+            f"{r['fwdbwd_ms']:>11.2f} {r['fwdbwd_speedup']:>7.2f} {r['peak_mib']:>9.1f}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m stn.bench", description=__doc__)
+    parser.add_argument("what", choices=["sampler"], help="what to benchmark")
+    parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--part", choices=["step", "sampler", "both"], default="both")
+    parser.add_argument("--cases", type=str, default=None, help="comma-separated case indices (0-based) to run")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    devices = [torch.device("cpu")] if args.device in ("cpu", "all") else []
+    if args.device in ("cuda", "all"):
+        if torch.cuda.is_available():
+            devices.append(torch.device("cuda"))
+        elif args.device == "cuda":
+            raise SystemExit("--device cuda: no CUDA device is available")
+    cases = CASES if args.cases is None else [CASES[int(i)] for i in args.cases.split(",")]
+    parts = ["step", "sampler"] if args.part == "both" else [args.part]
+    for device in devices:
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+        for part in parts:
+            what = "grid generation + sampling" if part == "step" else "sampling from a precomputed grid"
+            print(f"\n== {name}: {what}; 'x base' = speed-up over the first row of each case (>1 is faster)")
+            print(format_rows(run_sampler_benchmark(device, args.repeats, cases, part), device), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

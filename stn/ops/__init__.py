@@ -1,0 +1,105 @@
+"""Differentiable samplers (paper Sect. 3.3) behind one function, `sample`.
+
+Implementations: "reference" (pure PyTorch, from the equations), "cpp" (compiled CPU kernel)
+and "cuda" (compiled GPU kernel). "auto" takes CUDA for CUDA tensors and C++ on the CPU and falls
+back to the reference, with one warning naming the reason, when the extension is unavailable.
+The environment variable STN_SAMPLER forces an implementation wherever impl="auto".
+
+Out-of-range taps read zero (zero padding). A sample point with a non-finite coordinate gives
+zero output and zero gradients on every implementation.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+
+import torch
+from torch import Tensor
+
+from . import extension
+from .reference import sample_reference
+
+__all__ = ["sample", "resolve_impl", "available_impls", "IMPLS", "MODES"]
+
+IMPLS = ("reference", "cpp", "cuda")
+MODES = {"bilinear": 0, "nearest": 1}
+ENV_VAR = "STN_SAMPLER"
+_warned: set[str] = set()
+
+
+def _unavailable(impl: str, device: torch.device) -> str | None:
+    """Why `impl` cannot run on `device`, or None when it can."""
+    if impl == "reference":
+        return None
+    if impl == "cuda" and device.type != "cuda":
+        return f"the cuda sampler needs CUDA tensors, got a tensor on {device}"
+    if impl == "cpp" and device.type != "cpu":
+        return f"the cpp sampler needs CPU tensors, got a tensor on {device}"
+    st = extension.state()
+    if not st.loaded:
+        return st.reason
+    if impl == "cuda" and not st.has_cuda:
+        return st.reason
+    return None
+
+
+def available_impls(device: torch.device | str = "cpu") -> dict[str, str | None]:
+    """Each implementation mapped to None (usable on `device`) or the reason it is not."""
+    device = torch.device(device)
+    return {impl: _unavailable(impl, device) for impl in IMPLS}
+
+
+def resolve_impl(impl: str, device: torch.device) -> str:
+    """The implementation that `impl` (possibly "auto") means for tensors on `device`."""
+    forced_by_env = False
+    if impl == "auto" and os.environ.get(ENV_VAR):
+        impl, forced_by_env = os.environ[ENV_VAR], True
+    if impl == "auto":
+        preferred = "cuda" if device.type == "cuda" else "cpp"
+        reason = _unavailable(preferred, device)
+        if reason is None:
+            return preferred
+        if reason not in _warned:
+            _warned.add(reason)
+            warnings.warn(f"stn: using the reference sampler because {reason}", RuntimeWarning, stacklevel=3)
+        return "reference"
+    if impl not in IMPLS:
+        source = f"{ENV_VAR}={impl!r}" if forced_by_env else f"impl={impl!r}"
+        raise ValueError(f"unknown sampler {source}; choose 'auto' or one of {IMPLS}")
+    reason = _unavailable(impl, device)
+    if reason is not None:
+        source = f"{ENV_VAR}={impl}" if forced_by_env else f"impl={impl!r}"
+        raise RuntimeError(f"stn: sampler {source} is unavailable: {reason}")
+    return impl
+
+
+def check_sample_args(input: Tensor, grid: Tensor, mode: str) -> None:
+    if input.dim() not in (4, 5):
+        raise ValueError(f"stn.sample: input must be 4-D (N,C,H,W) or 5-D (N,C,D,H,W), got shape {tuple(input.shape)}")
+    d = input.dim() - 2
+    if grid.dim() != d + 2 or grid.shape[-1] != d:
+        raise ValueError(
+            f"stn.sample: a {input.dim()}-D input needs a grid of shape (N, {'D, ' if d == 3 else ''}H', W', {d}), "
+            f"got {tuple(grid.shape)}"
+        )
+    if grid.shape[0] != input.shape[0]:
+        raise ValueError(f"stn.sample: batch sizes differ: input {input.shape[0]}, grid {grid.shape[0]}")
+    if mode not in MODES:
+        raise ValueError(f"stn.sample: mode must be one of {sorted(MODES)}, got {mode!r}")
+    if input.dtype != grid.dtype:
+        raise TypeError(f"stn.sample: input is {input.dtype} but grid is {grid.dtype}")
+    if input.device != grid.device:
+        raise ValueError(f"stn.sample: input is on {input.device} but grid is on {grid.device}")
+
+
+def sample(input: Tensor, grid: Tensor, mode: str = "bilinear", align_corners: bool = False, impl: str = "auto") -> Tensor:
+    """Sample `input` (N,C,H,W) or (N,C,D,H,W) at `grid` (N,H',W',2) or (N,D',H',W',3), zero padding.
+
+    Bilinear (trilinear in 3-D) is differentiable in input (eq. 6) and grid (eq. 7); nearest
+    (eq. 4) passes gradients to the input only and has a zero grid gradient.
+    """
+    check_sample_args(input, grid, mode)
+    chosen = resolve_impl(impl, input.device)
+    if chosen == "reference":
+        return sample_reference(input, grid, mode, align_corners)
+    return torch.ops.stn.sample_forward(input, grid, MODES[mode], align_corners)

@@ -1,0 +1,249 @@
+"""Sampler correctness: gradients, agreement with grid_sample, edge cases, implementation selection."""
+import os
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import stn
+from stn import ops
+from stn.ops import extension
+
+CPU_IMPLS = ["reference", "cpp"]
+DIMS = {2: ((3, 2, 6, 7), (4, 5)), 3: ((2, 2, 4, 5, 6), (3, 4, 3))}
+
+
+def require(impl, device="cpu"):
+    reason = ops.available_impls(device)[impl]
+    if reason is not None:
+        if os.environ.get("CI") and impl == "cpp":
+            pytest.fail(f"the C++ sampler must be available in CI: {reason}")
+        pytest.skip(reason)
+
+
+def device_of(impl):
+    return "cuda" if impl == "cuda" else "cpu"
+
+
+ALL_IMPLS = ["reference", "cpp", pytest.param("cuda", marks=pytest.mark.cuda)]
+
+
+def random_grid(batch, out_size, ndim, dtype=torch.float32, device="cpu", seed=0):
+    """Random points in [-1.3, 1.3] with some exactly on +-1 and some on pixel centres."""
+    g = torch.Generator().manual_seed(seed)
+    grid = torch.rand(batch, *out_size, ndim, generator=g, dtype=torch.float64) * 2.6 - 1.3
+    flat = grid.view(-1, ndim)
+    flat[0::7] = 1.0
+    flat[1::7] = -1.0
+    flat[2::11, 0] = 1.0
+    return grid.to(device=device, dtype=dtype)
+
+
+def pixel_centre_grid(batch, in_size, out_size, align_corners, dtype, seed=1):
+    """Points exactly on input pixel centres (normalised)."""
+    g = torch.Generator().manual_seed(seed)
+    coords = []
+    for size in reversed(in_size):  # x, y, z
+        idx = torch.randint(0, size, (batch, *out_size), generator=g).to(torch.float64)
+        coords.append(idx * 2 / (size - 1) - 1 if align_corners else (2 * idx + 1) / size - 1)
+    return torch.stack(coords, -1).to(dtype)
+
+
+@pytest.mark.parametrize("impl", ALL_IMPLS)
+@pytest.mark.parametrize("ndim", [2, 3])
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_gradcheck_bilinear(impl, ndim, align_corners):
+    require(impl, device_of(impl))
+    in_shape, out_size = DIMS[ndim]
+    dev = device_of(impl)
+    x = torch.randn(*in_shape, dtype=torch.float64, device=dev, requires_grad=True)
+    # stay away from integer pixel positions, where the bilinear kernel has kinks
+    grid = random_grid(in_shape[0], out_size, ndim, torch.float64, dev)
+    grid = (grid + 1e-3 * torch.rand_like(grid)).requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda a, b: ops.sample(a, b, "bilinear", align_corners, impl), (x, grid), eps=1e-6, atol=1e-6
+    )
+
+
+@pytest.mark.parametrize("impl", ALL_IMPLS)
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_gradcheck_nearest_input(impl, ndim):
+    require(impl, device_of(impl))
+    in_shape, out_size = DIMS[ndim]
+    dev = device_of(impl)
+    x = torch.randn(*in_shape, dtype=torch.float64, device=dev, requires_grad=True)
+    grid = random_grid(in_shape[0], out_size, ndim, torch.float64, dev) * 0.97
+    assert torch.autograd.gradcheck(lambda a: ops.sample(a, grid, "nearest", False, impl), (x,), eps=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("impl", ALL_IMPLS)
+@pytest.mark.parametrize("ndim", [2, 3])
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+@pytest.mark.parametrize("points", ["random", "pixel_centres"])
+def test_matches_grid_sample(impl, ndim, align_corners, mode, points):
+    require(impl, device_of(impl))
+    dev = device_of(impl)
+    in_shape, out_size = DIMS[ndim]
+    x = torch.randn(*in_shape, device=dev, requires_grad=True)
+    if points == "random":
+        grid = random_grid(in_shape[0], out_size, ndim, device=dev)
+    else:
+        grid = pixel_centre_grid(in_shape[0], in_shape[2:], out_size, align_corners, torch.float32).to(dev)
+    grid.requires_grad_()
+    expected = F.grid_sample(x, grid, mode=mode, padding_mode="zeros", align_corners=align_corners)
+    got = ops.sample(x, grid, mode, align_corners, impl)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    go = torch.randn_like(expected)
+    want = torch.autograd.grad(expected, (x, grid), go, allow_unused=True, materialize_grads=True)
+    have = torch.autograd.grad(got, (x, grid), go, allow_unused=True, materialize_grads=True)
+    torch.testing.assert_close(have[0], want[0], atol=1e-5, rtol=0)
+    if mode == "bilinear" and points == "random":  # at pixel centres the sub-gradient is a convention
+        torch.testing.assert_close(have[1], want[1], atol=1e-4, rtol=1e-5)
+    if mode == "nearest":
+        assert torch.count_nonzero(have[1]) == 0
+
+
+@pytest.mark.parametrize("impl", ALL_IMPLS)
+def test_non_contiguous_inputs(impl):
+    require(impl, device_of(impl))
+    dev = device_of(impl)
+    x = torch.randn(3, 9, 8, 4, device=dev).permute(0, 3, 2, 1)  # (3, 4, 8, 9), non-contiguous
+    grid = random_grid(3, (6, 2), 2, device=dev).transpose(1, 2)  # (3, 2, 6, 2), non-contiguous
+    assert not x.is_contiguous() and not grid.is_contiguous()
+    torch.testing.assert_close(ops.sample(x, grid, impl=impl), ops.sample(x.contiguous(), grid.contiguous(), impl=impl))
+
+
+@pytest.mark.parametrize("impl", ALL_IMPLS)
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_empty_batch(impl, ndim):
+    require(impl, device_of(impl))
+    dev = device_of(impl)
+    in_shape, out_size = DIMS[ndim]
+    x = torch.randn(0, *in_shape[1:], device=dev, requires_grad=True)
+    grid = torch.zeros(0, *out_size, ndim, device=dev, requires_grad=True)
+    out = ops.sample(x, grid, impl=impl)
+    assert out.shape == (0, in_shape[1], *out_size)
+    out.sum().backward()
+    assert x.grad.shape == x.shape and grid.grad.shape == grid.shape
+
+
+@pytest.mark.parametrize("impl", ALL_IMPLS)
+@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+def test_non_finite_coordinates_give_zero(impl, mode):
+    """Documented behaviour: a point with a NaN/inf coordinate samples zero and gets zero gradients."""
+    require(impl, device_of(impl))
+    dev = device_of(impl)
+    x = (torch.rand(2, 3, 5, 6, device=dev) + 1).requires_grad_()
+    grid = torch.zeros(2, 3, 4, 2, device=dev)
+    grid[0, 0, 0, 0] = float("nan")
+    grid[0, 1, 1, 1] = float("inf")
+    grid[1, 2, 3, 0] = -float("inf")
+    grid[1, 0, 2, :] = float("nan")
+    grid[1, 1, 1, 0] = 1e30  # finite but far away: also zero
+    grid.requires_grad_()
+    out = ops.sample(x, grid, mode, impl=impl)
+    bad = ~torch.isfinite(grid).all(-1) | (grid.abs() > 10).any(-1)
+    assert torch.isfinite(out).all()
+    assert (out.permute(0, 2, 3, 1)[bad] == 0).all()
+    assert (out.permute(0, 2, 3, 1)[~bad] > 0).all()
+    out.sum().backward()
+    assert torch.isfinite(x.grad).all()
+    g = grid.grad if grid.grad is not None else torch.zeros_like(grid)
+    assert (g[bad] == 0).all()
+
+
+def test_non_finite_agree_across_impls(impls):
+    x = torch.randn(1, 2, 4, 4)
+    grid = torch.tensor([[[[float("nan"), 0.2], [0.3, float("inf")], [0.1, -0.4], [-float("inf"), -float("inf")]]]])
+    outs = [ops.sample(x, grid, impl=i) for i in impls]
+    for o in outs[1:]:
+        torch.testing.assert_close(o, outs[0])
+
+
+def test_nearest_grid_gradient_is_zero_compiled():
+    require("cpp")
+    x = torch.randn(2, 1, 5, 5, requires_grad=True)
+    grid = (torch.rand(2, 3, 3, 2) * 2 - 1).requires_grad_()
+    ops.sample(x, grid, "nearest", impl="cpp").sum().backward()
+    assert torch.equal(grid.grad, torch.zeros_like(grid))
+    assert x.grad.sum() == 18  # every present point passes its gradient to exactly one pixel
+
+
+def test_half_and_bfloat16_on_cpu():
+    require("cpp")
+    x = torch.rand(2, 3, 8, 8)
+    grid = random_grid(2, (5, 5), 2)
+    ref = ops.sample(x, grid, impl="reference")
+    for dtype in (torch.float16, torch.bfloat16):
+        out = ops.sample(x.to(dtype), grid.to(dtype), impl="cpp")
+        assert out.dtype == dtype
+        torch.testing.assert_close(out.float(), ref, atol=3e-2, rtol=3e-2)
+
+
+def test_bad_arguments_are_named():
+    x = torch.zeros(1, 1, 4, 4)
+    with pytest.raises(ValueError, match="grid of shape"):
+        ops.sample(x, torch.zeros(1, 4, 4, 3))
+    with pytest.raises(ValueError, match="mode"):
+        ops.sample(x, torch.zeros(1, 4, 4, 2), mode="bicubic")
+    with pytest.raises(ValueError, match="batch sizes differ"):
+        ops.sample(x, torch.zeros(2, 4, 4, 2))
+    with pytest.raises(TypeError, match="float64"):
+        ops.sample(x, torch.zeros(1, 4, 4, 2, dtype=torch.float64))
+    with pytest.raises(ValueError, match="unknown sampler"):
+        ops.sample(x, torch.zeros(1, 4, 4, 2), impl="fortran")
+
+
+def test_env_var_forces_implementation(monkeypatch):
+    x, grid = torch.zeros(1, 1, 4, 4), torch.zeros(1, 2, 2, 2)
+    monkeypatch.setenv("STN_SAMPLER", "reference")
+    assert ops.resolve_impl("auto", x.device) == "reference"
+    assert ops.resolve_impl("cpp", x.device) == "cpp" or ops.available_impls()["cpp"] is not None
+    monkeypatch.setenv("STN_SAMPLER", "cuda")
+    with pytest.raises(RuntimeError, match="STN_SAMPLER=cuda is unavailable: the cuda sampler needs CUDA tensors"):
+        ops.sample(x, grid)
+    monkeypatch.setenv("STN_SAMPLER", "gpu")
+    with pytest.raises(ValueError, match="unknown sampler STN_SAMPLER='gpu'"):
+        ops.sample(x, grid)
+
+
+def test_fallback_warns_once_with_reason(monkeypatch):
+    monkeypatch.setattr(extension, "_state", {"s": extension.ExtensionState(False, False, "testing: not built")})
+    monkeypatch.setattr(ops, "_warned", set())
+    monkeypatch.delenv("STN_SAMPLER", raising=False)
+    x, grid = torch.rand(1, 1, 4, 4), torch.zeros(1, 2, 2, 2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ops.sample(x, grid)
+        ops.sample(x, grid)
+    messages = [str(w.message) for w in caught if "reference sampler" in str(w.message)]
+    assert messages == ["stn: using the reference sampler because testing: not built"]
+    with pytest.raises(RuntimeError, match="testing: not built"):
+        ops.sample(x, grid, impl="cpp")
+
+
+def test_extension_is_built_in_ci():
+    """CI builds the extension, CUDA sources included where nvcc exists, before the tests run."""
+    if not os.environ.get("CI"):
+        pytest.skip("only enforced in CI")
+    st = extension.state()
+    assert st.loaded, st.reason
+    if extension.cuda_home():
+        assert st.has_cuda, "nvcc exists, so the CUDA kernels must have been compiled"
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_cuda_dtypes_match_reference(dtype):
+    require("cuda", "cuda")
+    x = torch.rand(2, 3, 9, 8, device="cuda")
+    grid = random_grid(2, (7, 6), 2, device="cuda")
+    ref = ops.sample(x.double(), grid.double(), impl="reference")
+    xx, gg = x.to(dtype).requires_grad_(), grid.to(dtype).requires_grad_()
+    out = ops.sample(xx, gg, impl="cuda")
+    tol = 1e-5 if dtype in (torch.float32, torch.float64) else 3e-2
+    torch.testing.assert_close(out.double(), ref, atol=tol, rtol=tol)
+    out.float().sum().backward()
+    assert xx.grad.dtype == dtype and torch.isfinite(xx.grad.float()).all()
