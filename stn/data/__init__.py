@@ -1,0 +1,1 @@
+"""Data: MNIST acquisition and the paper's distorted MNIST variants."""

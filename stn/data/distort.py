@@ -1,0 +1,184 @@
+"""Distorted MNIST (appendix A.4), generated with the library's own grid generators and sampler.
+
+Every data set is a pure function of (MNIST, name, seed): each split draws from its own seeded
+generator, and the per-sample generating parameters and θ are stored beside the images.
+Splits: train = the first 50,000 of MNIST's 60,000 training digits, val = the last 10,000 (the
+classic validation split, held out of training), test = the 10,000 test digits.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .. import ops
+from ..transforms import Affine, Projective, ThinPlateSpline
+
+DIGIT = 28
+BATCH = 2048
+SPLITS = ("train", "val", "test")
+VALIDATION = 10_000
+
+
+@dataclass
+class Generated:
+    images: np.ndarray  # (N, S, S) uint8
+    params: np.ndarray  # (N, K) float32, columns named by the generator
+    theta: np.ndarray  # (N, P) float32, θ of the library transform that made the image
+
+
+def _to_uint8(x: torch.Tensor) -> np.ndarray:
+    return x.mul(255).round().clamp(0, 255).to(torch.uint8).squeeze(1).numpy()
+
+
+def _warp(digits: torch.Tensor, transform, theta: torch.Tensor, size: int) -> np.ndarray:
+    grid = transform.grid(theta, (size, size))
+    return _to_uint8(ops.sample(digits, grid, "bilinear"))
+
+
+def _rotation(angle: torch.Tensor) -> torch.Tensor:
+    c, s = torch.cos(angle), torch.sin(angle)
+    return torch.stack([torch.stack([c, -s], -1), torch.stack([s, c], -1)], -2)  # (N, 2, 2)
+
+
+def rotated(digits, gen, others=None):
+    """R: rotation U(-90°, 90°), 28×28."""
+    n = digits.shape[0]
+    angle = (torch.rand(n, generator=gen, dtype=torch.float64) * 2 - 1) * math.radians(90)
+    theta = torch.cat([_rotation(angle), torch.zeros(n, 2, 1, dtype=torch.float64)], 2).reshape(n, 6).float()
+    return Generated(_warp(digits, Affine(), theta, DIGIT), torch.rad2deg(angle)[:, None].numpy(), theta.numpy())
+
+
+rotated.param_names = ["angle_deg"]
+rotated.size = DIGIT
+
+
+def rotated_translated_scaled(digits, gen, others=None, size=42):
+    """RTS: rotation U(-45°, 45°), scale U(0.7, 1.2), uniform placement in a 42×42 canvas."""
+    n = digits.shape[0]
+    angle = (torch.rand(n, generator=gen, dtype=torch.float64) * 2 - 1) * math.radians(45)
+    scale = 0.7 + 0.5 * torch.rand(n, generator=gen, dtype=torch.float64)
+    extent = scale * DIGIT / size  # half-width of the scaled digit, in canvas units
+    shift = (torch.rand(n, 2, generator=gen, dtype=torch.float64) * 2 - 1) * (1 - extent)[:, None]
+    a = _rotation(angle) / extent[:, None, None]  # canvas -> digit coordinates
+    t = -(a @ shift[:, :, None])
+    theta = torch.cat([a, t], 2).reshape(n, 6).float()
+    params = torch.stack([torch.rad2deg(angle), scale, shift[:, 0], shift[:, 1]], 1)
+    return Generated(_warp(digits, Affine(), theta, size), params.numpy(), theta.numpy())
+
+
+rotated_translated_scaled.param_names = ["angle_deg", "scale", "shift_x", "shift_y"]
+rotated_translated_scaled.size = 42
+
+CORNERS = torch.tensor([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]], dtype=torch.float64)
+
+
+def projective(digits, gen, others=None):
+    """P: scale U(0.75, 1.0), each corner moved by N(0, 5 px), projective warp, 28×28."""
+    n = digits.shape[0]
+    scale = 0.75 + 0.25 * torch.rand(n, generator=gen, dtype=torch.float64)
+    moves = torch.randn(n, 4, 2, generator=gen, dtype=torch.float64) * (5 * 2 / DIGIT)
+    targets = CORNERS[None] * scale[:, None, None] + moves  # where the digit's corners land
+    theta = Projective.fit(targets, CORNERS.expand(n, 4, 2)).float()
+    params = torch.cat([scale[:, None], moves.reshape(n, 8)], 1)
+    return Generated(_warp(digits, Projective(), theta, DIGIT), params.numpy(), theta.numpy())
+
+
+projective.param_names = ["scale"] + [f"corner{i}_{a}" for i in range(4) for a in "xy"]
+projective.size = DIGIT
+
+
+def elastic(digits, gen, others=None):
+    """E: scale U(0.75, 1.0), then 16 TPS control points on a regular grid moved by N(0, 1.5 px), 28×28."""
+    n = digits.shape[0]
+    tps = ThinPlateSpline(4)
+    scale = 0.75 + 0.25 * torch.rand(n, generator=gen, dtype=torch.float64)
+    moves = torch.randn(n, 16, 2, generator=gen, dtype=torch.float64) * (1.5 * 2 / DIGIT)
+    sources = tps.control_points[None] / scale[:, None, None] + moves
+    theta = sources.reshape(n, 32).float()
+    params = torch.cat([scale[:, None], moves.reshape(n, 32)], 1)
+    return Generated(_warp(digits, tps, theta, DIGIT), params.numpy(), theta.numpy())
+
+
+elastic.param_names = ["scale"] + [f"cp{i}_{a}" for i in range(16) for a in "xy"]
+elastic.size = DIGIT
+
+
+def translated_cluttered(digits, gen, others, size=60, clutter=6, patch=6):
+    """TC: the digit at a uniform random location in a 60×60 canvas plus six 6×6 patches cut from
+    random other digits of the same split at random locations (combined by maximum)."""
+    n = digits.shape[0]
+    pos = torch.randint(0, size - DIGIT + 1, (n, 2), generator=gen)
+    k = size / DIGIT
+    tx = (size - 2 * pos.double()) / DIGIT - 1  # maps canvas pixel j onto digit pixel j - pos exactly
+    zero = torch.zeros(n, dtype=torch.float64)
+    theta = torch.stack([zero + k, zero, tx[:, 0], zero, zero + k, tx[:, 1]], 1).float()
+    canvas = _warp(digits, Affine(), theta, size)
+    src = torch.randint(0, others.shape[0], (n, clutter), generator=gen)
+    crop = torch.randint(0, DIGIT - patch + 1, (n, clutter, 2), generator=gen)
+    place = torch.randint(0, size - patch + 1, (n, clutter, 2), generator=gen)
+    for i in range(n):
+        for j in range(clutter):
+            cx, cy = crop[i, j].tolist()
+            px, py = place[i, j].tolist()
+            piece = others[src[i, j], cy : cy + patch, cx : cx + patch]
+            region = canvas[i, py : py + patch, px : px + patch]
+            np.maximum(region, piece, out=region)
+    box = torch.cat([pos, pos + DIGIT], 1).double()  # x0, y0, x1, y1 in pixels
+    params = torch.cat([box, place.reshape(n, -1).double()], 1)
+    return Generated(canvas, params.numpy(), theta.numpy())
+
+
+translated_cluttered.param_names = ["box_x0", "box_y0", "box_x1", "box_y1"] + [
+    f"clutter{j}_{a}" for j in range(6) for a in "xy"
+]
+translated_cluttered.size = 60
+
+GENERATORS: dict[str, Callable] = {
+    "R": rotated,
+    "RTS": rotated_translated_scaled,
+    "P": projective,
+    "E": elastic,
+    "TC": translated_cluttered,
+}
+
+
+def image_size(name: str) -> int:
+    return GENERATORS[name].size
+
+
+def split_mnist(mnist: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    train_x, train_y = mnist["train_images"], mnist["train_labels"]
+    cut = train_x.shape[0] - VALIDATION
+    return {
+        "train": (train_x[:cut], train_y[:cut]),
+        "val": (train_x[cut:], train_y[cut:]),
+        "test": (mnist["test_images"], mnist["test_labels"]),
+    }
+
+
+def generate(name: str, mnist: dict[str, np.ndarray], seed: int, limits: dict[str, int | None] | None = None,
+             progress: Callable[[str], None] = print) -> dict[str, np.ndarray]:
+    """All splits of data set `name` as arrays x_<split>, y_<split>, params_<split>, theta_<split>."""
+    if name not in GENERATORS:
+        raise ValueError(f"unknown data set {name!r}; choose one of {sorted(GENERATORS)}")
+    fn = GENERATORS[name]
+    out: dict[str, np.ndarray] = {"param_names": np.array(fn.param_names)}
+    for index, (split, (x, y)) in enumerate(split_mnist(mnist).items()):
+        limit = (limits or {}).get(split)
+        if limit is not None:
+            x, y = x[:limit], y[:limit]
+        gen = torch.Generator().manual_seed(seed * 1000 + index)
+        parts = []
+        for start in range(0, x.shape[0], BATCH):
+            digits = torch.from_numpy(x[start : start + BATCH]).float().div(255).unsqueeze(1)
+            parts.append(fn(digits, gen, others=x))
+            progress(f"{name}/{split}: {min(start + BATCH, x.shape[0])}/{x.shape[0]}")
+        out[f"x_{split}"] = np.concatenate([p.images for p in parts])
+        out[f"y_{split}"] = y.astype(np.int64)
+        out[f"params_{split}"] = np.concatenate([p.params for p in parts]).astype(np.float32)
+        out[f"theta_{split}"] = np.concatenate([p.theta for p in parts]).astype(np.float32)
+    return out

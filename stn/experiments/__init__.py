@@ -1,0 +1,1 @@
+"""Experiment drivers: what a pipeline rule runs, by name."""

@@ -1,0 +1,1 @@
+"""Tables and figures, rendered only from the pipeline's results/**/*.json and saved models."""

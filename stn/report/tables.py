@@ -1,0 +1,118 @@
+"""Tables rendered from the runs' metrics.json files, our numbers beside the paper's."""
+from __future__ import annotations
+
+import csv
+import io
+import statistics
+from pathlib import Path
+
+from ..io import atomic_path, read_json
+from ..paper import TABLE1_PROTOCOL, table1_paper
+
+
+def collect(results: Path, experiment: str) -> list[dict]:
+    """Every finished run of an experiment (a run is finished when its metrics.json exists)."""
+    return [read_json(p) for p in sorted((Path(results) / "runs" / experiment).rglob("metrics.json"))]
+
+
+def summarize(records: list[dict], key: str = "test_error") -> dict[tuple[str, str], tuple[float, float | None, int]]:
+    groups: dict[tuple[str, str], list[float]] = {}
+    for r in records:
+        groups.setdefault((r["model"], r["dataset"]), []).append(r[key])
+    out = {}
+    for k, v in groups.items():
+        out[k] = (statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else None, len(v))
+    return out
+
+
+def display_name(model: str) -> str:
+    return model.replace("-Aff", " Aff").replace("-Proj", " Proj").replace("-TPS", " TPS")
+
+
+def protocol_changes(settings: dict, seeds: int, param_target: int, protocol: dict = TABLE1_PROTOCOL) -> list[str]:
+    """What a config changed against the paper's protocol, as 'key ours (paper theirs)' phrases."""
+    ours = {**{k: settings.get(k) for k in protocol if k in settings}, "seeds": seeds, "param_target": param_target}
+    return [f"{k} {ours[k]} (paper {protocol[k]})" for k in protocol if k in ours and ours[k] != protocol[k]]
+
+
+def _cell(stats, paper, from_text, fmt) -> str:
+    ours = "—"
+    if stats:
+        mean, std, n = stats
+        ours = f"{mean:.1f}" + (f" ± {std:.1f}" if std is not None else "")
+    theirs = "—" if paper is None else f"{paper:.1f}{'†' if from_text else ''}"
+    return fmt(ours, theirs)
+
+
+def _write(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def render_table1(records: list[dict], datasets: list[str], models: list[str], caption: str, out_dir: Path,
+                  name: str = "table1") -> dict[str, Path]:
+    """results/tables/table1.{csv,md,tex}: rows = models, columns = data sets, 'ours (paper)'."""
+    stats = summarize(records)
+    out_dir = Path(out_dir)
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["model", "dataset", "ours_mean", "ours_std", "seeds", "paper", "paper_from_text"])
+    for m in models:
+        for d in datasets:
+            s = stats.get((m, d))
+            paper, from_text = table1_paper(m, d)
+            w.writerow([m, d, f"{s[0]:.4f}" if s else "", f"{s[1]:.4f}" if s and s[1] is not None else "",
+                        s[2] if s else 0, "" if paper is None else paper, int(from_text)])
+    csv_path = out_dir / f"{name}.csv"
+    _write(csv_path, buf.getvalue())
+
+    md = [f"**{caption}**", "", "| Model | " + " | ".join(datasets) + " |", "|---|" + "---|" * len(datasets)]
+    for m in models:
+        cells = [_cell(stats.get((m, d)), *table1_paper(m, d), lambda o, t: f"{o} ({t})") for d in datasets]
+        md.append(f"| {display_name(m)} | " + " | ".join(cells) + " |")
+    md += ["", "Cells: our test error in %, mean ± std over seeds (the paper's number in parentheses).",
+           "† TC: the paper reports one ST-FCN and one ST-CNN number in the text without naming the transform."]
+    md_path = out_dir / f"{name}.md"
+    _write(md_path, "\n".join(md) + "\n")
+
+    tex = ["\\begin{table}", "\\centering", "\\begin{tabular}{l" + "c" * len(datasets) + "}", "\\hline",
+           "Model & " + " & ".join(datasets) + " \\\\", "\\hline"]
+    for m in models:
+        cells = [_cell(stats.get((m, d)), *table1_paper(m, d), lambda o, t: f"{o} ({t})") for d in datasets]
+        cells = [c.replace("±", "$\\pm$").replace("†", "$^\\dagger$").replace("—", "--") for c in cells]
+        tex.append(f"{display_name(m)} & " + " & ".join(cells) + " \\\\")
+    tex += ["\\hline", "\\end{tabular}", f"\\caption{{{_tex_escape(caption)}}}", "\\end{table}"]
+    tex_path = out_dir / f"{name}.tex"
+    _write(tex_path, "\n".join(tex) + "\n")
+    return {"csv": csv_path, "md": md_path, "tex": tex_path}
+
+
+def _tex_escape(s: str) -> str:
+    for a, b in [("%", "\\%"), ("_", "\\_"), ("&", "\\&"), ("#", "\\#"), ("≈", "$\\approx$"), ("±", "$\\pm$")]:
+        s = s.replace(a, b)
+    return s
+
+
+def render_param_table(table: dict, models: list[str], out_dir: Path, name: str) -> Path:
+    """Markdown table of parameter counts and widths per data set (out-of-range widths marked *)."""
+    datasets = list(table)
+    lines = [f"**Learnable parameters per model (target per data set in the header; * = width outside the paper's range)**", "",
+             "| Model | " + " | ".join(f"{d} (target {table[d]['target']:,})" for d in datasets) + " |",
+             "|---|" + "---|" * len(datasets)]
+    for m in models:
+        cells = []
+        for d in datasets:
+            e = table[d]["models"][m]
+            widths = "/".join(str(v) for v in e["widths"].values())
+            cells.append(f"{e['params']:,} [{widths}]{'' if e['in_paper_range'] else '*'}")
+        lines.append(f"| {display_name(m)} | " + " | ".join(cells) + " |")
+    lines += ["", "Widths in brackets: hidden units (FCN) or conv1/conv2 filters (CNN)."]
+    path = Path(out_dir) / f"{name}.md"
+    _write(path, "\n".join(lines) + "\n")
+    return path
+
+
+def relative_spread(table: dict) -> float:
+    """Largest relative deviation of any model's count from its data set's target."""
+    return max(abs(e["params"] - t["target"]) / t["target"] for t in table.values() for e in t["models"].values())
+

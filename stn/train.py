@@ -1,0 +1,235 @@
+"""Training one (data set, model, seed) run: SGD per appendix A.4, periodic evaluation, resumable.
+
+A run writes into its own directory: checkpoint.pt every `checkpoint_every` iterations (a killed
+job resumes from it, MLflow run included), curve.json, model.pt and, last, metrics.json, which
+is the file the pipeline treats as "done". Every write is atomic.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import subprocess
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import ops
+from .io import atomic_path, write_json
+from .modules import param_groups
+
+
+@dataclass
+class TrainSettings:
+    iterations: int = 150_000
+    batch_size: int = 256
+    lr: float = 0.01
+    momentum: float = 0.0
+    lr_step: int = 50_000
+    lr_gamma: float = 0.1
+    weight_decay: float = 0.0
+    loc_lr_mult: float = 1.0
+    eval_every: int = 5_000
+    eval_samples: int = 10_000
+    checkpoint_every: int = 1_000
+    channels_last: bool = True
+    device: str = "auto"
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainSettings":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown training settings {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**d)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device: cuda was requested but no CUDA device is available; use device: auto or cpu")
+    return torch.device(name)
+
+
+class Batches:
+    """Seeded sampling without replacement, epoch after epoch; its state is two integers and a permutation."""
+
+    def __init__(self, n: int, batch_size: int, seed: int) -> None:
+        self.n, self.batch_size = n, batch_size
+        self.gen = torch.Generator().manual_seed(seed)
+        self.perm = torch.randperm(n, generator=self.gen)
+        self.pos = 0
+
+    def next(self) -> torch.Tensor:
+        if self.pos + self.batch_size > self.n:
+            self.perm = torch.randperm(self.n, generator=self.gen)
+            self.pos = 0
+        idx = self.perm[self.pos : self.pos + self.batch_size]
+        self.pos += self.batch_size
+        return idx
+
+    def state_dict(self) -> dict:
+        return {"gen": self.gen.get_state(), "perm": self.perm, "pos": self.pos}
+
+    def load_state_dict(self, s: dict) -> None:
+        self.gen.set_state(s["gen"])
+        self.perm, self.pos = s["perm"], s["pos"]
+
+
+def as_input(x_uint8: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    x = x_uint8.to(device, non_blocking=True).float().div_(255)
+    if x.dim() == 3:
+        x = x.unsqueeze(1)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, device: torch.device, channels_last: bool, batch: int = 500) -> torch.Tensor:
+    model.eval()
+    out = []
+    for start in range(0, x.shape[0], batch):
+        out.append(model(as_input(x[start : start + batch], device, channels_last)).argmax(1).cpu())
+    model.train()
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+
+
+def error_rate(model, x, y, device, channels_last) -> float:
+    pred = predict(model, x, device, channels_last)
+    return float((pred != y).float().mean().item() * 100) if len(y) else float("nan")
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def config_hash(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _save(obj, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def train_run(
+    model: nn.Module,
+    data: dict[str, np.ndarray],
+    settings: TrainSettings,
+    seed: int,
+    out_dir: Path,
+    tracker_factory: Callable[[str | None], "object"] | None = None,
+    describe: dict | None = None,
+    artifacts: Callable[[nn.Module, Path], list[Path]] | None = None,
+    log: Callable[[str], None] = lambda s: print(s, flush=True),
+) -> dict:
+    """Train `model` on data["x_train"/"y_train"], evaluating on val and finally test. Returns metrics."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(settings.device)
+    torch.manual_seed(seed)
+    model = model.to(device)
+    if settings.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    x_train, y_train = torch.from_numpy(data["x_train"]), torch.from_numpy(data["y_train"])
+    x_val, y_val = torch.from_numpy(data["x_val"][: settings.eval_samples]), torch.from_numpy(data["y_val"][: settings.eval_samples])
+    groups = param_groups(model, settings.lr, settings.loc_lr_mult)
+    opt = torch.optim.SGD(groups, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
+    sched = torch.optim.lr_scheduler.StepLR(opt, settings.lr_step, settings.lr_gamma)
+    batches = Batches(len(y_train), min(settings.batch_size, len(y_train)), seed)
+    start_it, curve, run_id, elapsed = 0, [], None, 0.0
+    ckpt_path = out_dir / "checkpoint.pt"
+    if ckpt_path.exists():
+        try:
+            ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+        except Exception as exc:
+            raise RuntimeError(f"{ckpt_path} is corrupt ({exc}); delete it to restart this run from scratch") from None
+        if ckpt.get("settings") != asdict(settings) or ckpt.get("seed") != seed:
+            log(f"{ckpt_path} was written with other settings or seed; starting afresh")
+            ckpt = None
+    else:
+        ckpt = None
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        batches.load_state_dict(ckpt["batches"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        start_it, curve, run_id, elapsed = ckpt["iteration"], ckpt["curve"], ckpt.get("run_id"), ckpt.get("elapsed", 0.0)
+        log(f"resuming from iteration {start_it} ({ckpt_path})")
+
+    run = tracker_factory(run_id) if tracker_factory else None
+    if run is not None:
+        run.log_params({"settings": asdict(settings), "seed": seed, **(describe or {})})
+        run.set_tags({"device": str(device), "sampler_impl": ops.resolve_impl("auto", device),
+                      "torch_version": torch.__version__, "git_commit": git_commit()})
+    status = "FAILED"
+    try:
+        t0 = time.time() - elapsed
+        running, seen, last_log = 0.0, 0, time.time()
+        model.train()
+        for it in range(start_it + 1, settings.iterations + 1):
+            idx = batches.next()
+            x = as_input(x_train[idx], device, settings.channels_last)
+            y = y_train[idx].to(device)
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):
+                raise FloatingPointError(f"training diverged at iteration {it} (loss {loss_value}); lower the learning rate")
+            running += loss_value
+            seen += 1
+            if it % settings.eval_every == 0 or it == settings.iterations:
+                val_err = error_rate(model, x_val, y_val, device, settings.channels_last)
+                point = {"iteration": it, "train_loss": running / seen, "val_error": val_err,
+                         "lr": opt.param_groups[0]["lr"], "seconds": time.time() - t0}
+                curve.append(point)
+                running, seen = 0.0, 0
+                if run is not None:
+                    run.log_metrics({k: v for k, v in point.items() if k != "iteration"}, step=it)
+            if time.time() - last_log > 30 or it == settings.iterations:
+                done = it - start_it
+                rate = done / max(time.time() - t0 - elapsed, 1e-9)
+                eta = (settings.iterations - it) / max(rate, 1e-9)
+                last = curve[-1]["val_error"] if curve else float("nan")
+                log(f"iteration {it}/{settings.iterations}  loss {loss_value:.4f}  val error {last:.2f}%  "
+                    f"{rate:.1f} it/s  eta {eta / 60:.1f} min")
+                last_log = time.time()
+            if it % settings.checkpoint_every == 0 and it != settings.iterations:
+                _save({"settings": asdict(settings), "seed": seed, "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                       "batches": batches.state_dict(), "torch_rng": torch.get_rng_state(), "iteration": it,
+                       "curve": curve, "run_id": run.run_id if run else None, "elapsed": time.time() - t0}, ckpt_path)
+        seconds = time.time() - t0
+        test_err = error_rate(model, torch.from_numpy(data["x_test"]), torch.from_numpy(data["y_test"]), device,
+                              settings.channels_last)
+        log(f"test error {test_err:.2f}%  ({seconds / 60:.1f} min)")
+        _save({"state_dict": model.state_dict(), "describe": describe or {}}, out_dir / "model.pt")
+        write_json(out_dir / "curve.json", curve)
+        metrics = {"test_error": test_err, "val_error": curve[-1]["val_error"] if curve else None,
+                   "iterations": settings.iterations, "seconds": seconds, "seed": seed, "device": str(device),
+                   "sampler_impl": ops.resolve_impl("auto", device), "run_id": run.run_id if run else None,
+                   **(describe or {})}
+        if run is not None:
+            run.log_metrics({"test_error": test_err}, step=settings.iterations)
+            run.log_artifact(out_dir / "model.pt")
+        for path in artifacts(model, out_dir) if artifacts else []:
+            if run is not None:
+                run.log_artifact(path)
+        status = "FINISHED"
+        ckpt_path.unlink(missing_ok=True)  # the run is complete; model.pt holds the weights
+        return metrics
+    finally:
+        if run is not None:
+            run.end(status)
