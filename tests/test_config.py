@@ -1,0 +1,45 @@
+"""Config validation stops bad input before any job runs, naming the key."""
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stn.config import ConfigError, load, validate
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.json"
+
+
+@pytest.mark.parametrize("name", ["config", "paper", "smoke"])
+def test_shipped_configs_are_valid(name):
+    load(ROOT / "config" / f"{name}.yaml", SCHEMA)
+
+
+def test_unknown_key_is_named():
+    cfg = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
+    bad = copy.deepcopy(cfg)
+    bad["table1"]["train"]["iteratons"] = 5
+    with pytest.raises(ConfigError, match=r"table1.train: unknown key\(s\) \['iteratons'\]"):
+        validate(bad, SCHEMA)
+
+
+def test_bad_value_is_named():
+    cfg = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
+    cfg["table1"]["datasets"] = ["R", "XYZ"]
+    cfg["table1"]["train"]["lr"] = -1
+    with pytest.raises(ConfigError) as err:
+        validate(cfg, SCHEMA)
+    assert "table1.datasets.1" in str(err.value) and "table1.train.lr" in str(err.value)
+
+
+def test_snakemake_refuses_a_bad_config_before_running(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--configfile", "config/smoke.yaml",
+         "--config", "devise=cpu"],
+        cwd=ROOT, capture_output=True, text=True,
+    )
+    assert proc.returncode != 0
+    assert "unknown key(s) ['devise']" in proc.stdout + proc.stderr

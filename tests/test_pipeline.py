@@ -1,0 +1,79 @@
+"""End to end: the smoke config through Snakemake into a temporary directory."""
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stn import tracking
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    results = tmp_path_factory.mktemp("smoke") / "results"
+    env = {**os.environ}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", "config/smoke.yaml",
+         "--config", f"results={results}"],
+        cwd=ROOT, capture_output=True, text=True, env=env, timeout=1800,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return results
+
+
+def test_dry_run_shows_the_whole_dag(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--config", f"results={tmp_path}"],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for rule in ["mnist", "build_extension", "mlflow_experiments", "distort", "table1_params", "table1_train",
+                 "table1_table", "table1_figures"]:
+        assert rule in proc.stdout
+    counts = {line.split()[0]: int(line.split()[1]) for line in proc.stdout.splitlines()
+              if len(line.split()) == 2 and line.split()[1].isdigit()}
+    assert counts["table1_train"] == 5 * 8 * 2  # default config: data sets x models x seeds
+
+
+def test_smoke_outputs_agree(smoke):
+    cfg = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())["table1"]
+    runs = {(m["dataset"], m["model"], m["seed"]): m
+            for m in (json.loads(p.read_text()) for p in (smoke / "runs" / "table1").rglob("metrics.json"))}
+    expected = {(d, m, s) for d in cfg["datasets"] for m in cfg["models"] for s in cfg["seeds"]}
+    assert set(runs) == expected
+
+    with open(smoke / "tables" / "table1.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert {(r["model"], r["dataset"]) for r in rows} == {(m, d) for d in cfg["datasets"] for m in cfg["models"]}
+    for r in rows:
+        ours = [v["test_error"] for k, v in runs.items() if k[0] == r["dataset"] and k[1] == r["model"]]
+        assert float(r["ours_mean"]) == pytest.approx(sum(ours) / len(ours), abs=1e-3)
+    md = (smoke / "tables" / "table1.md").read_text()
+    assert "(0.8)" in md and "iterations 30 (paper 150000)" in md  # the paper's CNN/RTS number, the changes
+    assert (smoke / "tables" / "table1.tex").read_text().startswith("\\begin{table}")
+
+    for fig in ["table1_data.png", "table1_curves.png", "table1_RTS_st_vs_cnn.png"]:
+        data = (smoke / "figures" / fig).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+    mlruns = tracking.find_runs(tracking.default_uri(smoke), "table1")
+    assert len(mlruns) == len(expected)
+    by_id = {r.info.run_id: r for r in mlruns}
+    for key, m in runs.items():
+        r = by_id[m["run_id"]]
+        assert r.info.status == "FINISHED"
+        assert r.data.metrics["test_error"] == pytest.approx(m["test_error"])
+        for tag in ["git_commit", "config_hash", "data_sha256", "device", "sampler_impl", "torch_version"]:
+            assert r.data.tags.get(tag), tag
+        assert r.data.tags["data_sha256"] == m["data_sha256"]
+    client = tracking.client(tracking.default_uri(smoke))
+    st_run = next(r for r in mlruns if r.data.tags["model"] == "ST-CNN-Aff")
+    names = {a.path for a in client.list_artifacts(st_run.info.run_id)}
+    assert {"model.pt", "transforms.png"} <= names
+    history = client.get_metric_history(st_run.info.run_id, "val_error")
+    assert [h.step for h in sorted(history, key=lambda h: h.step)] == [15, 30]

@@ -1,0 +1,39 @@
+"""Table rendering from metrics records."""
+from stn.paper import TABLE1_PROTOCOL, table1_paper
+from stn.report.tables import protocol_changes, render_table1, summarize
+
+
+def records():
+    out = []
+    for seed, err in [(1, 1.0), (2, 3.0)]:
+        out.append({"model": "CNN", "dataset": "RTS", "seed": seed, "test_error": err})
+    out.append({"model": "ST-CNN-Aff", "dataset": "RTS", "seed": 1, "test_error": 0.5})
+    return out
+
+
+def test_mean_and_std_over_seeds():
+    s = summarize(records())
+    assert s[("CNN", "RTS")] == (2.0, 2 ** 0.5, 2)
+    assert s[("ST-CNN-Aff", "RTS")] == (0.5, None, 1)
+
+
+def test_rendered_cells_carry_paper_numbers(tmp_path):
+    paths = render_table1(records(), ["RTS"], ["CNN", "ST-CNN-Aff"], "caption here", tmp_path)
+    md = paths["md"].read_text()
+    assert "| CNN | 2.0 ± 1.4 (0.8) |" in md
+    assert "| ST-CNN Aff | 0.5 (0.5) |" in md
+    assert "caption here" in paths["tex"].read_text()
+    assert paths["csv"].read_text().splitlines()[1].startswith("CNN,RTS,2.0000,1.4142,2,0.8,0")
+
+
+def test_protocol_changes_lists_only_differences():
+    settings = {k: v for k, v in TABLE1_PROTOCOL.items() if k not in ("seeds", "param_target")}
+    assert protocol_changes(settings, 3, 400_000) == []
+    settings["iterations"] = 1500
+    assert protocol_changes(settings, 2, 400_000) == ["iterations 1500 (paper 150000)", "seeds 2 (paper 3)"]
+
+
+def test_paper_lookup():
+    assert table1_paper("ST-FCN-TPS", "E") == (2.4, False)
+    assert table1_paper("ST-FCN-Aff", "TC") == (2.0, True)
+    assert table1_paper("CNN", "TC") == (3.5, False)

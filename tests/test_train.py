@@ -1,0 +1,79 @@
+"""Training: a killed run resumes to the same result; a failing run ends FAILED in MLflow."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from stn import tracking
+from stn.models import mnist as zoo
+from stn.train import TrainSettings, train_run
+
+
+def tiny_data(n=64, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 10, n)
+    x = np.zeros((n, 28, 28), np.uint8)
+    for i, label in enumerate(y):
+        x[i, 2 * label : 2 * label + 6, 4:24] = 255  # a learnable bar per class
+    return {"x_train": x, "y_train": y, "x_val": x[:16], "y_val": y[:16], "x_test": x[16:32], "y_test": y[16:32]}
+
+
+SETTINGS = dict(iterations=20, batch_size=16, lr=0.05, momentum=0.9, eval_every=5, eval_samples=16,
+                checkpoint_every=5, channels_last=False, device="cpu")
+
+
+def model():
+    torch.manual_seed(0)
+    return zoo.build("ST-FCN-Aff", zoo.InputSpec(1, 28, 10, False), 120_000).model
+
+
+def test_killed_run_resumes_to_identical_weights(tmp_path, monkeypatch):
+    data = tiny_data()
+    settings = TrainSettings(**SETTINGS)
+    full = train_run(model(), data, settings, seed=1, out_dir=tmp_path / "full", log=lambda s: None)
+
+    calls = {"n": 0}
+    real = F.cross_entropy
+
+    def dies_at_13(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 13:
+            raise KeyboardInterrupt("simulated kill")
+        return real(*a, **k)
+
+    monkeypatch.setattr(F, "cross_entropy", dies_at_13)
+    with pytest.raises(KeyboardInterrupt):
+        train_run(model(), data, settings, seed=1, out_dir=tmp_path / "resumed", log=lambda s: None)
+    monkeypatch.setattr(F, "cross_entropy", real)
+    assert (tmp_path / "resumed" / "checkpoint.pt").exists()
+    logs = []
+    resumed = train_run(model(), data, settings, seed=1, out_dir=tmp_path / "resumed", log=logs.append)
+    assert any("resuming from iteration 10" in line for line in logs)
+    assert resumed["test_error"] == full["test_error"]
+    a = torch.load(tmp_path / "full" / "model.pt")["state_dict"]
+    b = torch.load(tmp_path / "resumed" / "model.pt")["state_dict"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k])
+    assert not (tmp_path / "resumed" / "checkpoint.pt").exists()
+
+
+def test_learns_the_toy_task(tmp_path):
+    settings = TrainSettings(**{**SETTINGS, "iterations": 60})
+    metrics = train_run(model(), tiny_data(), settings, seed=0, out_dir=tmp_path, log=lambda s: None)
+    assert metrics["test_error"] < 50
+
+
+def test_failed_run_ends_failed(tmp_path, monkeypatch):
+    uri = tracking.default_uri(tmp_path)
+    exp = tracking.ensure_experiments(uri, ["table1"], None)["table1"]
+    monkeypatch.setattr(F, "cross_entropy", lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))
+    with pytest.raises(FloatingPointError, match="diverged at iteration 1"):
+        train_run(model(), tiny_data(), TrainSettings(**SETTINGS), 0, tmp_path / "run",
+                  tracker_factory=lambda rid: tracking.Run(uri, exp, "boom", rid), log=lambda s: None)
+    runs = tracking.find_runs(uri, "table1")
+    assert [r.info.status for r in runs] == ["FAILED"]
+
+
+def test_unknown_setting_is_named():
+    with pytest.raises(ValueError, match="unknown training settings \\['iteratons'\\]"):
+        TrainSettings.from_dict({"iteratons": 5})
