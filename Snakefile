@@ -17,6 +17,10 @@ try:
 except ConfigError as exc:
     sys.exit(f"{exc}\n(fix the config file or --config override; the schema is workflow/schemas/config.schema.json)")
 
+if config["table5"]["encoder_dataset"] not in config["table1"]["datasets"]:
+    sys.exit(f"table5.encoder_dataset {config['table5']['encoder_dataset']!r} must be one of table1.datasets "
+             f"{config['table1']['datasets']}: the encoder is that data set's trained Table 1 CNN")
+
 RESULTS = config["results"]
 STN = f'"{sys.executable}" -m stn.cli'
 # A training job asks for the GPU where the run will use one, so `--resources gpu=N` bounds them.
@@ -25,9 +29,13 @@ USE_GPU = config["device"] == "cuda" or (config["device"] == "auto" and shutil.w
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
-include: "workflow/rules/table1.smk"
+include: "workflow/rules/classification.smk"
+include: "workflow/rules/colocalisation.smk"
+include: "workflow/rules/volumetric.smk"
 
 
 rule all:
     input:
-        rules.table1_all.input,
+        rules.classification_all.input,
+        rules.table5.output,
+        rules.volumetric_report.output,

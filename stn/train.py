@@ -83,25 +83,36 @@ class Batches:
         self.perm, self.pos = s["perm"], s["pos"]
 
 
-def as_input(x_uint8: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
-    x = x_uint8.to(device, non_blocking=True).float().div_(255)
+def _source(x):
+    """Index-able inputs: a uint8 array, or an object that renders samples on demand (3-D volumes)."""
+    return torch.from_numpy(x) if isinstance(x, np.ndarray) else x
+
+
+def _first(x, n: int):
+    return x[:n] if isinstance(x, np.ndarray) else x.take(n)
+
+
+def as_input(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    """uint8 images become floats in [0, 1]; rendered float inputs pass through."""
+    x = x.to(device, non_blocking=True)
+    x = x.float().div_(255) if x.dtype == torch.uint8 else x.float()
     if x.dim() == 3:
         x = x.unsqueeze(1)
     return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, device: torch.device, channels_last: bool, batch: int = 500) -> torch.Tensor:
+def predict(model: nn.Module, x, device: torch.device, channels_last: bool, batch: int = 500) -> torch.Tensor:
     model.eval()
     out = []
-    for start in range(0, x.shape[0], batch):
+    for start in range(0, len(x), batch):
         out.append(model(as_input(x[start : start + batch], device, channels_last)).argmax(1).cpu())
     model.train()
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
 
 
-def error_rate(model, x, y, device, channels_last) -> float:
-    pred = predict(model, x, device, channels_last)
+def error_rate(model, x, y, device, channels_last, batch: int = 500) -> float:
+    pred = predict(model, x, device, channels_last, batch)
     return float((pred != y).float().mean().item() * 100) if len(y) else float("nan")
 
 
@@ -140,12 +151,14 @@ def train_run(
     model = model.to(device)
     if settings.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    x_train, y_train = torch.from_numpy(data["x_train"]), torch.from_numpy(data["y_train"])
-    x_val, y_val = torch.from_numpy(data["x_val"][: settings.eval_samples]), torch.from_numpy(data["y_val"][: settings.eval_samples])
+    x_train, y_train = _source(data["x_train"]), torch.from_numpy(data["y_train"])
+    x_val = _source(_first(data["x_val"], settings.eval_samples))
+    y_val = torch.from_numpy(data["y_val"][: settings.eval_samples])
     groups = param_groups(model, settings.lr, settings.loc_lr_mult)
     opt = torch.optim.SGD(groups, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
     sched = torch.optim.lr_scheduler.StepLR(opt, settings.lr_step, settings.lr_gamma)
     batches = Batches(len(y_train), min(settings.batch_size, len(y_train)), seed)
+    eval_batch = 500 if isinstance(data["x_val"], np.ndarray) else 64  # rendered 3-D inputs are large
     start_it, curve, run_id, elapsed = 0, [], None, 0.0
     ckpt_path = out_dir / "checkpoint.pt"
     if ckpt_path.exists():
@@ -192,7 +205,7 @@ def train_run(
             running += loss_value
             seen += 1
             if it % settings.eval_every == 0 or it == settings.iterations:
-                val_err = error_rate(model, x_val, y_val, device, settings.channels_last)
+                val_err = error_rate(model, x_val, y_val, device, settings.channels_last, eval_batch)
                 point = {"iteration": it, "train_loss": running / seen, "val_error": val_err,
                          "lr": opt.param_groups[0]["lr"], "seconds": time.time() - t0}
                 curve.append(point)
@@ -212,8 +225,8 @@ def train_run(
                        "batches": batches.state_dict(), "torch_rng": torch.get_rng_state(), "iteration": it,
                        "curve": curve, "run_id": run.run_id if run else None, "elapsed": time.time() - t0}, ckpt_path)
         seconds = time.time() - t0
-        test_err = error_rate(model, torch.from_numpy(data["x_test"]), torch.from_numpy(data["y_test"]), device,
-                              settings.channels_last)
+        test_err = error_rate(model, _source(data["x_test"]), torch.from_numpy(data["y_test"]), device,
+                              settings.channels_last, eval_batch)
         log(f"test error {test_err:.2f}%  ({seconds / 60:.1f} min)")
         _save({"state_dict": model.state_dict(), "describe": describe or {}}, out_dir / "model.pt")
         write_json(out_dir / "curve.json", curve)

@@ -141,18 +141,26 @@ class Affine(Transform):
 
 
 class Attention(Transform):
-    """Eq. (2): isotropic scale and translation, θ = (s, tx, ty)."""
+    """Eq. (2): isotropic scale and translation, θ = (s, tx, ty); with `scale` given the scale is
+    fixed and θ = (tx, ty) (the attention windows of appendix A.6, and our co-localisation)."""
 
-    num_params = 3
+    def __init__(self, scale: float | None = None) -> None:
+        super().__init__()
+        self.scale = scale
+        self.num_params = 3 if scale is None else 2
 
     def _identity_params(self) -> Tensor:
-        return torch.tensor([1.0, 0, 0], dtype=torch.float64)
+        return torch.tensor([1.0, 0, 0] if self.scale is None else [0.0, 0], dtype=torch.float64)
 
     def basis(self, points: Tensor) -> Tensor:
         return _homogeneous(points)
 
     def matrix(self, theta: Tensor) -> Tensor:
-        s, tx, ty = theta.unbind(1)
+        if self.scale is None:
+            s, tx, ty = theta.unbind(1)
+        else:
+            tx, ty = theta.unbind(1)
+            s = torch.full_like(tx, self.scale)
         zero = torch.zeros_like(s)
         return torch.stack([s, zero, tx, zero, s, ty], dim=1).view(-1, 2, 3)
 

@@ -10,22 +10,7 @@ import torch
 
 from stn.data import distort, mnist
 
-
-def fake_mnist(n_train=10_064, n_test=64, seed=0):
-    """MNIST-shaped arrays: a bright 10×10 square per digit, at a known place."""
-    rng = np.random.default_rng(seed)
-
-    def digits(n):
-        x = np.zeros((n, 28, 28), np.uint8)
-        x[:, 9:19, 9:19] = rng.integers(128, 256, size=(n, 10, 10), dtype=np.uint8)
-        return x
-
-    return {
-        "train_images": digits(n_train),
-        "train_labels": rng.integers(0, 10, n_train).astype(np.uint8),
-        "test_images": digits(n_test),
-        "test_labels": rng.integers(0, 10, n_test).astype(np.uint8),
-    }
+from helpers import fake_mnist
 
 
 LIMITS = {"train": 32, "val": 16, "test": 16}
@@ -124,7 +109,7 @@ def test_tc_box_holds_the_digit_and_six_patches():
         x0, y0, x1, y1 = p[:4].astype(int)
         assert x1 - x0 == 28 and y1 - y0 == 28
         assert (img[y0 + 9 : y0 + 19, x0 + 9 : x0 + 19] == 255).all()  # the digit is where the box says
-        places = p[4:].reshape(6, 2).astype(int)
+        places = p[4:16].reshape(6, 2).astype(int)
         assert len(places) == 6 and places.min() >= 0 and places.max() <= 54
 
 

@@ -32,12 +32,14 @@ def test_dry_run_shows_the_whole_dag(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--config", f"results={tmp_path}"],
                           cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    for rule in ["mnist", "build_extension", "mlflow_experiments", "distort", "table1_params", "table1_train",
-                 "table1_table", "table1_figures"]:
+    for rule in ["mnist", "build_extension", "mlflow_experiments", "distort", "classification_params",
+                 "classification_train", "classification_table", "table1_figures", "table4_figure", "figure1",
+                 "colocalise", "table5", "volumes", "train_3d", "volumetric_report"]:
         assert rule in proc.stdout
     counts = {line.split()[0]: int(line.split()[1]) for line in proc.stdout.splitlines()
               if len(line.split()) == 2 and line.split()[1].isdigit()}
-    assert counts["table1_train"] == 5 * 8 * 2  # default config: data sets x models x seeds
+    assert counts["classification_train"] == 5 * 8 * 2 + 8  # default config: Table 1 (data x models x seeds), Table 4
+    assert counts["colocalise"] == 20 and counts["train_3d"] == 2
 
 
 def test_smoke_outputs_agree(smoke):
@@ -57,7 +59,7 @@ def test_smoke_outputs_agree(smoke):
     assert "(0.8)" in md and "iterations 30 (paper 150000)" in md  # the paper's CNN/RTS number, the changes
     assert (smoke / "tables" / "table1.tex").read_text().startswith("\\begin{table}")
 
-    for fig in ["table1_data.png", "table1_curves.png", "table1_RTS_st_vs_cnn.png"]:
+    for fig in ["table1_data.png", "table1_curves.png"] + [f"table1_{d}_st_vs_cnn.png" for d in cfg["figure_datasets"]]:
         data = (smoke / "figures" / fig).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
 
@@ -72,8 +74,27 @@ def test_smoke_outputs_agree(smoke):
             assert r.data.tags.get(tag), tag
         assert r.data.tags["data_sha256"] == m["data_sha256"]
     client = tracking.client(tracking.default_uri(smoke))
-    st_run = next(r for r in mlruns if r.data.tags["model"] == "ST-CNN-Aff")
+    st_run = next(r for r in mlruns if r.data.tags["model"] == "ST-CNN-Aff" and r.data.tags["dataset"] == "RTS")
     names = {a.path for a in client.list_artifacts(st_run.info.run_id)}
     assert {"model.pt", "transforms.png"} <= names
     history = client.get_metric_history(st_run.info.run_id, "val_error")
     assert [h.step for h in sorted(history, key=lambda h: h.step)] == [15, 30]
+
+
+def test_smoke_appendix_experiments(smoke):
+    cfg = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
+    t4 = (smoke / "tables" / "table4.md").read_text()
+    assert "| 2xST-FCN Aff |" in t4 and "(9.0)" in t4  # the paper's 2xST-FCN Aff number beside ours
+    t5 = list(csv.DictReader(open(smoke / "tables" / "table5.csv")))
+    assert {(r["model"], r["dataset"]) for r in t5} == {(str(d), v) for d in range(10) for v in ("T", "TC")}
+    done = {(r["model"], r["dataset"]) for r in t5 if r["ours_mean"]}
+    assert done == {(str(d), v) for d in cfg["table5"]["digits"] for v in cfg["table5"]["variants"]}
+    metrics = [json.loads(p.read_text()) for p in (smoke / "runs" / "volumetric").rglob("metrics.json")]
+    assert {m["model"] for m in metrics} == {"ST3D", "baseline"}
+    assert all(m["peak_rss_gib"] < 8 for m in metrics)
+    for fig in ["figure1.png", "table4_transformers.png", "figure5_3d.png", "table5_TC_8_steps.png"]:
+        assert (smoke / "figures" / fig).read_bytes()[:4] == b"\x89PNG"
+    assert (smoke / "figures" / "table5_TC_8.gif").read_bytes()[:3] == b"GIF"
+    for experiment, n in [("table4", 3), ("table5", 2), ("volumetric", 2)]:
+        runs = tracking.find_runs(tracking.default_uri(smoke), experiment)
+        assert len(runs) == n and all(r.info.status == "FINISHED" for r in runs)

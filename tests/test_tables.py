@@ -1,6 +1,6 @@
 """Table rendering from metrics records."""
 from stn.paper import TABLE1_PROTOCOL, table1_paper
-from stn.report.tables import protocol_changes, render_table1, summarize
+from stn.report.tables import protocol_changes, render_table, summarize
 
 
 def records():
@@ -18,7 +18,7 @@ def test_mean_and_std_over_seeds():
 
 
 def test_rendered_cells_carry_paper_numbers(tmp_path):
-    paths = render_table1(records(), ["RTS"], ["CNN", "ST-CNN-Aff"], "caption here", tmp_path)
+    paths = render_table(records(), ["RTS"], ["CNN", "ST-CNN-Aff"], "caption here", tmp_path, "table1")
     md = paths["md"].read_text()
     assert "| CNN | 2.0 ± 1.4 (0.8) |" in md
     assert "| ST-CNN Aff | 0.5 (0.5) |" in md
@@ -37,3 +37,9 @@ def test_paper_lookup():
     assert table1_paper("ST-FCN-TPS", "E") == (2.4, False)
     assert table1_paper("ST-FCN-Aff", "TC") == (2.0, True)
     assert table1_paper("CNN", "TC") == (3.5, False)
+
+
+def test_table4_paper_numbers(tmp_path):
+    recs = [{"model": "2xST-FCN-TPS", "dataset": "ADD", "seed": 1, "test_error": 7.0}]
+    md = render_table(recs, ["ADD"], ["2xST-FCN-TPS"], "t4", tmp_path, "table4")["md"].read_text()
+    assert "| 2xST-FCN TPS | 7.0 (5.8) |" in md and "†" not in md

@@ -109,7 +109,8 @@ elastic.size = DIGIT
 
 def translated_cluttered(digits, gen, others, size=60, clutter=6, patch=6):
     """TC: the digit at a uniform random location in a 60×60 canvas plus six 6×6 patches cut from
-    random other digits of the same split at random locations (combined by maximum)."""
+    random other digits of the same split at random locations (combined by maximum). With other
+    sizes and counts it also makes the co-localisation canvases (84×84, 0 or 16 patches; A.2)."""
     n = digits.shape[0]
     pos = torch.randint(0, size - DIGIT + 1, (n, 2), generator=gen)
     k = size / DIGIT
@@ -128,14 +129,35 @@ def translated_cluttered(digits, gen, others, size=60, clutter=6, patch=6):
             region = canvas[i, py : py + patch, px : px + patch]
             np.maximum(region, piece, out=region)
     box = torch.cat([pos, pos + DIGIT], 1).double()  # x0, y0, x1, y1 in pixels
-    params = torch.cat([box, place.reshape(n, -1).double()], 1)
+    params = torch.cat([box, place.reshape(n, -1).double(), src.double()], 1)
     return Generated(canvas, params.numpy(), theta.numpy())
 
 
 translated_cluttered.param_names = ["box_x0", "box_y0", "box_x1", "box_y1"] + [
-    f"clutter{j}_{a}" for j in range(6) for a in "xy"
-]
+    f"clutter{j}_{a}" for j in range(6) for a in "xy"] + [f"clutter{j}_source" for j in range(6)]
 translated_cluttered.size = 60
+
+def addition_pairs(x: np.ndarray, y: np.ndarray, gen: torch.Generator, size: int = 42) -> dict[str, np.ndarray]:
+    """MNIST addition (appendix A.1): two channels, each an independently RTS-distorted digit; the
+    label is their sum (19 classes). The second digit of sample i is a random digit of the same split."""
+    partner = torch.randint(0, x.shape[0], (x.shape[0],), generator=gen).numpy()
+    channels, params, thetas = [], [], []
+    for digits in (x, x[partner]):
+        parts = [rotated_translated_scaled(torch.from_numpy(digits[s : s + BATCH]).float().div(255).unsqueeze(1), gen, size=size)
+                 for s in range(0, x.shape[0], BATCH)]
+        channels.append(np.concatenate([p.images for p in parts]))
+        params.append(np.concatenate([p.params for p in parts]))
+        thetas.append(np.concatenate([p.theta for p in parts]))
+    return {
+        "x": np.stack(channels, 1),
+        "y": (y.astype(np.int64) + y[partner].astype(np.int64)),
+        "params": np.concatenate(params + [partner[:, None].astype(np.float64), y[partner][:, None].astype(np.float64)], 1),
+        "theta": np.concatenate(thetas, 1),
+    }
+
+
+ADDITION_PARAM_NAMES = [f"{c}_{n}" for c in ("first", "second") for n in rotated_translated_scaled.param_names] + [
+    "partner_index", "partner_label"]
 
 GENERATORS: dict[str, Callable] = {
     "R": rotated,
@@ -146,8 +168,11 @@ GENERATORS: dict[str, Callable] = {
 }
 
 
+DATASETS = sorted(GENERATORS) + ["ADD"]
+
+
 def image_size(name: str) -> int:
-    return GENERATORS[name].size
+    return 42 if name == "ADD" else GENERATORS[name].size
 
 
 def split_mnist(mnist: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -163,15 +188,21 @@ def split_mnist(mnist: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np.
 def generate(name: str, mnist: dict[str, np.ndarray], seed: int, limits: dict[str, int | None] | None = None,
              progress: Callable[[str], None] = print) -> dict[str, np.ndarray]:
     """All splits of data set `name` as arrays x_<split>, y_<split>, params_<split>, theta_<split>."""
-    if name not in GENERATORS:
-        raise ValueError(f"unknown data set {name!r}; choose one of {sorted(GENERATORS)}")
-    fn = GENERATORS[name]
-    out: dict[str, np.ndarray] = {"param_names": np.array(fn.param_names)}
+    if name not in DATASETS:
+        raise ValueError(f"unknown data set {name!r}; choose one of {DATASETS}")
+    fn = GENERATORS.get(name)
+    out: dict[str, np.ndarray] = {"param_names": np.array(fn.param_names if fn else ADDITION_PARAM_NAMES)}
     for index, (split, (x, y)) in enumerate(split_mnist(mnist).items()):
         limit = (limits or {}).get(split)
         if limit is not None:
             x, y = x[:limit], y[:limit]
         gen = torch.Generator().manual_seed(seed * 1000 + index)
+        if fn is None:
+            pairs = addition_pairs(x, y, gen)
+            progress(f"{name}/{split}: {x.shape[0]}/{x.shape[0]}")
+            for key in ("x", "y", "params", "theta"):
+                out[f"{key}_{split}"] = pairs[key].astype(np.float32) if key in ("params", "theta") else pairs[key]
+            continue
         parts = []
         for start in range(0, x.shape[0], BATCH):
             digits = torch.from_numpy(x[start : start + BATCH]).float().div(255).unsqueeze(1)

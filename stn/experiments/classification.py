@@ -16,6 +16,8 @@ POOLED = {"RTS", "TC"}  # appendix A.4: 2× average pooling after the transforme
 
 
 def input_spec(dataset: str) -> zoo.InputSpec:
+    if dataset == "ADD":  # appendix A.1: two 42×42 RTS channels, 19 sums; pooled after the ST like RTS
+        return zoo.InputSpec(channels=2, size=42, classes=19, pool_after_st=True)
     return zoo.InputSpec(channels=1, size=distort.image_size(dataset), classes=10, pool_after_st=dataset in POOLED)
 
 
@@ -95,7 +97,8 @@ def run_job(*, experiment: str, dataset: str, model: str, seed: int, data_path: 
         return run
 
     def artifacts(trained, directory):
-        x = torch.from_numpy(data["x_test"][:8]).float().div(255).unsqueeze(1)
+        x = torch.from_numpy(data["x_test"][:8]).float().div(255)
+        x = x.unsqueeze(1) if x.dim() == 3 else x
         device = next(trained.parameters()).device
         path = transformer_figure(trained, x.to(device), directory / "transforms.png", f"{model} on {dataset}")
         return [path] if path else []

@@ -126,20 +126,27 @@ def loc_cnn(channels: int, size: int) -> tuple[nn.Module, int]:
 
 
 class STClassifier(nn.Module):
-    """Spatial transformer(s) at the start of a classification network."""
+    """Spatial transformer(s) at the start of a classification network.
 
-    def __init__(self, st: SpatialTransformer, pool: bool, classifier: nn.Module) -> None:
+    k > 1 transformers run in parallel with their own localisation nets (the 2×ST-FCN of
+    appendix A.1), each seeing the whole input; their outputs are concatenated along channels.
+    """
+
+    def __init__(self, sts: list[SpatialTransformer], pool: bool, classifier: nn.Module) -> None:
         super().__init__()
-        self.st = st
+        self.sts = nn.ModuleList(sts)
         self.pool = nn.AvgPool2d(2) if pool else nn.Identity()
         self.classifier = classifier
 
     def transform(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """The transformer's output and θ, for figures."""
-        return self.st(x)
+        """The transformers' output (N, k·C, H, W) and θ, (N, P) for one transformer or (N, k, P)."""
+        outs, thetas = zip(*(st(x) for st in self.sts))
+        if len(self.sts) == 1:
+            return outs[0], thetas[0]
+        return torch.cat(outs, 1), torch.stack(thetas, 1)
 
     def forward(self, x: Tensor) -> Tensor:
-        out, _ = self.st(x)
+        out, _ = self.transform(x)
         return self.classifier(self.pool(out))
 
 
@@ -151,10 +158,13 @@ class Built:
     in_paper_range: bool = True
 
 
-def _st(spec: ModelSpec, inp: InputSpec) -> SpatialTransformer:
-    loc, features = (loc_fcn if spec.base == "FCN" else loc_cnn)(inp.channels, inp.size)
+def _sts(spec: ModelSpec, inp: InputSpec) -> list[SpatialTransformer]:
     name, kwargs = TRANSFORMS[spec.transform]
-    return SpatialTransformer(loc, features, make_transform(name, **kwargs), (inp.size, inp.size), spec.transformers)
+    sts = []
+    for _ in range(spec.transformers):
+        loc, features = (loc_fcn if spec.base == "FCN" else loc_cnn)(inp.channels, inp.size)
+        sts.append(SpatialTransformer(loc, features, make_transform(name, **kwargs), (inp.size, inp.size)))
+    return sts
 
 
 def _classifier_input(spec: ModelSpec, inp: InputSpec) -> tuple[int, int]:
@@ -168,7 +178,7 @@ def _classifier_input(spec: ModelSpec, inp: InputSpec) -> tuple[int, int]:
 def _overhead(spec: ModelSpec, inp: InputSpec) -> int:
     if not spec.transformers:
         return 0
-    return sum(p.numel() for p in _st(spec, inp).parameters())
+    return sum(p.numel() for st in _sts(spec, inp) for p in st.parameters())
 
 
 def _candidates(spec: ModelSpec, inp: InputSpec, widen: int) -> list[tuple[dict, int, bool]]:
@@ -215,7 +225,7 @@ def build(name: str, inp: InputSpec, target: int) -> Built:
         head = fcn(ch * side * side, widths["hidden"], inp.classes)
     else:
         head = cnn(ch, side, widths["c1"], widths["c2"], inp.classes)
-    model = head if not spec.transformers else STClassifier(_st(spec, inp), inp.pool_after_st, head)
+    model = head if not spec.transformers else STClassifier(_sts(spec, inp), inp.pool_after_st, head)
     actual = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert actual == count, (name, actual, count)  # the analytic counts above must describe the built model
     return Built(model, actual, widths, ok)

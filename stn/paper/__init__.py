@@ -26,11 +26,29 @@ def results() -> dict:
     return yaml.safe_load((Path(__file__).parent / "results.yaml").read_text())
 
 
+def paper_number(table: str, model: str, dataset: str) -> tuple[float | None, bool]:
+    """The paper's number for a cell of a classification table ("table1" or "table4")."""
+    if table == "table1":
+        return table1_paper(model, dataset)
+    if table == "table4":
+        return results()["table4_mnist_addition"]["rows"].get(display_name(model)), False
+    if table == "table5":
+        return results()["table5_colocalisation"]["rows"].get(int(model), {}).get(dataset), False
+    raise KeyError(f"no paper numbers for {table!r}")
+
+
+def display_name(model: str) -> str:
+    """Config name -> the paper's row name ("ST-CNN-Aff" -> "ST-CNN Aff")."""
+    for t in ("Aff", "Proj", "TPS"):
+        model = model.replace(f"-{t}", f" {t}")
+    return model
+
+
 def table1_paper(model: str, dataset: str) -> tuple[float | None, bool]:
     """Paper error for (model, dataset) and whether it comes from the text rather than the table
     (TC: one unnamed ST variant per family)."""
     t = results()["table1_distorted_mnist"]
-    row = t["rows"].get(model.replace("-Aff", " Aff").replace("-Proj", " Proj").replace("-TPS", " TPS"), {})
+    row = t["rows"].get(display_name(model), {})
     if dataset in row:
         return row[dataset], False
     if dataset == "TC":

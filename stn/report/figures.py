@@ -92,7 +92,8 @@ def st_vs_cnn(st_model, cnn_model, x: torch.Tensor, y: torch.Tensor, out: Path, 
     xs = x[chosen]
     with torch.no_grad():
         out_img, theta = st_model.transform(xs)
-        grid = st_model.st.transform.grid(theta.view(len(chosen), -1), st_model.st.out_size, st_model.st.align_corners)
+        st = st_model.sts[0]
+        grid = st.transform.grid(theta.view(len(chosen), -1), st.out_size, st.align_corners)
     h, w = xs.shape[-2:]
     fig, axes = plt.subplots(3, len(chosen), figsize=(1.4 * len(chosen), 4.4), squeeze=False)
     for i in range(len(chosen)):
@@ -111,4 +112,67 @@ def st_vs_cnn(st_model, cnn_model, x: torch.Tensor, y: torch.Tensor, out: Path, 
     for r, label in enumerate(["(a) input", "(b) sampling grid", "(c) output"]):
         axes[r, 0].set_ylabel(label, fontsize=8)
     fig.suptitle(f"{title}: {note}", fontsize=9)
+    return save(fig, out)
+
+
+def _load_run_model(results: Path, experiment: str, dataset: str, model: str, seed: int, params: Path):
+    from ..experiments.classification import build_model
+
+    built = build_model(dataset, model, read_json(params))
+    path = Path(results) / "runs" / experiment / dataset / model / f"seed{seed}" / "model.pt"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist; train {experiment}/{dataset}/{model}/seed{seed} first")
+    built.model.load_state_dict(torch.load(path, map_location="cpu", weights_only=False)["state_dict"])
+    return built.model.eval()
+
+
+def figure1(model, x: torch.Tensor, y: torch.Tensor, out: Path, title: str) -> Path:
+    """Figure 1: (a) input, (b) the predicted transform drawn as the box it samples, (c) the transformer's
+    output, (d) the prediction."""
+    with torch.no_grad():
+        pred = model(x).argmax(1)
+        warped, theta = model.transform(x)
+        st = model.sts[0]
+        grid = st.transform.grid(theta, st.out_size, st.align_corners)
+    h, w = x.shape[-2:]
+    fig, axes = plt.subplots(len(x), 4, figsize=(6.4, 1.7 * len(x)), squeeze=False)
+    for i in range(len(x)):
+        img = x[i, 0].numpy()
+        axes[i, 0].imshow(img, cmap="gray", vmin=0, vmax=1)
+        axes[i, 1].imshow(img, cmap="gray", vmin=0, vmax=1)
+        for line in _outline(grid[i], w, h)[:4]:  # the border only: a box
+            axes[i, 1].plot(line[..., 0], line[..., 1], color="tab:red", lw=1.2)
+        axes[i, 1].set_xlim(-0.5, w - 0.5)
+        axes[i, 1].set_ylim(h - 0.5, -0.5)
+        axes[i, 2].imshow(warped[i, 0].numpy(), cmap="gray", vmin=0, vmax=1)
+        axes[i, 3].text(0.5, 0.5, str(int(pred[i])), ha="center", va="center", fontsize=28,
+                        color="tab:green" if pred[i] == y[i] else "tab:red")
+        for a in axes[i]:
+            a.set_xticks([])
+            a.set_yticks([])
+    for a, t in zip(axes[0], ["(a) input", "(b) transform", "(c) output", "(d) prediction"]):
+        a.set_title(t, fontsize=9)
+    fig.suptitle(title, fontsize=9)
+    return save(fig, out)
+
+
+def parallel_transformers(model, x: torch.Tensor, y: torch.Tensor, out: Path, title: str) -> Path:
+    """Table 4 (right): a two-channel input and what each of the parallel transformers makes of it."""
+    with torch.no_grad():
+        pred = model(x).argmax(1)
+        warped, _ = model.transform(x)  # (N, k·C, H, W)
+    c = x.shape[1]
+    k = warped.shape[1] // c
+    fig, axes = plt.subplots(len(x), c * (k + 1), figsize=(1.3 * c * (k + 1), 1.45 * len(x)), squeeze=False)
+    for i in range(len(x)):
+        panels = [x[i, j] for j in range(c)] + [warped[i, j] for j in range(k * c)]
+        for j, (a, p) in enumerate(zip(axes[i], panels)):
+            a.imshow(p.numpy(), cmap="gray", vmin=0, vmax=1)
+            a.set_xticks([])
+            a.set_yticks([])
+        axes[i, 0].set_ylabel(f"sum {int(y[i])}\npred {int(pred[i])}", fontsize=7)
+    labels = [f"input ch{j + 1}" for j in range(c)] + [f"ST{t + 1} ch{j + 1}" for t in range(k) for j in range(c)]
+    for a, t in zip(axes[0], labels):
+        a.set_title(t, fontsize=8)
+    fig.suptitle(title, fontsize=9)
     return save(fig, out)

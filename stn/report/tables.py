@@ -7,7 +7,9 @@ import statistics
 from pathlib import Path
 
 from ..io import atomic_path, read_json
-from ..paper import TABLE1_PROTOCOL, table1_paper
+from typing import Callable
+
+from ..paper import TABLE1_PROTOCOL, display_name, paper_number
 
 
 def collect(results: Path, experiment: str) -> list[dict]:
@@ -23,10 +25,6 @@ def summarize(records: list[dict], key: str = "test_error") -> dict[tuple[str, s
     for k, v in groups.items():
         out[k] = (statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else None, len(v))
     return out
-
-
-def display_name(model: str) -> str:
-    return model.replace("-Aff", " Aff").replace("-Proj", " Proj").replace("-TPS", " TPS")
 
 
 def protocol_changes(settings: dict, seeds: int, param_target: int, protocol: dict = TABLE1_PROTOCOL) -> list[str]:
@@ -49,10 +47,12 @@ def _write(path: Path, text: str) -> None:
         tmp.write_text(text)
 
 
-def render_table1(records: list[dict], datasets: list[str], models: list[str], caption: str, out_dir: Path,
-                  name: str = "table1") -> dict[str, Path]:
-    """results/tables/table1.{csv,md,tex}: rows = models, columns = data sets, 'ours (paper)'."""
-    stats = summarize(records)
+def render_table(records: list[dict], datasets: list[str], models: list[str], caption: str, out_dir: Path,
+                 name: str, paper: Callable[[str, str], tuple[float | None, bool]] | None = None,
+                 key: str = "test_error", row_label: str = "Model") -> dict[str, Path]:
+    """results/tables/<name>.{csv,md,tex}: rows = models, columns = data sets, 'ours (paper)'."""
+    paper = paper or (lambda m, d: paper_number(name, m, d))
+    stats = summarize(records, key)
     out_dir = Path(out_dir)
     buf = io.StringIO()
     w = csv.writer(buf)
@@ -60,25 +60,28 @@ def render_table1(records: list[dict], datasets: list[str], models: list[str], c
     for m in models:
         for d in datasets:
             s = stats.get((m, d))
-            paper, from_text = table1_paper(m, d)
+            number, from_text = paper(m, d)
             w.writerow([m, d, f"{s[0]:.4f}" if s else "", f"{s[1]:.4f}" if s and s[1] is not None else "",
-                        s[2] if s else 0, "" if paper is None else paper, int(from_text)])
+                        s[2] if s else 0, "" if number is None else number, int(from_text)])
     csv_path = out_dir / f"{name}.csv"
     _write(csv_path, buf.getvalue())
 
-    md = [f"**{caption}**", "", "| Model | " + " | ".join(datasets) + " |", "|---|" + "---|" * len(datasets)]
+    md = [f"**{caption}**", "", f"| {row_label} | " + " | ".join(datasets) + " |", "|---|" + "---|" * len(datasets)]
     for m in models:
-        cells = [_cell(stats.get((m, d)), *table1_paper(m, d), lambda o, t: f"{o} ({t})") for d in datasets]
+        cells = [_cell(stats.get((m, d)), *paper(m, d), lambda o, t: f"{o} ({t})") for d in datasets]
         md.append(f"| {display_name(m)} | " + " | ".join(cells) + " |")
-    md += ["", "Cells: our test error in %, mean ± std over seeds (the paper's number in parentheses).",
-           "† TC: the paper reports one ST-FCN and one ST-CNN number in the text without naming the transform."]
+    what = "test error" if key == "test_error" else "percent localised" if key == "localised" else key
+    md += ["", f"Cells: our {what} in %, mean ± std over seeds (the paper's number in parentheses).",
+           ]
+    if any(paper(m, d)[1] for m in models for d in datasets):
+        md.append("† TC: the paper reports one ST-FCN and one ST-CNN number in the text without naming the transform.")
     md_path = out_dir / f"{name}.md"
     _write(md_path, "\n".join(md) + "\n")
 
     tex = ["\\begin{table}", "\\centering", "\\begin{tabular}{l" + "c" * len(datasets) + "}", "\\hline",
-           "Model & " + " & ".join(datasets) + " \\\\", "\\hline"]
+           f"{row_label} & " + " & ".join(datasets) + " \\\\", "\\hline"]
     for m in models:
-        cells = [_cell(stats.get((m, d)), *table1_paper(m, d), lambda o, t: f"{o} ({t})") for d in datasets]
+        cells = [_cell(stats.get((m, d)), *paper(m, d), lambda o, t: f"{o} ({t})") for d in datasets]
         cells = [c.replace("±", "$\\pm$").replace("†", "$^\\dagger$").replace("—", "--") for c in cells]
         tex.append(f"{display_name(m)} & " + " & ".join(cells) + " \\\\")
     tex += ["\\hline", "\\end{tabular}", f"\\caption{{{_tex_escape(caption)}}}", "\\end{table}"]

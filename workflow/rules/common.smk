@@ -29,7 +29,7 @@ rule mlflow_experiments:
     output:
         f"{RESULTS}/mlflow/experiments.json",
     params:
-        names=["table1"],
+        names=["table1", "table4", "table5", "volumetric"],
     log:
         f"{RESULTS}/logs/mlflow_experiments.log",
     shell:

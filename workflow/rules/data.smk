@@ -15,7 +15,7 @@ rule distort:
         npz=f"{RESULTS}/data/{{name}}.npz",
         info=f"{RESULTS}/data/{{name}}.json",
     wildcard_constraints:
-        name="R|RTS|P|E|TC",
+        name="R|RTS|P|E|TC|ADD",
     params:
         seed=config["data"]["seed"],
         limits=_limits(),

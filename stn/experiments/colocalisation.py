@@ -1,0 +1,237 @@
+"""Co-localisation (appendix A.2, Table 5, Fig. 4).
+
+For one digit class, 100 images of a 28×28 digit at a uniform random place in an 84×84 canvas
+(T), with sixteen 6×6 distractor crops in TC. An attention transformer (s, tx, ty) crops each
+image; nothing but the triplet hinge loss of eq. (8) trains it: the encodings e() of two images'
+crops should be closer than an image's crop and a random crop of the same image. e() is the
+Table 1 CNN the pipeline trained, frozen; its features are its two hidden layers and its logits.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .. import ops, tracking
+from ..data import distort
+from ..io import read_json, save_npz, write_json
+from ..modules import SpatialTransformer
+from ..transforms import Attention
+
+CANVAS = 84
+CROP = 28
+CLUTTER = {"T": 0, "TC": 16}
+
+
+def make_images(mnist: dict[str, np.ndarray], digit: int, variant: str, count: int, seed: int) -> dict[str, np.ndarray]:
+    """`count` canvases of class `digit` (MNIST test digits, so none was seen by the encoder)."""
+    x, y = mnist["test_images"], mnist["test_labels"]
+    gen = torch.Generator().manual_seed(seed * 100 + digit * 2 + (variant == "TC"))
+    pool = np.flatnonzero(y == digit)
+    chosen = pool[torch.randperm(len(pool), generator=gen)[:count].numpy()]
+    digits = torch.from_numpy(x[chosen]).float().div(255).unsqueeze(1)
+    g = distort.translated_cluttered(digits, gen, others=x, size=CANVAS, clutter=CLUTTER[variant])
+    return {"images": g.images, "boxes": g.params[:, :4].astype(np.float32), "params": g.params.astype(np.float32),
+            "mnist_index": chosen}
+
+
+def localiser(learn_scale: bool) -> SpatialTransformer:
+    """A.2's localisation net: conv 8 filters 9×9 stride 4, max-pool 2, FC 8, FC 8, then the regressor
+    (3 units for (s, tx, ty); 2 for (tx, ty) when the crop keeps the digit's size)."""
+    side = ((CANVAS - 9) // 4 + 1) // 2
+    loc = nn.Sequential(
+        nn.Conv2d(1, 8, 9, stride=4), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+        nn.Linear(8 * side * side, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(),
+    )
+    st = SpatialTransformer(loc, 8, Attention(None if learn_scale else CROP / CANVAS), (CROP, CROP))
+    if learn_scale:
+        with torch.no_grad():  # start from a centred crop of the digit's size (docs/CHOICES.md)
+            st.regressor.bias.copy_(torch.tensor([CROP / CANVAS, 0.0, 0.0]))
+    return st
+
+
+def full_theta(theta: Tensor) -> Tensor:
+    """(s, tx, ty) whether or not the scale was learnt."""
+    if theta.shape[1] == 3:
+        return theta
+    return torch.cat([torch.full_like(theta[:, :1], CROP / CANVAS), theta], 1)
+
+
+def encoder_features(cnn: nn.Sequential, x: Tensor) -> Tensor:
+    """The CNN's two hidden layers (after each max-pool) and its logits, each L2-normalised, concatenated.
+
+    Normalising each block keeps squared distances O(1), where the margin α = 1 means something;
+    with raw activations an empty crop minimises eq. (8) (docs/CHOICES.md).
+    """
+    feats = []
+    for layer in cnn:
+        x = layer(x)
+        if isinstance(layer, nn.MaxPool2d):
+            feats.append(x.flatten(1))
+    feats.append(x.flatten(1))
+    return torch.cat([torch.nn.functional.normalize(f, dim=1) for f in feats], 1)
+
+
+def triplet_loss(e_crop: Tensor, e_pair: Tensor, e_rand: Tensor, margin: float = 1.0) -> Tensor:
+    """Eq. (8) per image n: max(0, ‖e(Iₙᵀ) − e(Iₘᵀ)‖² − ‖e(Iₙᵀ) − e(Iₙʳᵃⁿᵈ)‖² + α), averaged."""
+    pos = (e_crop - e_pair).pow(2).sum(1)
+    neg = (e_crop - e_rand).pow(2).sum(1)
+    return torch.clamp(pos - neg + margin, min=0).mean()
+
+
+def boxes_from_theta(theta: Tensor, size: int = CANVAS) -> Tensor:
+    """Attention θ = (s, tx, ty) -> pixel boxes (x0, y0, x1, y1) of the region it samples."""
+    s, tx, ty = theta.unbind(1)
+    s = s.abs()
+    return torch.stack([(tx - s + 1), (ty - s + 1), (tx + s + 1), (ty + s + 1)], 1) * (size / 2)
+
+
+def iou(a: Tensor, b: Tensor) -> Tensor:
+    """Intersection over union of boxes (N, 4) given as (x0, y0, x1, y1)."""
+    w = (torch.minimum(a[:, 2], b[:, 2]) - torch.maximum(a[:, 0], b[:, 0])).clamp(min=0)
+    h = (torch.minimum(a[:, 3], b[:, 3]) - torch.maximum(a[:, 1], b[:, 1])).clamp(min=0)
+    inter = w * h
+    area = lambda r: (r[:, 2] - r[:, 0]).clamp(min=0) * (r[:, 3] - r[:, 1]).clamp(min=0)  # noqa: E731
+    return inter / (area(a) + area(b) - inter).clamp(min=1e-12)
+
+
+def random_crops(x: Tensor, gen: torch.Generator) -> Tensor:
+    """Iₙʳᵃⁿᵈ: a uniformly placed digit-sized (28×28) patch of each image."""
+    n = x.shape[0]
+    s = CROP / CANVAS
+    t = (torch.rand(n, 2, generator=gen) * 2 - 1) * (1 - s)
+    theta = torch.cat([torch.full((n, 1), s), t], 1).to(x)
+    return ops.sample(x, Attention().grid(theta, (CROP, CROP)))
+
+
+def derangement(n: int, gen: torch.Generator) -> Tensor:
+    """A random pairing m(n) ≠ n."""
+    shift = torch.randint(1, n, (1,), generator=gen).item()
+    perm = torch.randperm(n, generator=gen)
+    partner = torch.empty(n, dtype=torch.long)
+    partner[perm] = perm.roll(shift)
+    return partner
+
+
+def optimise(images: np.ndarray, boxes: np.ndarray, encoder: nn.Sequential, settings: dict, seed: int,
+             log=print, on_eval=None) -> dict:
+    """Train a localiser on one image set; returns the final localisation rate and the θ trajectory."""
+    torch.manual_seed(seed)
+    x = torch.from_numpy(images).float().div(255).unsqueeze(1)
+    true = torch.from_numpy(boxes).double()
+    st = localiser(settings["learn_scale"])
+    encoder.eval()
+    for p in encoder.parameters():
+        p.requires_grad_(False)
+    opt = torch.optim.SGD(st.parameters(), lr=settings["lr"], momentum=settings["momentum"])
+    gen = torch.Generator().manual_seed(seed)
+    trajectory, history = [], []
+    start = time.time()
+    for step in range(settings["steps"] + 1):
+        if step % settings["record_every"] == 0 or step == settings["steps"]:
+            with torch.no_grad():
+                theta = full_theta(st(x)[1])
+            rate = float((iou(boxes_from_theta(theta.double()), true) > 0.5).double().mean() * 100)
+            trajectory.append({"step": step, "theta": theta[: settings["figure_images"]].tolist(), "localised": rate})
+            history.append((step, rate))
+            if on_eval:
+                on_eval(step, rate)
+            log(f"step {step}/{settings['steps']}  localised {rate:.0f}%  mean s {theta[:, 0].mean():.3f}  "
+                f"({time.time() - start:.0f} s)")
+        if step == settings["steps"]:
+            break
+        crops, theta = st(x)
+        partner = derangement(len(x), gen)
+        rand = random_crops(x, gen)
+        e_crop, e_rand = encoder_features(encoder, crops), encoder_features(encoder, rand)
+        loss = triplet_loss(e_crop, e_crop[partner], e_rand, settings["margin"])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        theta = full_theta(st(x)[1])
+    final = boxes_from_theta(theta.double())
+    hits = iou(final, true) > 0.5
+    return {"localised": float(hits.double().mean() * 100), "trajectory": trajectory,
+            "predicted_boxes": final.tolist(), "hits": hits.tolist()}
+
+
+def run_job(*, variant: str, digit: int, mnist_path: Path, encoder_path: Path, encoder_params: Path,
+            encoder_dataset: str, settings: dict, seed: int, results: Path, experiments_path: Path, out_dir: Path) -> dict:
+    from ..data import mnist as mnist_data
+    from .classification import build_model
+
+    data = make_images(mnist_data.load(mnist_path), digit, variant, settings["images"], seed)
+    save_npz(out_dir / "images.npz", **data)
+    built = build_model(encoder_dataset, "CNN", read_json(encoder_params))
+    built.model.load_state_dict(torch.load(encoder_path, map_location="cpu", weights_only=False)["state_dict"])
+    exp_ids = read_json(experiments_path)
+    run = tracking.Run(tracking.tracking_uri(results), exp_ids["table5"], f"{variant}/class{digit}",
+                       tags={"variant": variant, "digit": str(digit), "encoder": str(encoder_path),
+                             "torch_version": torch.__version__, "sampler_impl": ops.resolve_impl("auto", torch.device("cpu"))})
+    status = "FAILED"
+    try:
+        run.log_params({"settings": settings, "seed": seed})
+        result = optimise(data["images"], data["boxes"], built.model, settings, seed,
+                          log=lambda s: print(s, flush=True),
+                          on_eval=lambda step, rate: run.log_metrics({"localised": rate}, step))
+        metrics = {"experiment": "table5", "model": str(digit), "dataset": variant, "seed": seed,
+                   "localised": result["localised"], "run_id": run.run_id}
+        write_json(out_dir / "trajectory.json", {**result, "true_boxes": data["boxes"].tolist()})
+        write_json(out_dir / "metrics.json", metrics)
+        status = "FINISHED"
+        return metrics
+    finally:
+        run.end(status)
+
+
+def figures(results: Path, variant: str, digit: int, out_dir: Path) -> list[Path]:
+    """Fig. 4: predicted boxes on three of the images over the optimisation, as a grid and a GIF."""
+    from matplotlib import animation
+    from matplotlib.patches import Rectangle
+
+    from ..io import atomic_path, load_npz
+    from ..report.figures import plt, save
+
+    run = Path(results) / "runs" / "table5" / variant / f"class{digit}"
+    traj = read_json(run / "trajectory.json")
+    images = load_npz(run / "images.npz")["images"]
+    frames = traj["trajectory"]
+    k = len(frames[0]["theta"])
+
+    def draw(ax, img, theta, true_box):
+        ax.imshow(img, cmap="gray", vmin=0, vmax=255)
+        for box, colour in [(true_box, "tab:green"), (boxes_from_theta(full_theta(torch.tensor([theta])))[0].tolist(), "tab:red")]:
+            x0, y0, x1, y1 = box
+            ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, color=colour, lw=1.2))
+        ax.set_xticks([])
+        ax.set_yticks([])
+
+    shown = frames[:: max(1, len(frames) // 6)]
+    if shown[-1] is not frames[-1]:
+        shown.append(frames[-1])
+    fig, axes = plt.subplots(k, len(shown), figsize=(1.5 * len(shown), 1.55 * k), squeeze=False)
+    for j, f in enumerate(shown):
+        for i in range(k):
+            draw(axes[i, j], images[i], f["theta"][i], traj["true_boxes"][i])
+        axes[0, j].set_title(f"step {f['step']}", fontsize=8)
+    fig.suptitle(f"Co-localisation of '{digit}' ({variant}): predicted box (red), true box (green)", fontsize=9)
+    grid_path = save(fig, Path(out_dir) / f"table5_{variant}_{digit}_steps.png")
+
+    fig, axes = plt.subplots(1, k, figsize=(1.8 * k, 2.1), squeeze=False)
+
+    def frame(n):
+        for i in range(k):
+            axes[0, i].clear()
+            draw(axes[0, i], images[i], frames[n]["theta"][i], traj["true_boxes"][i])
+        fig.suptitle(f"'{digit}' ({variant}), step {frames[n]['step']}", fontsize=9)
+
+    anim = animation.FuncAnimation(fig, frame, frames=len(frames))
+    gif_path = Path(out_dir) / f"table5_{variant}_{digit}.gif"
+    with atomic_path(gif_path) as tmp:
+        anim.save(str(tmp), writer=animation.PillowWriter(fps=4))
+    plt.close(fig)
+    return [grid_path, gif_path]

@@ -1,0 +1,109 @@
+"""Appendix A.1-A.3 generators and pieces: addition data, co-localisation data, IoU, the triplet loss, 3-D volumes."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from stn import Affine3D, ops
+from stn.data import distort, volumes
+from stn.experiments import colocalisation as co
+from stn.experiments import volumetric
+
+from helpers import fake_mnist
+
+
+def test_addition_labels_are_sums_and_both_channels_hold_digits():
+    m = fake_mnist()
+    d = distort.generate("ADD", m, 0, {"train": 40, "val": 8, "test": 8}, progress=lambda s: None)
+    assert d["x_train"].shape == (40, 2, 42, 42)
+    names = list(d["param_names"])
+    partner_label = d["params_train"][:, names.index("partner_label")].astype(int)
+    own = m["train_images"][:40], m["train_labels"][:40]
+    np.testing.assert_array_equal(d["y_train"], own[1].astype(int) + partner_label)
+    partner = d["params_train"][:, names.index("partner_index")].astype(int)
+    np.testing.assert_array_equal(partner_label, m["train_labels"][partner])
+    assert (d["x_train"].reshape(40, 2, -1).max(-1) > 100).all()  # a digit in each channel
+    assert d["y_train"].max() <= 18
+
+
+def solid_digits():
+    m = fake_mnist()
+    m["test_images"][:] = 0
+    m["test_images"][:, 9:19, 9:19] = 255
+    m["test_labels"][:] = 8
+    return m
+
+
+@pytest.mark.parametrize("variant,clutter", [("T", 0), ("TC", 16)])
+def test_colocalisation_images(variant, clutter):
+    d = co.make_images(solid_digits(), 8, variant, 12, seed=0)
+    assert d["images"].shape == (12, 84, 84)
+    assert d["params"].shape[1] == 4 + 3 * clutter  # box, then clutter positions and sources
+    for img, box in zip(d["images"], d["boxes"]):
+        x0, y0, x1, y1 = box.astype(int)
+        assert (x1 - x0, y1 - y0) == (28, 28)
+        assert (img[y0 + 9 : y0 + 19, x0 + 9 : x0 + 19] == 255).all()  # the digit is inside its box
+        if clutter == 0:
+            outside = img.copy()
+            outside[y0:y1, x0:x1] = 0
+            assert outside.max() == 0  # T: nothing but the digit
+
+
+def test_iou_on_known_boxes():
+    a = torch.tensor([[0.0, 0, 10, 10], [0, 0, 10, 10], [0, 0, 10, 10]])
+    b = torch.tensor([[0.0, 0, 10, 10], [5, 0, 15, 10], [20, 20, 30, 30]])
+    torch.testing.assert_close(co.iou(a, b), torch.tensor([1.0, 50 / 150, 0.0]))
+
+
+def test_box_from_attention_theta():
+    box = co.boxes_from_theta(torch.tensor([[1 / 3, 0.0, 0.0], [1.0, 0.0, 0.0]]))
+    torch.testing.assert_close(box, torch.tensor([[28.0, 28, 56, 56], [0, 0, 84, 84]]))
+
+
+def test_triplet_loss_by_hand():
+    e = torch.tensor([[0.0, 0.0], [1.0, 0.0]])
+    pair = torch.tensor([[1.0, 0.0], [1.0, 1.0]])  # squared distances 1, 1
+    rand = torch.tensor([[2.0, 0.0], [1.0, 0.5]])  # squared distances 4, 0.25
+    # max(0, 1 - 4 + 1) = 0 and max(0, 1 - 0.25 + 1) = 1.75 -> mean 0.875
+    assert co.triplet_loss(e, pair, rand, margin=1.0).item() == pytest.approx(0.875)
+
+
+def test_derangement_never_pairs_an_image_with_itself():
+    gen = torch.Generator().manual_seed(0)
+    for n in (2, 3, 100):
+        p = co.derangement(n, gen)
+        assert (p != torch.arange(n)).all() and sorted(p.tolist()) == list(range(n))
+
+
+def test_inverse_rotation_maps_a_volume_back():
+    digits = torch.from_numpy(fake_mnist()["train_images"][:1])
+    flat = np.array([[0, 0, 0, 0, 0.1, -0.1, 0.0]], dtype=np.float64)
+    turned = flat.copy()
+    turned[0, 3] = 90.0  # about the depth axis
+    v0 = volumes.render(digits, flat)
+    v90 = volumes.render(digits, turned)
+    assert not torch.allclose(v0, v90, atol=1e-3)
+    rot = torch.zeros(1, 3)
+    rot[0, 2] = math.pi / 2
+    from stn.transforms import rotation_matrix_3d
+
+    back = torch.cat([rotation_matrix_3d(rot.double()), torch.zeros(1, 3, 1, dtype=torch.float64)], 2).reshape(1, 12)
+    # the shift does not commute with the rotation: undo it around the rotated shift
+    undone = ops.sample(v90, Affine3D().grid(back.float(), (60, 60, 60)))
+    shift_only = flat.copy()
+    shift_only[0, 4:7] = (rotation_matrix_3d(rot.double())[0].T @ torch.tensor(flat[0, 4:7])).numpy()
+    torch.testing.assert_close(undone, volumes.render(digits, shift_only), atol=1e-4, rtol=0)
+
+
+def test_volume_set_renders_on_demand_and_models_match_in_size():
+    m = fake_mnist()
+    d = volumes.generate(m, 0, {"train": 6, "val": 2, "test": 2})
+    sets = volumes.load_sets(m, d)
+    batch = sets["x_train"][torch.tensor([0, 3])]
+    assert batch.shape == (2, 1, 60, 60, 60) and batch.max() > 0.5
+    assert len(sets["x_train"].take(4)) == 4
+    st, _ = volumetric.build("ST3D", 16)
+    base, _ = volumetric.build("baseline", 16)
+    assert abs(volumetric.count(st) - volumetric.count(base)) <= 0.05 * volumetric.count(st)
+    assert st(batch).shape == (2, 10) and base(batch).shape == (2, 10)
