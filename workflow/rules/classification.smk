@@ -56,6 +56,7 @@ rule classification_train:
         settings=lambda wc: settings_json(wc.experiment),
         out=lambda wc: f"{RESULTS}/runs/{wc.experiment}/{wc.dataset}/{wc.model}/seed{wc.seed}",
     threads: 1
+    priority: lambda wc: 10 if wc.experiment == "table1" else 0  # Table 1 first: its wall time is reported
     resources:
         gpu=1 if USE_GPU else 0,
     log:
