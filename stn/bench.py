@@ -66,6 +66,15 @@ def _unfused(case: Case, impl: str) -> Method:
     return run
 
 
+def _fused(case: Case, impl: str) -> Method:
+    transform = Affine3D() if len(case.out_size) == 3 else Affine()
+
+    def run(x, theta):
+        return ops.transform_sample(x, transform, theta, case.out_size, "bilinear", False, impl)
+
+    return run
+
+
 def _sampler_only(case: Case, impl: str | None) -> Method:
     """Sampling from a fixed, precomputed grid; impl None is torch's grid_sample."""
     grids: dict = {}
@@ -86,7 +95,7 @@ def _sampler_only(case: Case, impl: str | None) -> Method:
 def methods_for(case: Case, device: torch.device, part: str) -> dict[str, Method]:
     """Baseline first, then every implementation that can run on `device`.
 
-    part="step": grid generation + sampling (baseline F.affine_grid + F.grid_sample);
+    part="step": grid generation + sampling (baseline F.affine_grid + F.grid_sample), unfused and fused;
     part="sampler": sampling only from a precomputed grid (baseline F.grid_sample).
     """
     impls = [impl for impl, reason in ops.available_impls(device).items() if reason is None]
@@ -96,6 +105,7 @@ def methods_for(case: Case, device: torch.device, part: str) -> dict[str, Method
     else:
         methods = {"torch affine_grid+grid_sample": _baseline(case)}
         methods.update({f"stn {impl}": _unfused(case, impl) for impl in impls})
+        methods.update({f"stn fused {impl}": _fused(case, impl) for impl in impls if impl != "reference"})
     return methods
 
 

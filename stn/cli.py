@@ -215,6 +215,13 @@ def cmd_build_ext(a) -> None:
         Path(a.stamp).write_text(json.dumps({"loaded": extension.state().loaded, "cuda": extension.state().has_cuda}) + "\n")
 
 
+def cmd_readme(a) -> None:
+    from .report.readme import update_readme
+
+    update_readme(Path(a.readme), Path(a.results), a.command)
+    _log(f"copied the tables of {a.results} into {a.readme}")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="stn", description="Spatial Transformer Networks reproduction pipeline steps")
     sub = p.add_subparsers(dest="command", required=True)
@@ -334,6 +341,13 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--cpu-only", action="store_true")
     s.add_argument("--stamp", default=None, help="file to write when done (for the pipeline)")
     s.set_defaults(fn=cmd_build_ext)
+
+    s = sub.add_parser("readme", help="copy a finished run's tables and timings into the README")
+    s.add_argument("--results", default="results")
+    s.add_argument("--readme", default="README.md")
+    s.add_argument("--command", default="./setup.sh && .venv/bin/snakemake --cores all",
+                   help="the command that produced the run, quoted in the README")
+    s.set_defaults(fn=cmd_readme)
     return p
 
 

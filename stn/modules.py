@@ -6,7 +6,7 @@ from typing import Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
-from .ops import sample
+from .ops import transform_sample
 from .transforms import Transform, make_transform
 
 __all__ = ["SpatialTransformer", "param_groups"]
@@ -68,9 +68,10 @@ class SpatialTransformer(nn.Module):
         return out, theta
 
     def warp(self, x: Tensor, theta: Tensor) -> Tensor:
-        """Sample x (N, C, ...) at the grid of θ (N, P): the grid generator and sampler without the localisation net."""
-        grid = self.transform.grid(theta.to(x.dtype), self.out_size, self.align_corners)
-        return sample(x, grid, self.mode, self.align_corners, self.impl)
+        """Warp x (N, C, ...) by θ (N, P): the grid generator and sampler without the localisation net
+        (fused into one kernel for affine transforms, see stn.ops.transform_sample)."""
+        return transform_sample(x, self.transform, theta.to(x.dtype), self.out_size, self.mode, self.align_corners,
+                                self.impl)
 
 
 def param_groups(model: nn.Module, lr: float, loc_lr_mult: float = 1.0) -> list[dict]:

@@ -70,6 +70,16 @@ class Transform(nn.Module):
     def _finish(self, rows: Tensor) -> Tensor:
         return rows
 
+    affine: bool = False  # T_θ is an affine map of the target grid, so the fused sampler applies
+
+    def affine_matrix(self, theta: Tensor) -> Tensor | None:
+        """θ as an affine matrix (N, ndim, ndim+1) acting on the normalised target grid, for the
+        fused sampler (stn.ops.affine_sample); None for transforms that are not affine."""
+        if not self.affine:
+            return None
+        self.check_theta(theta)
+        return self.matrix(theta)
+
     def __init__(self) -> None:
         super().__init__()
         self._basis_cache: dict = {}
@@ -129,6 +139,7 @@ class Affine(Transform):
     """Eq. (1): 6 parameters, θ = (θ11, θ12, θ13, θ21, θ22, θ23) row-major."""
 
     num_params = 6
+    affine = True
 
     def _identity_params(self) -> Tensor:
         return torch.tensor([1.0, 0, 0, 0, 1, 0], dtype=torch.float64)
@@ -143,6 +154,8 @@ class Affine(Transform):
 class Attention(Transform):
     """Eq. (2): isotropic scale and translation, θ = (s, tx, ty); with `scale` given the scale is
     fixed and θ = (tx, ty) (the attention windows of appendix A.6, and our co-localisation)."""
+
+    affine = True
 
     def __init__(self, scale: float | None = None) -> None:
         super().__init__()
@@ -264,6 +277,7 @@ class Affine3D(Transform):
 
     ndim = 3
     num_params = 12
+    affine = True
 
     def _identity_params(self) -> Tensor:
         return torch.tensor([1.0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0], dtype=torch.float64)

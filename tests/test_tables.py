@@ -1,4 +1,9 @@
 """Table rendering from metrics records."""
+import json
+import os
+
+import pytest
+
 from stn.paper import TABLE1_PROTOCOL, table1_paper
 from stn.report.tables import protocol_changes, render_table, summarize
 
@@ -43,3 +48,31 @@ def test_table4_paper_numbers(tmp_path):
     recs = [{"model": "2xST-FCN-TPS", "dataset": "ADD", "seed": 1, "test_error": 7.0}]
     md = render_table(recs, ["ADD"], ["2xST-FCN-TPS"], "t4", tmp_path, "table4")["md"].read_text()
     assert "| 2xST-FCN TPS | 7.0 (5.8) |" in md and "†" not in md
+
+
+def test_readme_gets_the_generated_tables(tmp_path):
+    from stn.report.readme import update_readme
+
+    results = tmp_path / "results"
+    (results / "data").mkdir(parents=True)
+    (results / "tables").mkdir()
+    (results / "runs" / "table1" / "R" / "CNN" / "seed1").mkdir(parents=True)
+    (results / "data" / "mnist.npz").write_bytes(b"x")
+    (results / "tables" / "table1.md").write_text("| Model | R |\n|---|---|\n| CNN | 1.2 (1.2) |\n")
+    (results / "runs" / "table1" / "R" / "CNN" / "seed1" / "metrics.json").write_text(json.dumps({"seconds": 120.0}))
+    os.utime(results / "data" / "mnist.npz", (1000, 1000))
+    os.utime(results / "tables" / "table1.md", (1000 + 46 * 60, 1000 + 46 * 60))
+    readme = tmp_path / "README.md"
+    readme.write_text("# T\n\n<!-- results:begin -->\nold\n<!-- results:end -->\n\n## After\n")
+    update_readme(readme, results, "snakemake --cores all")
+    text = readme.read_text()
+    assert "| CNN | 1.2 (1.2) |" in text and "old" not in text and text.endswith("## After\n")
+    assert "from the MNIST download to the last table: 46 min" in text and "took 2 min summed" in text
+    update_readme(readme, results, "snakemake --cores all")  # idempotent
+    assert readme.read_text() == text
+    readme.write_text("no markers\n")
+    with pytest.raises(ValueError, match="must contain the lines <!-- results:begin -->"):
+        update_readme(readme, results, "x")
+    readme.write_text(text)
+    with pytest.raises(FileNotFoundError, match="holds no finished run"):
+        update_readme(readme, tmp_path / "nothing", "x")

@@ -5,6 +5,12 @@ and "cuda" (compiled GPU kernel). "auto" takes CUDA for CUDA tensors and C++ on 
 back to the reference, with one warning naming the reason, when the extension is unavailable.
 The environment variable STN_SAMPLER forces an implementation wherever impl="auto".
 
+`transform_sample(input, transform, theta, out_size)` is what a spatial transformer calls: for
+affine and attention transforms (2-D) and 3-D affine ones, bilinear, with a compiled
+implementation, it runs the fused kernel (`affine_sample`), which computes each sampling point
+from θ on the fly and reduces the backward straight into dθ, never building the grid; otherwise
+it is the grid generator followed by `sample`, which is also the fused kernel's reference.
+
 Out-of-range taps read zero (zero padding). A sample point with a non-finite coordinate gives
 zero output and zero gradients on every implementation.
 """
@@ -19,11 +25,12 @@ from torch import Tensor
 from . import extension
 from .reference import sample_reference
 
-__all__ = ["sample", "resolve_impl", "available_impls", "IMPLS", "MODES"]
+__all__ = ["sample", "transform_sample", "affine_sample", "resolve_impl", "available_impls", "IMPLS", "MODES"]
 
 IMPLS = ("reference", "cpp", "cuda")
 MODES = {"bilinear": 0, "nearest": 1}
 ENV_VAR = "STN_SAMPLER"
+FUSED_CPU_DTYPES = (torch.float32, torch.float64)
 _warned: set[str] = set()
 
 
@@ -103,3 +110,44 @@ def sample(input: Tensor, grid: Tensor, mode: str = "bilinear", align_corners: b
     if chosen == "reference":
         return sample_reference(input, grid, mode, align_corners)
     return torch.ops.stn.sample_forward(input, grid, MODES[mode], align_corners)
+
+
+def affine_sample(input: Tensor, matrix: Tensor, out_size, align_corners: bool = False, impl: str = "auto") -> Tensor:
+    """Bilinear (trilinear) sampling of `input` at the affine map `matrix` (N, D, D+1) of the regular
+    output grid of size `out_size`, without materialising the grid. Differentiable in input and matrix.
+
+    impl="reference" runs the unfused path (the grid generator, then the reference sampler).
+    """
+    out_size = [int(s) for s in out_size]
+    d = input.dim() - 2
+    if input.dim() not in (4, 5) or matrix.shape != (input.shape[0], d, d + 1) or len(out_size) != d:
+        raise ValueError(
+            f"stn.affine_sample: a {input.dim()}-D input of batch {input.shape[0]} needs a matrix of shape "
+            f"({input.shape[0]}, {d}, {d + 1}) and {d} output sizes; got matrix {tuple(matrix.shape)}, out_size {out_size}"
+        )
+    chosen = resolve_impl(impl, input.device)
+    if chosen == "reference":
+        from ..transforms import Affine, Affine3D
+
+        grid = (Affine3D() if d == 3 else Affine()).grid(matrix.reshape(input.shape[0], -1), out_size, align_corners)
+        return sample_reference(input, grid.to(input.dtype), "bilinear", align_corners)
+    return torch.ops.stn.affine_sample_forward(input, matrix.to(input.dtype), out_size, align_corners)
+
+
+def transform_sample(input: Tensor, transform, theta: Tensor, out_size, mode: str = "bilinear",
+                     align_corners: bool = False, impl: str = "auto") -> Tensor:
+    """Warp `input` by `transform` (a stn.transforms.Transform) with parameters θ (N, num_params).
+
+    Uses the fused kernel where the transform is affine (`transform.affine_matrix(θ)` is not
+    None), the mode is bilinear and a compiled implementation runs (on the CPU: for float32 and
+    float64); otherwise the grid generator, then `sample`.
+    """
+    chosen = resolve_impl(impl, input.device)
+    fusable = mode == "bilinear" and (chosen == "cuda" or (chosen == "cpp" and input.dtype in FUSED_CPU_DTYPES))
+    matrix = transform.affine_matrix(theta) if fusable else None
+    if matrix is None:
+        return sample(input, transform.grid(theta, out_size, align_corners), mode, align_corners, chosen)
+    if len(out_size) != input.dim() - 2 or transform.ndim != input.dim() - 2:
+        raise ValueError(f"{type(transform).__name__} is {transform.ndim}-D; input has shape {tuple(input.shape)} "
+                         f"and out_size {tuple(out_size)}")
+    return affine_sample(input, matrix, out_size, align_corners, chosen)

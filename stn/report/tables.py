@@ -6,7 +6,7 @@ import io
 import statistics
 from pathlib import Path
 
-from ..io import atomic_path, read_json
+from ..io import read_json, write_text
 from typing import Callable
 
 from ..paper import TABLE1_PROTOCOL, display_name, paper_number
@@ -42,11 +42,6 @@ def _cell(stats, paper, from_text, fmt) -> str:
     return fmt(ours, theirs)
 
 
-def _write(path: Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
-
-
 def render_table(records: list[dict], datasets: list[str], models: list[str], caption: str, out_dir: Path,
                  name: str, paper: Callable[[str, str], tuple[float | None, bool]] | None = None,
                  key: str = "test_error", row_label: str = "Model") -> dict[str, Path]:
@@ -64,7 +59,7 @@ def render_table(records: list[dict], datasets: list[str], models: list[str], ca
             w.writerow([m, d, f"{s[0]:.4f}" if s else "", f"{s[1]:.4f}" if s and s[1] is not None else "",
                         s[2] if s else 0, "" if number is None else number, int(from_text)])
     csv_path = out_dir / f"{name}.csv"
-    _write(csv_path, buf.getvalue())
+    write_text(csv_path, buf.getvalue())
 
     md = [f"**{caption}**", "", f"| {row_label} | " + " | ".join(datasets) + " |", "|---|" + "---|" * len(datasets)]
     for m in models:
@@ -76,7 +71,7 @@ def render_table(records: list[dict], datasets: list[str], models: list[str], ca
     if any(paper(m, d)[1] for m in models for d in datasets):
         md.append("† TC: the paper reports one ST-FCN and one ST-CNN number in the text without naming the transform.")
     md_path = out_dir / f"{name}.md"
-    _write(md_path, "\n".join(md) + "\n")
+    write_text(md_path, "\n".join(md) + "\n")
 
     tex = ["\\begin{table}", "\\centering", "\\begin{tabular}{l" + "c" * len(datasets) + "}", "\\hline",
            f"{row_label} & " + " & ".join(datasets) + " \\\\", "\\hline"]
@@ -86,7 +81,7 @@ def render_table(records: list[dict], datasets: list[str], models: list[str], ca
         tex.append(f"{display_name(m)} & " + " & ".join(cells) + " \\\\")
     tex += ["\\hline", "\\end{tabular}", f"\\caption{{{_tex_escape(caption)}}}", "\\end{table}"]
     tex_path = out_dir / f"{name}.tex"
-    _write(tex_path, "\n".join(tex) + "\n")
+    write_text(tex_path, "\n".join(tex) + "\n")
     return {"csv": csv_path, "md": md_path, "tex": tex_path}
 
 
@@ -111,7 +106,7 @@ def render_param_table(table: dict, models: list[str], out_dir: Path, name: str)
         lines.append(f"| {display_name(m)} | " + " | ".join(cells) + " |")
     lines += ["", "Widths in brackets: hidden units (FCN) or conv1/conv2 filters (CNN)."]
     path = Path(out_dir) / f"{name}.md"
-    _write(path, "\n".join(lines) + "\n")
+    write_text(path, "\n".join(lines) + "\n")
     return path
 
 

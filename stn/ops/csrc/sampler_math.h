@@ -32,6 +32,13 @@ STN_HD acc_t unnormalize(acc_t coord, int64_t size, bool align_corners) {
                        : ((coord + acc_t(1)) * acc_t(size) - acc_t(1)) / acc_t(2);
 }
 
+// Normalised coordinate of point i of the regular target grid G along an axis of `size` points
+// (pixel centres over the map's bounds, or corners with align_corners), as stn.transforms builds it.
+STN_HD double target_coord(int64_t i, int64_t size, bool align_corners) {
+  if (align_corners) return size == 1 ? 0.0 : -1.0 + 2.0 * double(i) / double(size - 1);
+  return (2.0 * double(i) + 1.0) / double(size) - 1.0;
+}
+
 // d(pixel coordinate) / d(normalised coordinate).
 template <typename acc_t>
 STN_HD acc_t unnormalize_scale(int64_t size, bool align_corners) {

@@ -203,11 +203,16 @@ std::tuple<at::Tensor, at::Tensor> sample_backward_cpu(const at::Tensor& grad_ou
 
 }  // namespace
 
+// Every op of the library is declared here, once; kernels register per device in their own files.
 TORCH_LIBRARY(stn, m) {
   m.def("sample_forward(Tensor input, Tensor grid, int mode, bool align_corners) -> Tensor");
   m.def(
       "sample_backward(Tensor grad_output, Tensor input, Tensor grid, int mode, bool align_corners, bool input_grad, "
       "bool grid_grad) -> (Tensor, Tensor)");
+  m.def("affine_sample_forward(Tensor input, Tensor theta, int[] out_size, bool align_corners) -> Tensor");
+  m.def(
+      "affine_sample_backward(Tensor grad_output, Tensor input, Tensor theta, int[] out_size, bool align_corners, "
+      "bool input_grad, bool theta_grad) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(stn, CPU, m) {

@@ -1,0 +1,49 @@
+"""Copy the generated tables of a finished run into the README, between two marker lines.
+
+The README's results section is never typed by hand: `stn readme` replaces what lies between
+`<!-- results:begin -->` and `<!-- results:end -->` with results/tables/*.md and a line of
+timings read from the run's own files.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..io import read_json, write_text
+
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+TABLES = ["table1", "table4", "table5", "volumetric"]
+
+
+def run_timing(results: Path) -> str:
+    """Wall time from the first data file to the last table (file times) and the summed job times."""
+    results = Path(results)
+    first = results / "data" / "mnist.npz"
+    tables = [results / "tables" / f"{t}.md" for t in TABLES if (results / "tables" / f"{t}.md").exists()]
+    if not first.exists() or not tables:
+        raise FileNotFoundError(f"{results} holds no finished run (need data/mnist.npz and tables/*.md); "
+                                f"run `snakemake --cores all` first")
+    wall = max(t.stat().st_mtime for t in tables) - first.stat().st_mtime
+    job_seconds = sum(read_json(p).get("seconds", 0.0) or 0.0 for p in (results / "runs").rglob("metrics.json"))
+    return (f"Wall time of this run, from the MNIST download to the last table: {wall / 60:.0f} min; "
+            f"training and optimisation jobs took {job_seconds / 60:.0f} min summed over jobs.")
+
+
+def generated_section(results: Path, command: str) -> str:
+    results = Path(results)
+    parts = [f"Produced by `{command}`, copied from `{results}/tables/*.md` by `stn readme`.", "",
+             run_timing(results)]
+    for name in TABLES:
+        path = results / "tables" / f"{name}.md"
+        if path.exists():
+            parts += ["", path.read_text().strip()]
+    return "\n".join(parts)
+
+
+def update_readme(readme: Path, results: Path, command: str) -> None:
+    text = Path(readme).read_text()
+    if text.count(BEGIN) != 1 or text.count(END) != 1 or text.index(BEGIN) > text.index(END):
+        raise ValueError(f"{readme} must contain the lines {BEGIN} and {END}, once each and in that order")
+    head, rest = text.split(BEGIN)
+    _, tail = rest.split(END)
+    new = f"{head}{BEGIN}\n{generated_section(results, command)}\n{END}{tail}"
+    write_text(readme, new)
