@@ -87,7 +87,11 @@ std::tuple<at::Tensor, at::Tensor> affine_sample_backward_impl(const at::Tensor&
   TORCH_CHECK(grad_out.sizes() == at::IntArrayRef(affine_output_shape(input, out_size)),
               "stn.affine_sample backward: grad_output has the wrong shape ", grad_out.sizes());
   const auto acc_type = at::toOpMathType(input.scalar_type());
-  at::Tensor gi_acc = input_grad ? at::zeros(input.sizes(), input.options().dtype(acc_type)) : at::Tensor();
+  // A kernel that writes every element of d input (the CPU one) spares the zero fill, a full pass over memory.
+  const auto gi_options = input.options().dtype(acc_type);
+  at::Tensor gi_acc = !input_grad                              ? at::Tensor()
+                      : Backward<2, float>::kWritesAllInputGrad ? at::empty(input.sizes(), gi_options)
+                                                                : at::zeros(input.sizes(), gi_options);
   at::Tensor gt_acc = theta_grad ? at::zeros(theta.sizes(), theta.options().dtype(acc_type)) : at::Tensor();
   if (grad_out.numel() > 0 && (input_grad || theta_grad)) {
     dispatch_affine<Backward>(input, grad_out, input, theta, input_grad ? &gi_acc : nullptr,

@@ -19,6 +19,24 @@
 namespace stn {
 namespace {
 
+// dst[j * dst_j + c * dst_c] = f(src[j * src_j + c * src_c], j) for j < J, c < C: a layout change
+// between channels-first tensors and channels-last tiles. Channel by channel, so the tensor side
+// (large, in memory) is read or written contiguously and the strided side is the cache-resident
+// tile or row buffer.
+template <typename S, typename T, typename F>
+inline void relayout(const S* src, int64_t src_j, int64_t src_c, T* dst, int64_t dst_j, int64_t dst_c, int64_t J,
+                     int64_t C, F f) {
+  for (int64_t c = 0; c < C; ++c) {
+    const S* s = src + c * src_c;
+    T* d = dst + c * dst_c;
+    if (src_j == 1 && dst_j == 1) {
+      for (int64_t j = 0; j < J; ++j) d[j] = f(s[j], j);
+    } else {
+      for (int64_t j = 0; j < J; ++j) d[j * dst_j] = f(s[j * src_j], j);
+    }
+  }
+}
+
 // One sample's channels in a channels-last tile with a one-pixel zero border on every side:
 // element (position, c) lives at position * C + c, so the C values of one kernel tap are
 // contiguous (one vector load per tap for C > 1) and a tap never needs a bounds check.
@@ -55,23 +73,21 @@ struct PaddedTile {
     return (y + 1) * stride[1] + (D == 3 ? (z + 1) * stride[D - 1] : 0) + 1;
   }
 
+  // From one sample of a (C, [D,] H, W) input.
   template <typename scalar_t>
   void load(const scalar_t* src) {
-    for (int64_t c = 0; c < channels; ++c)
-      for (int64_t r = 0; r < rows(); ++r) {
-        acc_t* dst = data.data() + row_position(r) * channels + c;
-        const scalar_t* s = src + (c * rows() + r) * in[0];
-        for (int64_t x = 0; x < in[0]; ++x) dst[x * channels] = acc_t(s[x]);
-      }
+    const int64_t plane = rows() * in[0];
+    for (int64_t r = 0; r < rows(); ++r)
+      relayout(src + r * in[0], 1, plane, data.data() + row_position(r) * channels, channels, 1, in[0], channels,
+               [](scalar_t v, int64_t) { return acc_t(v); });
   }
 
+  // The interior, to one sample of a (C, [D,] H, W) tensor.
   void store(acc_t* dst) const {
-    for (int64_t c = 0; c < channels; ++c)
-      for (int64_t r = 0; r < rows(); ++r) {
-        const acc_t* s = data.data() + row_position(r) * channels + c;
-        acc_t* d = dst + (c * rows() + r) * in[0];
-        for (int64_t x = 0; x < in[0]; ++x) d[x] = s[x * channels];
-      }
+    const int64_t plane = rows() * in[0];
+    for (int64_t r = 0; r < rows(); ++r)
+      relayout(data.data() + row_position(r) * channels, channels, 1, dst + r * in[0], 1, plane, in[0], channels,
+               [](acc_t v, int64_t) { return v; });
   }
 
   void zero() { std::fill(data.begin(), data.end(), acc_t(0)); }
@@ -117,54 +133,85 @@ struct RowTaps {
   }
 };
 
-// Multilinear interpolation of the 2^D tap values v (bit a of the index = upper neighbour on axis a).
-template <int D, typename acc_t>
-inline acc_t interpolate(const acc_t* values, const acc_t* f) {
-  acc_t v[1 << D];
-  for (int k = 0; k < (1 << D); ++k) v[k] = values[k];
-  for (int a = 0; a < D; ++a)
-    for (int m = 0; m < (1 << (D - 1 - a)); ++m) v[m] = v[2 * m] + f[a] * (v[2 * m + 1] - v[2 * m]);
-  return v[0];
-}
-
-// d interpolate / d f[a]: the interpolation over the other axes of the differences along axis a.
-template <int D, typename acc_t>
-inline acc_t interpolate_grad(const acc_t* v, const acc_t* f, int a) {
-  constexpr int H = 1 << (D - 1);
-  acc_t diff[H], rest[D - 1];
-  for (int m = 0; m < H; ++m) {
-    const int k0 = (m & ((1 << a) - 1)) | ((m >> a) << (a + 1));
-    diff[m] = v[k0 | (1 << a)] - v[k0];
+// Multilinear interpolation over axes [0, A) of the 2^A taps src[corner[k]] (bit a of k = upper
+// neighbour on axis a), written as nested lerps on scalars: no tap array goes through memory,
+// which kept the compiler's vectoriser from turning it into stalled partial stores and reloads.
+template <int A, typename acc_t>
+inline acc_t lerp_taps(const acc_t* src, const int32_t* corner, const acc_t* f) {
+  if constexpr (A == 0) {
+    return src[corner[0]];
+  } else {
+    const acc_t lo = lerp_taps<A - 1>(src, corner, f);
+    const acc_t hi = lerp_taps<A - 1>(src, corner + (1 << (A - 1)), f);
+    return lo + f[A - 1] * (hi - lo);
   }
-  for (int b = 0, i = 0; b < D; ++b)
-    if (b != a) rest[i++] = f[b];
-  return interpolate<D - 1, acc_t>(diff, rest);
 }
 
-// Kernel weight of each tap (bit a of k = upper neighbour on axis a) and its derivative in f[a].
+// d lerp_taps<A> / d f[a].
+template <int A, typename acc_t>
+inline acc_t lerp_taps_grad(const acc_t* src, const int32_t* corner, const acc_t* f, int a) {
+  if constexpr (A == 0) {
+    return acc_t(0);
+  } else {
+    constexpr int half = 1 << (A - 1);
+    if (a == A - 1) return lerp_taps<A - 1>(src, corner + half, f) - lerp_taps<A - 1>(src, corner, f);
+    const acc_t lo = lerp_taps_grad<A - 1>(src, corner, f, a);
+    const acc_t hi = lerp_taps_grad<A - 1>(src, corner + half, f, a);
+    return lo + f[A - 1] * (hi - lo);
+  }
+}
+
+// Kernel weight of tap k (bit a of k = upper neighbour on axis a), of every tap, and their
+// derivatives in f[a].
+template <int D, typename acc_t>
+inline acc_t corner_weight(int k, const acc_t* f) {
+  acc_t w = acc_t(1);
+  for (int a = 0; a < D; ++a) w *= ((k >> a) & 1) ? f[a] : acc_t(1) - f[a];
+  return w;
+}
+
 template <int D, typename acc_t>
 inline void tap_weights(const acc_t* f, acc_t* w) {
-  for (int k = 0; k < (1 << D); ++k) {
-    w[k] = acc_t(1);
-    for (int a = 0; a < D; ++a) w[k] *= ((k >> a) & 1) ? f[a] : acc_t(1) - f[a];
-  }
+  for (int k = 0; k < (1 << D); ++k) w[k] = corner_weight<D, acc_t>(k, f);
 }
 
-// Per-sample geometry of the output rows: target coordinates and the affine map to pixels.
 template <int D, typename acc_t>
+inline void tap_weight_grads(const acc_t* f, acc_t (*dw)[1 << D]) {
+  for (int a = 0; a < D; ++a)
+    for (int k = 0; k < (1 << D); ++k) {
+      dw[a][k] = ((k >> a) & 1) ? acc_t(1) : acc_t(-1);
+      for (int b = 0; b < D; ++b)
+        if (b != a) dw[a][k] *= ((k >> b) & 1) ? f[b] : acc_t(1) - f[b];
+    }
+}
+
+// One call's geometry: the output rows with their target coordinates, the affine map of each
+// sample's θ (kept in the op-math type) to pixels, and the sizes both directions loop over.
+template <int D, typename scalar_t>
 struct RowMap {
-  const AffineAxes<D, acc_t>& axes;
+  using acc_t = at::opmath_type<scalar_t>;
+  AffineAxes<D, acc_t> axes;
   std::vector<double> target[D];  // normalised target coordinates per output axis
   std::vector<acc_t> xt;          // target[0] in acc_t
-  int64_t rows = 1;
+  int64_t rows = 1;               // output rows per sample (H', or D'·H')
+  int64_t width;                  // points per row (W')
+  int64_t points;                 // output points per sample
+  int64_t sample_numel;           // input elements per sample
+  at::Tensor theta_acc;
+  const acc_t* theta_data;  // theta_acc.s data, (N, D, D+1)
 
-  explicit RowMap(const AffineAxes<D, acc_t>& ax) : axes(ax) {
+  RowMap(const at::Tensor& input, const at::Tensor& theta, at::IntArrayRef out_size, bool align_corners)
+      : axes(input, out_size, align_corners), theta_acc(theta.to(at::toOpMathType(theta.scalar_type()))) {
     for (int a = 0; a < D; ++a) {
-      target[a].resize(ax.out[a]);
-      for (int64_t i = 0; i < ax.out[a]; ++i) target[a][i] = target_coord(i, ax.out[a], ax.align_corners);
-      if (a > 0) rows *= ax.out[a];
+      target[a].resize(axes.out[a]);
+      for (int64_t i = 0; i < axes.out[a]; ++i) target[a][i] = target_coord(i, axes.out[a], align_corners);
+      if (a > 0) rows *= axes.out[a];
     }
     xt.assign(target[0].begin(), target[0].end());
+    width = axes.out[0];
+    points = width * rows;
+    sample_numel = input.numel() / std::max<int64_t>(input.size(0), 1);
+    theta_data = theta_acc.const_data_ptr<acc_t>();
   }
 
   // Normalised target coordinates (x unused) of output row r.
@@ -174,10 +221,10 @@ struct RowMap {
     if (D == 3) t[2] = target[D - 1][r / axes.out[1]];
   }
 
-  // slope/intercept of p_a(j) = slope[a] * xt[j] + intercept[a] for θ (D x (D+1), row-major).
-  void line(const acc_t* theta, const double* t, acc_t* slope, acc_t* intercept) const {
+  // slope/intercept of p_a(j) = slope[a] * xt[j] + intercept[a] for sample n's θ (D x (D+1), row-major).
+  void line(int64_t n, const double* t, acc_t* slope, acc_t* intercept) const {
     for (int a = 0; a < D; ++a) {
-      const acc_t* row = theta + a * (D + 1);
+      const acc_t* row = theta_data + (n * D + a) * (D + 1);
       double c = double(row[D]);
       for (int b = 1; b < D; ++b) c += double(row[b]) * t[b];
       slope[a] = row[0] * axes.scale[a];
@@ -193,17 +240,14 @@ void forward_kernel(const at::Tensor& input, const at::Tensor& theta, at::Tensor
                     bool align_corners) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int K = 1 << D;
+  const RowMap<D, scalar_t> map(input, theta, out_size, align_corners);
   const int64_t N = input.size(0), C = FIXED_C ? FIXED_C : input.size(1);
-  const AffineAxes<D, acc_t> axes(input, out_size, align_corners);
-  const RowMap<D, acc_t> map(axes);
-  const int64_t W = axes.out[0], P = W * map.rows, S = input.numel() / std::max<int64_t>(N, 1);
-  const at::Tensor theta_acc = theta.to(at::toOpMathType(theta.scalar_type()));
-  const acc_t* th = theta_acc.const_data_ptr<acc_t>();
+  const int64_t W = map.width, P = map.points, S = map.sample_numel;
   const scalar_t* in = input.const_data_ptr<scalar_t>();
   scalar_t* o = out.mutable_data_ptr<scalar_t>();
 
   at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
-    PaddedTile<D, acc_t> tile(axes.in, C);
+    PaddedTile<D, acc_t> tile(map.axes.in, C);
     RowTaps<D, acc_t> taps(W);
     std::vector<acc_t> row(W * C);  // one output row, channels last
     for (int64_t n = begin; n < end; ++n) {
@@ -212,20 +256,23 @@ void forward_kernel(const at::Tensor& input, const at::Tensor& theta, at::Tensor
       acc_t slope[D], intercept[D];
       for (int64_t r = 0; r < map.rows; ++r) {
         map.row_coords(r, t);
-        map.line(th + n * D * (D + 1), t, slope, intercept);
+        map.line(n, t, slope, intercept);
         taps.compute(slope, intercept, map.xt, tile);
+        if constexpr (FIXED_C == 1) {  // interpolate the taps straight into the output row
+          scalar_t* dst = o + n * P + r * W;
+          for (int64_t j = 0; j < W; ++j) {
+            acc_t f[D];
+            taps.fractions(j, f);
+            dst[j] = scalar_t(lerp_taps<D>(tile.data.data() + taps.off[j], tile.corner, f));
+          }
+          continue;
+        }
         for (int64_t j = 0; j < W; ++j) {
           acc_t f[D], w[K];
           taps.fractions(j, f);
+          tap_weights<D, acc_t>(f, w);
           const acc_t* src = tile.data.data() + taps.off[j];
           acc_t* dst = row.data() + j * C;
-          if (FIXED_C == 1) {
-            acc_t v[K];
-            for (int k = 0; k < K; ++k) v[k] = src[tile.corner[k]];
-            dst[0] = interpolate<D, acc_t>(v, f);
-            continue;
-          }
-          tap_weights<D, acc_t>(f, w);
 #pragma omp simd
           for (int64_t c = 0; c < C; ++c) {
             acc_t v = acc_t(0);
@@ -233,10 +280,7 @@ void forward_kernel(const at::Tensor& input, const at::Tensor& theta, at::Tensor
             dst[c] = v;
           }
         }
-        for (int64_t c = 0; c < C; ++c) {
-          scalar_t* dst = o + (n * C + c) * P + r * W;
-          for (int64_t j = 0; j < W; ++j) dst[j] = scalar_t(row[j * C + c]);
-        }
+        relayout(row.data(), C, 1, o + n * C * P + r * W, 1, P, W, C, [](acc_t v, int64_t) { return scalar_t(v); });
       }
     }
   });
@@ -247,25 +291,23 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& input, const 
                      at::Tensor* gt, at::IntArrayRef out_size, bool align_corners) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int K = 1 << D;
+  const RowMap<D, scalar_t> map(input, theta, out_size, align_corners);
   const int64_t N = input.size(0), C = FIXED_C ? FIXED_C : input.size(1);
-  const AffineAxes<D, acc_t> axes(input, out_size, align_corners);
-  const RowMap<D, acc_t> map(axes);
-  const int64_t W = axes.out[0], P = W * map.rows, S = input.numel() / std::max<int64_t>(N, 1);
-  const at::Tensor theta_acc = theta.to(at::toOpMathType(theta.scalar_type()));
-  const acc_t* th = theta_acc.const_data_ptr<acc_t>();
+  const int64_t W = map.width, P = map.points, S = map.sample_numel;
   const scalar_t* in = input.const_data_ptr<scalar_t>();
   const scalar_t* go = grad_out.const_data_ptr<scalar_t>();
   acc_t* gin = INPUT_GRAD ? gi->mutable_data_ptr<acc_t>() : nullptr;
   acc_t* gth = THETA_GRAD ? gt->mutable_data_ptr<acc_t>() : nullptr;
 
   at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
-    PaddedTile<D, acc_t> tile(axes.in, THETA_GRAD ? C : 0);
-    PaddedTile<D, acc_t> dtile(axes.in, INPUT_GRAD ? C : 0);
+    PaddedTile<D, acc_t> tile(map.axes.in, THETA_GRAD ? C : 0);
+    PaddedTile<D, acc_t> dtile(map.axes.in, INPUT_GRAD ? C : 0);
     const PaddedTile<D, acc_t>& geometry = THETA_GRAD ? tile : dtile;
     RowTaps<D, acc_t> taps(W);
     std::vector<acc_t> grad_row(W * C);  // dL/d output of one row, channels last; zero at absent points
-    std::vector<acc_t> dpoint[D];        // dL/d(pixel coordinate) per point of the row
+    std::vector<acc_t> dpoint[D];        // C = 1: dL/d(pixel coordinate) per point of the row
     for (int a = 0; a < D; ++a) dpoint[a].resize(W);
+    std::vector<acc_t> channel_sums(2 * D * C);  // C > 1: per-channel partial sums for dθ
     for (int64_t n = begin; n < end; ++n) {
       if (THETA_GRAD) tile.load(in + n * S);
       if (INPUT_GRAD) dtile.zero();
@@ -274,63 +316,89 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& input, const 
       acc_t slope[D], intercept[D];
       for (int64_t r = 0; r < map.rows; ++r) {
         map.row_coords(r, t);
-        map.line(th + n * D * (D + 1), t, slope, intercept);
+        map.line(n, t, slope, intercept);
         taps.compute(slope, intercept, map.xt, geometry);
-        for (int64_t c = 0; c < C; ++c) {
-          const scalar_t* g = go + (n * C + c) * P + r * W;
-          for (int64_t j = 0; j < W; ++j) grad_row[j * C + c] = acc_t(g[j]) * taps.present[j];
-        }
+        relayout(go + n * C * P + r * W, 1, P, grad_row.data(), C, 1, W, C,
+                 [&](scalar_t v, int64_t j) { return acc_t(v) * taps.present[j]; });
         if (THETA_GRAD) {
-          for (int64_t j = 0; j < W; ++j) {
-            acc_t f[D], tap_sum[K];  // tap_sum[k] = Σ_c value of tap k · grad
-            taps.fractions(j, f);
-            const acc_t* src = tile.data.data() + taps.off[j];
-            const acc_t* gr = grad_row.data() + j * C;
-            for (int k = 0; k < K; ++k) {
-              const acc_t* v = src + tile.corner[k];
-              acc_t sum = acc_t(0);
-              if (FIXED_C == 1) {
-                sum = v[0] * gr[0];
-              } else {
-#pragma omp simd reduction(+ : sum)
-                for (int64_t c = 0; c < C; ++c) sum += v[c] * gr[c];
-              }
-              tap_sum[k] = sum;
+          // Σ_j dL/dp_a(j) · x_j and Σ_j dL/dp_a(j) along the row, per source axis a
+          acc_t along[D], total[D];
+          if constexpr (FIXED_C == 1) {
+            for (int64_t j = 0; j < W; ++j) {
+              acc_t f[D];
+              taps.fractions(j, f);
+              const acc_t* src = tile.data.data() + taps.off[j];
+              for (int a = 0; a < D; ++a) dpoint[a][j] = grad_row[j] * lerp_taps_grad<D>(src, tile.corner, f, a);
             }
-            // the kernel is linear in the tap values, so d/dp_a of Σ_c g_c·value_c interpolates tap_sum
-            for (int a = 0; a < D; ++a) dpoint[a][j] = interpolate_grad<D, acc_t>(tap_sum, f, a);
+            for (int a = 0; a < D; ++a) {
+              const acc_t* dp = dpoint[a].data();
+              const acc_t* xt = map.xt.data();
+              acc_t al = acc_t(0), to = acc_t(0);
+#pragma omp simd reduction(+ : al, to)
+              for (int64_t j = 0; j < W; ++j) {
+                al += dp[j] * xt[j];
+                to += dp[j];
+              }
+              along[a] = al;
+              total[a] = to;
+            }
+          } else {
+            // Vector accumulators over channels, reduced once per row (no reduction per point).
+            std::fill(channel_sums.begin(), channel_sums.end(), acc_t(0));
+            for (int64_t j = 0; j < W; ++j) {
+              acc_t f[D], dw[D][K];
+              taps.fractions(j, f);
+              tap_weight_grads<D, acc_t>(f, dw);
+              const acc_t* src = tile.data.data() + taps.off[j];
+              const acc_t* gr = grad_row.data() + j * C;
+              const acc_t x = map.xt[j];
+              for (int a = 0; a < D; ++a) {
+                acc_t* __restrict__ along_c = channel_sums.data() + 2 * a * C;
+                acc_t* __restrict__ total_c = along_c + C;
+#pragma omp simd
+                for (int64_t c = 0; c < C; ++c) {
+                  acc_t d = acc_t(0);
+                  for (int k = 0; k < K; ++k) d += dw[a][k] * src[tile.corner[k] + c];
+                  d *= gr[c];
+                  along_c[c] += x * d;
+                  total_c[c] += d;
+                }
+              }
+            }
+            for (int a = 0; a < D; ++a) {
+              along[a] = total[a] = acc_t(0);
+              for (int64_t c = 0; c < C; ++c) {
+                along[a] += channel_sums[2 * a * C + c];
+                total[a] += channel_sums[(2 * a + 1) * C + c];
+              }
+            }
           }
           // p_a = scale_a * (θ_a0 x + θ_a1 y [+ θ_a2 z] + θ_aD) + shift_a, with y, z fixed along the row.
           for (int a = 0; a < D; ++a) {
-            acc_t along = acc_t(0), total = acc_t(0);
-            for (int64_t j = 0; j < W; ++j) {
-              along += dpoint[a][j] * map.xt[j];
-              total += dpoint[a][j];
-            }
-            dtheta[a][0] += double(along);
-            for (int b = 1; b < D; ++b) dtheta[a][b] += double(total) * t[b];
-            dtheta[a][D] += double(total);
+            dtheta[a][0] += double(along[a]);
+            for (int b = 1; b < D; ++b) dtheta[a][b] += double(total[a]) * t[b];
+            dtheta[a][D] += double(total[a]);
           }
         }
         if (INPUT_GRAD) {
-          for (int64_t j = 0; j < W; ++j) {
-            acc_t f[D], w[K];
-            taps.fractions(j, f);
-            tap_weights<D, acc_t>(f, w);
-            acc_t* dst = dtile.data.data() + taps.off[j];
-            const acc_t* gr = grad_row.data() + j * C;
-            for (int k = 0; k < K; ++k) {
-              acc_t* d = dst + dtile.corner[k];
+          // One tap at a time over the row: neighbouring points then hit different addresses, so
+          // the scatter's read-modify-writes do not wait on each other through memory.
+          for (int k = 0; k < K; ++k)
+            for (int64_t j = 0; j < W; ++j) {
+              acc_t f[D];
+              taps.fractions(j, f);
+              const acc_t w = corner_weight<D, acc_t>(k, f);
+              acc_t* d = dtile.data.data() + taps.off[j] + dtile.corner[k];
+              const acc_t* gr = grad_row.data() + j * C;
 #pragma omp simd
-              for (int64_t c = 0; c < C; ++c) d[c] += w[k] * gr[c];
+              for (int64_t c = 0; c < C; ++c) d[c] += w * gr[c];
             }
-          }
         }
       }
       if (INPUT_GRAD) dtile.store(gin + n * S);
       if (THETA_GRAD)
         for (int a = 0; a < D; ++a)
-          for (int b = 0; b <= D; ++b) gth[(n * D + a) * (D + 1) + b] = acc_t(dtheta[a][b] * double(axes.scale[a]));
+          for (int b = 0; b <= D; ++b) gth[(n * D + a) * (D + 1) + b] = acc_t(dtheta[a][b] * double(map.axes.scale[a]));
     }
   });
 }
@@ -360,6 +428,7 @@ struct Forward {
 
 template <int D, typename scalar_t>
 struct Backward {
+  static constexpr bool kWritesAllInputGrad = true;  // each sample's tile is stored whole
   template <int FIXED_C>
   static void run_for(const at::Tensor& grad_out, const at::Tensor& input, const at::Tensor& theta, at::Tensor* gi,
                       at::Tensor* gt, at::IntArrayRef out_size, bool align_corners) {

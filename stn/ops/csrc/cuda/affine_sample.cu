@@ -165,6 +165,7 @@ struct Forward {
 
 template <int D, typename scalar_t>
 struct Backward {
+  static constexpr bool kWritesAllInputGrad = false;  // atomics accumulate into zeros
   static void run(const at::Tensor& grad_out, const at::Tensor& input, const at::Tensor& theta, at::Tensor* gi,
                   at::Tensor* gt, at::IntArrayRef out_size, bool align_corners) {
     using acc_t = at::opmath_type<scalar_t>;
