@@ -221,6 +221,14 @@ struct RowMap {
     if (D == 3) t[2] = target[D - 1][r / axes.out[1]];
   }
 
+  // Output row r of sample n: its target coordinates t and its taps in `tile`'s geometry.
+  void row(int64_t n, int64_t r, double* t, RowTaps<D, acc_t>& taps, const PaddedTile<D, acc_t>& tile) const {
+    acc_t slope[D], intercept[D];
+    row_coords(r, t);
+    line(n, t, slope, intercept);
+    taps.compute(slope, intercept, xt, tile);
+  }
+
   // slope/intercept of p_a(j) = slope[a] * xt[j] + intercept[a] for sample n's θ (D x (D+1), row-major).
   void line(int64_t n, const double* t, acc_t* slope, acc_t* intercept) const {
     for (int a = 0; a < D; ++a) {
@@ -253,11 +261,8 @@ void forward_kernel(const at::Tensor& input, const at::Tensor& theta, at::Tensor
     for (int64_t n = begin; n < end; ++n) {
       tile.load(in + n * S);
       double t[3];
-      acc_t slope[D], intercept[D];
       for (int64_t r = 0; r < map.rows; ++r) {
-        map.row_coords(r, t);
-        map.line(n, t, slope, intercept);
-        taps.compute(slope, intercept, map.xt, tile);
+        map.row(n, r, t, taps, tile);
         if constexpr (FIXED_C == 1) {  // interpolate the taps straight into the output row
           scalar_t* dst = o + n * P + r * W;
           for (int64_t j = 0; j < W; ++j) {
@@ -313,11 +318,8 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& input, const 
       if (INPUT_GRAD) dtile.zero();
       double dtheta[D][D + 1] = {};
       double t[3];
-      acc_t slope[D], intercept[D];
       for (int64_t r = 0; r < map.rows; ++r) {
-        map.row_coords(r, t);
-        map.line(n, t, slope, intercept);
-        taps.compute(slope, intercept, map.xt, geometry);
+        map.row(n, r, t, taps, geometry);
         relayout(go + n * C * P + r * W, 1, P, grad_row.data(), C, 1, W, C,
                  [&](scalar_t v, int64_t j) { return acc_t(v) * taps.present[j]; });
         if (THETA_GRAD) {
