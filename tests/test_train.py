@@ -77,3 +77,23 @@ def test_failed_run_ends_failed(tmp_path, monkeypatch):
 def test_unknown_setting_is_named():
     with pytest.raises(ValueError, match="unknown training settings \\['iteratons'\\]"):
         TrainSettings.from_dict({"iteratons": 5})
+
+
+def test_initial_weights_follow_the_seed_across_processes():
+    """torch's start-up seed differs per process, so a run's seed must set the initial weights."""
+    import subprocess
+    import sys
+
+    code = (
+        "import hashlib, sys; from stn.experiments.classification import build_model; "
+        "from stn.models import mnist as zoo; "
+        "t = {'R': {'target': 120000, 'models': {'ST-CNN-Aff': {'params': zoo.build('ST-CNN-Aff', "
+        "zoo.InputSpec(1, 28, 10, False), 120000).params}}}}; "
+        "m = build_model('R', 'ST-CNN-Aff', t, int(sys.argv[1])).model; "
+        "print(hashlib.sha256(b''.join(p.detach().numpy().tobytes() for p in m.parameters())).hexdigest())"
+    )
+    digest = lambda seed: subprocess.run([sys.executable, "-c", code, str(seed)], capture_output=True, text=True,  # noqa: E731
+                                         check=True).stdout.strip()
+    first = digest(1)
+    assert first == digest(1)
+    assert first != digest(2)

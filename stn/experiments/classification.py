@@ -33,12 +33,16 @@ def param_table(datasets: list[str], models: list[str], cap: int) -> dict:
     return table
 
 
-def build_model(dataset: str, model: str, table: dict) -> zoo.Built:
+def build_model(dataset: str, model: str, table: dict, seed: int | None = None) -> zoo.Built:
+    """The model with the table's widths; with `seed`, its initial weights come from that seed
+    (torch's own start-up seed differs from process to process)."""
     try:
         entry = table[dataset]
         expected = entry["models"][model]["params"]
     except KeyError:
         raise KeyError(f"the parameter table has no entry for {dataset}/{model}; regenerate it") from None
+    if seed is not None:
+        torch.manual_seed(seed)
     built = zoo.build(model, input_spec(dataset), entry["target"])
     if built.params != expected:
         raise RuntimeError(f"{dataset}/{model}: built {built.params} parameters but the table says {expected}; regenerate it")
@@ -79,7 +83,7 @@ def run_job(*, experiment: str, dataset: str, model: str, seed: int, data_path: 
             settings: dict, results: Path, experiments_path: Path, out_dir: Path) -> dict:
     """One training job: build, train (resuming if a checkpoint exists), evaluate, write metrics.json."""
     table = read_json(params_path)
-    built = build_model(dataset, model, table)
+    built = build_model(dataset, model, table, seed)
     data = load_npz(data_path)
     data_info = read_json(Path(data_path).with_suffix(".json"))
     settings_obj = TrainSettings.from_dict(settings)

@@ -72,8 +72,11 @@ def count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def build(name: str, widths: int = 32) -> tuple[nn.Module, dict]:
-    """ST3D with CNN widths `widths`; the baseline's widths are matched to ST3D's total count."""
+def build(name: str, widths: int = 32, seed: int | None = None) -> tuple[nn.Module, dict]:
+    """ST3D with CNN widths `widths`; the baseline's widths are matched to ST3D's total count.
+    With `seed`, the initial weights come from that seed."""
+    if seed is not None:
+        torch.manual_seed(seed)
     st = ST3DClassifier(zoo.cnn(1, OUT, widths, widths, 10))
     if name == "ST3D":
         return st, {"c1": widths, "c2": widths}
@@ -82,6 +85,8 @@ def build(name: str, widths: int = 32) -> tuple[nn.Module, dict]:
     target = count(st)
     best = min(((c1, c2) for c1 in range(8, 129) for c2 in (c1, c1 + 1)),
                key=lambda c: abs(zoo.cnn_params(1, OUT, c[0], c[1], 10) - target))
+    if seed is not None:
+        torch.manual_seed(seed)
     model = Baseline(zoo.cnn(1, OUT, best[0], best[1], 10))
     if abs(count(model) - target) > zoo.TOLERANCE * target:
         raise RuntimeError(f"no baseline width matches ST3D's {target} parameters within 5%")
@@ -96,7 +101,7 @@ def run_job(*, model_name: str, seed: int, mnist_path: Path, data_path: Path, se
             experiments_path: Path, out_dir: Path, widths: int) -> dict:
     from ..data import mnist as mnist_data
 
-    model, w = build(model_name, widths)
+    model, w = build(model_name, widths, seed)
     params_data = load_npz(data_path)
     data = volumes.load_sets(mnist_data.load(mnist_path), params_data)
     exp_ids = read_json(experiments_path)
