@@ -152,11 +152,11 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& input, const 
           const scalar_t* src = in + (n * C + c) * S;
           const scalar_t* gout = go + (n * C + c) * P + p0;
           acc_t* gin = gi ? gi + (n * C + c) * S : nullptr;
+          // One tap at a time over the tile: neighbouring points then hit different addresses, so
+          // the scatter's read-modify-writes do not wait on each other through memory.
           if (gin)
-            for (int64_t i = 0; i < tile->size; ++i) {
-              const acc_t gv = acc_t(gout[i]);
-              for (int k = 0; k < K; ++k) gin[tile->offset[k][i]] += tile->weight[k][i] * gv;
-            }
+            for (int k = 0; k < K; ++k)
+              for (int64_t i = 0; i < tile->size; ++i) gin[tile->offset[k][i]] += tile->weight[k][i] * acc_t(gout[i]);
           if (grid_grads)
             for (int64_t i = 0; i < tile->size; ++i) {
               acc_t v[K];
