@@ -69,7 +69,7 @@ def cmd_train(a) -> None:
 
 
 def cmd_table(a) -> None:
-    from .report.tables import collect, protocol_changes, render_table
+    from .report.tables import collect, override_phrases, protocol_changes, render_table
 
     settings = json.loads(a.settings)
     records = [r for r in collect(Path(a.results), a.experiment) if r["dataset"] in a.datasets and r["model"] in a.models]
@@ -78,7 +78,8 @@ def cmd_table(a) -> None:
         raise SystemExit(f"{a.experiment}: no finished run for {missing[:5]}{'...' if len(missing) > 5 else ''}; train them first")
     changes = protocol_changes(settings, a.seeds, a.param_target)
     caption = (f"{a.title}, {a.config_name} config. "
-               + ("Changed from the paper's protocol: " + ", ".join(changes) + "." if changes else "The paper's protocol."))
+               + ("Changed from the paper's protocol: " + ", ".join(changes) + "." if changes else "The paper's protocol.")
+               + "".join(f" {phrase}." for phrase in override_phrases(json.loads(a.overrides), a.datasets)))
     paths = render_table(records, a.datasets, a.models, caption, Path(a.out_dir), a.experiment)
     _log(f"wrote {', '.join(str(p) for p in paths.values())}")
 
@@ -268,6 +269,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--datasets", nargs="+", required=True)
     s.add_argument("--models", nargs="+", required=True)
     s.add_argument("--settings", required=True, help="the training settings (JSON) the runs used")
+    s.add_argument("--overrides", default="{}", help="per data set: settings (JSON) that replaced --settings'")
     s.add_argument("--seeds", type=int, required=True)
     s.add_argument("--param-target", type=int, required=True)
     s.add_argument("--config-name", default="custom")

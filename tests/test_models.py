@@ -4,6 +4,7 @@ import torch
 
 from stn.experiments.classification import input_spec, param_table
 from stn.models import mnist as zoo
+from stn.models.conv import InputGradConv2d, _Conv2dFoldBackward
 
 TABLE1_MODELS = ["FCN", "CNN"] + [f"ST-{b}-{t}" for b in ("FCN", "CNN") for t in ("Aff", "Proj", "TPS")]
 
@@ -47,3 +48,25 @@ def test_model_names_are_checked():
     assert zoo.ModelSpec.parse("2xST-FCN-TPS") == zoo.ModelSpec("FCN", "TPS", 2)
     with pytest.raises(ValueError, match="unknown model 'ST-RNN-Aff'"):
         zoo.ModelSpec.parse("ST-RNN-Aff")
+
+
+@pytest.mark.parametrize("padding", [0, 2])
+def test_input_grad_conv_matches_conv2d_in_value_and_every_gradient(padding):
+    torch.manual_seed(0)
+    fast = InputGradConv2d(1, 5, 5, padding=padding).double()
+    plain = torch.nn.Conv2d(1, 5, 5, padding=padding).double()
+    plain.load_state_dict(fast.state_dict())  # same parameter names: checkpoints load either way
+    x = torch.randn(3, 1, 9, 11, dtype=torch.double, requires_grad=True)
+    grad = torch.randn_like(plain(x))
+    outs = []
+    for conv in (fast, plain):
+        conv.zero_grad()
+        x.grad = None
+        y = conv(x)
+        y.backward(grad)
+        outs.append((y.detach(), x.grad.clone(), conv.weight.grad.clone(), conv.bias.grad.clone()))
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b)
+    small = torch.randn(2, 1, 6, 6, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t, w, b: _Conv2dFoldBackward.apply(t, w, b, (padding, padding)),
+                                    (small, fast.weight, fast.bias))

@@ -57,6 +57,10 @@ def test_smoke_outputs_agree(smoke):
         assert float(r["ours_mean"]) == pytest.approx(sum(ours) / len(ours), abs=1e-3)
     md = (smoke / "tables" / "table1.md").read_text()
     assert "(0.8)" in md and "iterations 30 (paper 150000)" in md  # the paper's CNN/RTS number, the changes
+    assert "R: iterations 20." in md  # smoke.yaml's train_overrides, applied and named in the caption
+    own = {o["dataset"]: o["iterations"] for o in cfg["train_overrides"]}
+    assert {k: m["iterations"] for k, m in runs.items() if k[1] == "CNN"} == {
+        (d, "CNN", s): own.get(d, cfg["train"]["iterations"]) for d in cfg["datasets"] for s in cfg["seeds"]}
     assert (smoke / "tables" / "table1.tex").read_text().startswith("\\begin{table}")
 
     for fig in ["table1_data.png", "table1_curves.png"] + [f"table1_{d}_st_vs_cnn.png" for d in cfg["figure_datasets"]]:

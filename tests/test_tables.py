@@ -5,7 +5,7 @@ import os
 import pytest
 
 from stn.paper import TABLE1_PROTOCOL, table1_paper
-from stn.report.tables import protocol_changes, render_table, summarize
+from stn.report.tables import override_phrases, protocol_changes, render_table, summarize
 
 
 def records():
@@ -36,6 +36,11 @@ def test_protocol_changes_lists_only_differences():
     assert protocol_changes(settings, 3, 400_000) == []
     settings["iterations"] = 1500
     assert protocol_changes(settings, 2, 400_000) == ["iterations 1500 (paper 150000)", "seeds 2 (paper 3)"]
+
+
+def test_override_phrases_name_each_data_set_with_its_own_settings_in_table_order():
+    overrides = {"TC": {"lr": 0.02}, "R": {"loc_lr_mult": 1.0, "iterations": 2600}, "E": {}}
+    assert override_phrases(overrides, ["R", "RTS", "E", "TC"]) == ["R: iterations 2600, loc_lr_mult 1.0", "TC: lr 0.02"]
 
 
 def test_paper_lookup():

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from ..modules import SpatialTransformer
 from ..transforms import make_transform
+from .conv import InputGradConv2d
 
 FCN_WIDTHS = (128, 256)  # the paper's range of units per layer
 CNN_WIDTHS = (32, 64)  # the paper's range of filters per layer
@@ -84,7 +85,7 @@ def fcn_params(in_features: int, hidden: int, classes: int) -> int:
 def cnn(channels: int, size: int, c1: int, c2: int, classes: int) -> nn.Sequential:
     p1, p2, out = _cnn_spatial(size)
     return nn.Sequential(
-        nn.Conv2d(channels, c1, 9, padding=p1),
+        InputGradConv2d(channels, c1, 9, padding=p1),
         nn.ReLU(inplace=True),
         nn.MaxPool2d(2),
         nn.Conv2d(c1, c2, 7, padding=p2),

@@ -33,6 +33,11 @@ def protocol_changes(settings: dict, seeds: int, param_target: int, protocol: di
     return [f"{k} {ours[k]} (paper {protocol[k]})" for k in protocol if k in ours and ours[k] != protocol[k]]
 
 
+def override_phrases(overrides: dict[str, dict], datasets: list[str]) -> list[str]:
+    """'R: iterations 2600, loc_lr_mult 1.0' for every data set whose runs had their own settings."""
+    return [f"{ds}: " + ", ".join(f"{k} {v}" for k, v in sorted(overrides[ds].items())) for ds in datasets if overrides.get(ds)]
+
+
 def _cell(stats, paper, from_text, fmt) -> str:
     ours = "—"
     if stats:
