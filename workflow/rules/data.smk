@@ -21,6 +21,7 @@ rule distort:
         limits=_limits(),
     log:
         f"{RESULTS}/logs/distort_{{name}}.log",
+    priority: 20  # before any training: Table 1's jobs must not wait behind the appendix experiments
     shell:
         "{STN} distort --mnist {input.mnist} --name {wildcards.name} --seed {params.seed} "
         "{params.limits} --out {output.npz} > {log} 2>&1"
