@@ -107,3 +107,12 @@ def test_volume_set_renders_on_demand_and_models_match_in_size():
     base, _ = volumetric.build("baseline", 16)
     assert abs(volumetric.count(st) - volumetric.count(base)) <= 0.05 * volumetric.count(st)
     assert st(batch).shape == (2, 10) and base(batch).shape == (2, 10)
+
+
+def test_depth_flatten_sums_the_slab_as_the_paper_does():
+    """An 8-voxel slab of ones must reach the classifier at brightness 8, not 8 / depth."""
+    v = torch.zeros(1, 1, 30, 4, 4)
+    v[:, :, 11:19] = 1.0
+    flat = volumetric.DepthFlatten()(v)
+    assert flat.shape == (1, 1, 4, 4)
+    torch.testing.assert_close(flat, torch.full((1, 1, 4, 4), 8.0))

@@ -1,8 +1,7 @@
 """The 3-D spatial transformer (appendix A.3, Fig. 5) against a baseline of the same size.
 
 ST3D: a 3-D affine transformer (trilinear sampling) warps the 60³ volume into a 30³ output whose
-depth is then flattened (mean over depth, i.e. the paper's sum up to a constant factor) into a
-30×30 image for a CNN classifier. The baseline flattens the 2× average-pooled input volume the
+depth is then summed, as in the paper, into a 30×30 image for a CNN classifier. The baseline flattens the 2× average-pooled input volume the
 same way, with no transformer, and gets CNN widths that give it the same parameter count.
 """
 from __future__ import annotations
@@ -27,8 +26,12 @@ MODELS = ("ST3D", "baseline")
 
 
 class DepthFlatten(nn.Module):
-    def forward(self, v: Tensor) -> Tensor:  # (N, C, D, H, W) -> (N, C, H, W)
-        return v.mean(dim=2)
+    """(N, C, D, H, W) -> (N, C, H, W) by the sum over depth (appendix A.3). Not the mean: an 8-voxel
+    slab in 30 depth samples would then reach the classifier at about 1/8 of a digit's brightness,
+    and at lr 0.01 neither model learnt (800 steps: 77-79% error, against 12-15% with the sum)."""
+
+    def forward(self, v: Tensor) -> Tensor:
+        return v.sum(dim=2)
 
 
 def localiser() -> tuple[nn.Module, int]:
