@@ -20,21 +20,44 @@ namespace stn {
 namespace {
 
 // dst[j * dst_j + c * dst_c] = f(src[j * src_j + c * src_c], j) for j < J, c < C: a layout change
-// between channels-first tensors and channels-last tiles. Channel by channel, so the tensor side
-// (large, in memory) is read or written contiguously and the strided side is the cache-resident
-// tile or row buffer.
+// between channels-first and channels-last buffers. In blocks of 16 positions, so the lines one
+// block touches on either side (C·16 values each) stay in L1 while it is transposed; the scalar
+// loop that walked one whole channel at a time missed L1 on every strided access. Both sides
+// should be cache-resident: tensors in memory are staged with `copy_cast` (one sequential run).
 template <typename S, typename T, typename F>
 inline void relayout(const S* src, int64_t src_j, int64_t src_c, T* dst, int64_t dst_j, int64_t dst_c, int64_t J,
                      int64_t C, F f) {
-  for (int64_t c = 0; c < C; ++c) {
-    const S* s = src + c * src_c;
-    T* d = dst + c * dst_c;
-    if (src_j == 1 && dst_j == 1) {
-      for (int64_t j = 0; j < J; ++j) d[j] = f(s[j], j);
-    } else {
-      for (int64_t j = 0; j < J; ++j) d[j * dst_j] = f(s[j * src_j], j);
+  if (src_j == 1 && dst_j == 1) {  // no transposition (C = 1): plain runs
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t j = 0; j < J; ++j) dst[c * dst_c + j] = f(src[c * src_c + j], j);
+    return;
+  }
+  constexpr int64_t B = 16;
+  for (int64_t j0 = 0; j0 < J; j0 += B) {
+    const int64_t jn = std::min(B, J - j0);
+    for (int64_t c = 0; c < C; ++c) {
+      const S* s = src + c * src_c + j0 * src_j;
+      T* d = dst + c * dst_c + j0 * dst_j;
+      for (int64_t j = 0; j < jn; ++j) d[j * dst_j] = f(s[j * src_j], j0 + j);
     }
   }
+}
+
+// dst[i] = T(src[i]) for i < n: moves one sample between a tensor in memory and a cache-resident
+// staging buffer as a single sequential run. Reading or writing the C channel planes of a row
+// directly interleaves C short runs, more streams than the hardware prefetcher follows (C = 32
+// spent two thirds of the forward there).
+template <typename S, typename T>
+inline void copy_cast(const S* src, T* dst, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = T(src[i]);
+}
+
+// Whether to stage a sample of n values in C channels: only with several channels, and only while
+// it fits in L2 beside its tile. A 3×448² sample (2.4 MB) staged cost a whole extra trip to memory
+// (fwd+bwd 127 -> 208 ms); its three channels are few enough streams to transpose in place.
+template <typename T>
+inline bool staged(int64_t channels, int64_t n) {
+  return channels > 1 && n * static_cast<int64_t>(sizeof(T)) <= (int64_t(512) << 10);
 }
 
 // One sample's channels in a channels-last tile with a one-pixel zero border on every side:
@@ -49,6 +72,7 @@ struct PaddedTile {
   int64_t channels;
   int32_t corner[K];  // element offset of each kernel tap from tap 0
   std::vector<acc_t> data;
+  std::vector<acc_t> staging;  // one sample channels-first, between memory and the tile (see `staged`)
 
   PaddedTile(const int64_t* in_sizes, int64_t c) : channels(c) {
     for (int a = 0; a < D; ++a) {
@@ -73,32 +97,36 @@ struct PaddedTile {
     return (y + 1) * stride[1] + (D == 3 ? (z + 1) * stride[D - 1] : 0) + 1;
   }
 
-  // Rows per band of `load` and `store`: about 64 KiB of the tile, so a band stays in L2.
-  int64_t band() const { return std::max<int64_t>(1, (int64_t(16) << 10) / std::max<int64_t>(in[0] * channels, 1)); }
-
-  // From one sample of a (C, [D,] H, W) input, a band of rows at a time and within it channel by
-  // channel: the tensor is then read as a few long sequential runs, where row-major order would
-  // interleave C short runs per row, more streams than the hardware prefetcher follows (C = 32
-  // spent two thirds of the forward here), and whole-sample channel order would sweep a large
-  // tile C times.
+  // From one sample of a (C, [D,] H, W) input: staged if small (see `staged`), then transposed row by row.
   template <typename scalar_t>
   void load(const scalar_t* src) {
-    const int64_t plane = rows() * in[0], b = band();
-    for (int64_t r0 = 0; r0 < rows(); r0 += b)
-      for (int64_t c = 0; c < channels; ++c)
-        for (int64_t r = r0; r < std::min(r0 + b, rows()); ++r)
-          relayout(src + c * plane + r * in[0], 1, plane, data.data() + row_position(r) * channels + c, channels, 1,
-                   in[0], 1, [](scalar_t v, int64_t) { return acc_t(v); });
+    const int64_t plane = rows() * in[0];
+    if (staged<acc_t>(channels, plane * channels)) {
+      staging.resize(static_cast<size_t>(plane * channels));
+      copy_cast(src, staging.data(), plane * channels);
+      transpose_in(staging.data(), plane);
+    } else {
+      transpose_in(src, plane);
+    }
   }
 
-  // The interior, to one sample of a (C, [D,] H, W) tensor, in `load`'s order.
-  void store(acc_t* dst) const {
-    const int64_t plane = rows() * in[0], b = band();
-    for (int64_t r0 = 0; r0 < rows(); r0 += b)
-      for (int64_t c = 0; c < channels; ++c)
-        for (int64_t r = r0; r < std::min(r0 + b, rows()); ++r)
-          relayout(data.data() + row_position(r) * channels + c, channels, 1, dst + c * plane + r * in[0], 1, plane,
-                   in[0], 1, [](acc_t v, int64_t) { return v; });
+  // The interior, to one sample of a (C, [D,] H, W) tensor, staged like `load`.
+  void store(acc_t* dst) {
+    const int64_t plane = rows() * in[0];
+    const bool stage = staged<acc_t>(channels, plane * channels);
+    if (stage) staging.resize(static_cast<size_t>(plane * channels));
+    acc_t* to = stage ? staging.data() : dst;
+    for (int64_t r = 0; r < rows(); ++r)
+      relayout(data.data() + row_position(r) * channels, channels, 1, to + r * in[0], 1, plane, in[0], channels,
+               [](acc_t v, int64_t) { return v; });
+    if (stage) copy_cast(staging.data(), dst, plane * channels);
+  }
+
+  template <typename S>
+  void transpose_in(const S* src, int64_t plane) {
+    for (int64_t r = 0; r < rows(); ++r)
+      relayout(src + r * in[0], 1, plane, data.data() + row_position(r) * channels, channels, 1, in[0], channels,
+               [](S v, int64_t) { return acc_t(v); });
   }
 
   void zero() { std::fill(data.begin(), data.end(), acc_t(0)); }
@@ -268,7 +296,9 @@ void forward_kernel(const at::Tensor& input, const at::Tensor& theta, at::Tensor
   at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
     PaddedTile<D, acc_t> tile(map.axes.in, C);
     RowTaps<D, acc_t> taps(W);
+    const bool stage = staged<acc_t>(C, P * C);
     std::vector<acc_t> sample(FIXED_C == 1 ? 0 : P * C);  // C > 1: one output sample, channels last
+    std::vector<acc_t> staging(stage ? P * C : 0);        // and channels first, for one sequential write
     for (int64_t n = begin; n < end; ++n) {
       tile.load(in + n * S);
       double t[3];
@@ -297,8 +327,14 @@ void forward_kernel(const at::Tensor& input, const at::Tensor& theta, at::Tensor
           }
         }
       }
-      if constexpr (FIXED_C != 1)  // channel by channel: sequential writes (see PaddedTile::load)
-        relayout(sample.data(), C, 1, o + n * C * P, 1, P, P, C, [](acc_t v, int64_t) { return scalar_t(v); });
+      if constexpr (FIXED_C != 1) {
+        if (stage) {
+          relayout(sample.data(), C, 1, staging.data(), 1, P, P, C, [](acc_t v, int64_t) { return v; });
+          copy_cast(staging.data(), o + n * C * P, P * C);
+        } else {
+          relayout(sample.data(), C, 1, o + n * C * P, 1, P, P, C, [](acc_t v, int64_t) { return scalar_t(v); });
+        }
+      }
     }
   });
 }
@@ -321,7 +357,8 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& input, const 
     PaddedTile<D, acc_t> dtile(map.axes.in, INPUT_GRAD ? C : 0);
     const PaddedTile<D, acc_t>& geometry = THETA_GRAD ? tile : dtile;
     RowTaps<D, acc_t> taps(W);
-    std::vector<acc_t> grad_sample(FIXED_C == 1 ? 0 : P * C);  // C > 1: dL/d output of one sample, channels last
+    const bool stage = staged<acc_t>(C, P * C);
+    std::vector<acc_t> grad_sample(stage ? P * C : 0);  // dL/d output of one sample, staged (see `staged`)
     std::vector<acc_t> grad_row(W * C);     // one row of it, zero at absent points
     std::vector<acc_t> dpoint[D];        // C = 1: dL/d(pixel coordinate) per point of the row
     for (int a = 0; a < D; ++a) dpoint[a].resize(W);
@@ -331,19 +368,19 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& input, const 
       if (INPUT_GRAD) dtile.zero();
       double dtheta[D][D + 1] = {};
       double t[3];
-      if constexpr (FIXED_C != 1)  // channel by channel: sequential reads (see PaddedTile::load)
-        relayout(go + n * C * P, 1, P, grad_sample.data(), C, 1, P, C, [](scalar_t v, int64_t) { return acc_t(v); });
+      if (stage) copy_cast(go + n * C * P, grad_sample.data(), P * C);
       for (int64_t r = 0; r < map.rows; ++r) {
         map.row(n, r, t, taps, geometry);
         if constexpr (FIXED_C == 1) {
           const scalar_t* g = go + n * P + r * W;
           for (int64_t j = 0; j < W; ++j) grad_row[j] = acc_t(g[j]) * taps.present[j];
         } else {
-          for (int64_t j = 0; j < W; ++j) {
-            const acc_t* g = grad_sample.data() + (r * W + j) * C;
-            const acc_t keep = taps.present[j];
-            for (int64_t c = 0; c < C; ++c) grad_row[j * C + c] = g[c] * keep;
-          }
+          if (stage)
+            relayout(grad_sample.data() + r * W, 1, P, grad_row.data(), C, 1, W, C,
+                     [&](acc_t v, int64_t j) { return v * taps.present[j]; });
+          else
+            relayout(go + n * C * P + r * W, 1, P, grad_row.data(), C, 1, W, C,
+                     [&](scalar_t v, int64_t j) { return acc_t(v) * taps.present[j]; });
         }
         if (THETA_GRAD) {
           // Σ_j dL/dp_a(j) · x_j and Σ_j dL/dp_a(j) along the row, per source axis a
