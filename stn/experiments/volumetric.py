@@ -1,8 +1,9 @@
 """The 3-D spatial transformer (appendix A.3, Fig. 5) against a baseline of the same size.
 
 ST3D: a 3-D affine transformer (trilinear sampling) warps the 60³ volume into a 30³ output whose
-depth is then summed, as in the paper, into a 30×30 image for a CNN classifier. The baseline flattens the 2× average-pooled input volume the
-same way, with no transformer, and gets CNN widths that give it the same parameter count.
+depth is then summed, as in the paper, into a 30×30 image for a CNN classifier. The baseline
+flattens the 2× average-pooled input volume the same way, with no transformer, and gets CNN widths
+that give it the same parameter count.
 """
 from __future__ import annotations
 

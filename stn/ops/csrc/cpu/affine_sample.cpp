@@ -359,7 +359,7 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& input, const 
     RowTaps<D, acc_t> taps(W);
     const bool stage = staged<acc_t>(C, P * C);
     std::vector<acc_t> grad_sample(stage ? P * C : 0);  // dL/d output of one sample, staged (see `staged`)
-    std::vector<acc_t> grad_row(W * C);     // one row of it, zero at absent points
+    std::vector<acc_t> grad_row(W * C);                 // one row of it, zero at absent points
     std::vector<acc_t> dpoint[D];        // C = 1: dL/d(pixel coordinate) per point of the row
     for (int a = 0; a < D; ++a) dpoint[a].resize(W);
     std::vector<acc_t> channel_sums(2 * D * C);  // C > 1: per-channel partial sums for dθ
@@ -371,17 +371,12 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& input, const 
       if (stage) copy_cast(go + n * C * P, grad_sample.data(), P * C);
       for (int64_t r = 0; r < map.rows; ++r) {
         map.row(n, r, t, taps, geometry);
-        if constexpr (FIXED_C == 1) {
-          const scalar_t* g = go + n * P + r * W;
-          for (int64_t j = 0; j < W; ++j) grad_row[j] = acc_t(g[j]) * taps.present[j];
-        } else {
-          if (stage)
-            relayout(grad_sample.data() + r * W, 1, P, grad_row.data(), C, 1, W, C,
-                     [&](acc_t v, int64_t j) { return v * taps.present[j]; });
-          else
-            relayout(go + n * C * P + r * W, 1, P, grad_row.data(), C, 1, W, C,
-                     [&](scalar_t v, int64_t j) { return acc_t(v) * taps.present[j]; });
-        }
+        if (stage)
+          relayout(grad_sample.data() + r * W, 1, P, grad_row.data(), C, 1, W, C,
+                   [&](acc_t v, int64_t j) { return v * taps.present[j]; });
+        else  // C = 1 lands here too: relayout's plain-run case
+          relayout(go + n * C * P + r * W, 1, P, grad_row.data(), C, 1, W, C,
+                   [&](scalar_t v, int64_t j) { return acc_t(v) * taps.present[j]; });
         if (THETA_GRAD) {
           // Σ_j dL/dp_a(j) · x_j and Σ_j dL/dp_a(j) along the row, per source axis a
           acc_t along[D], total[D];
