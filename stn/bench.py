@@ -3,7 +3,10 @@
 Each method runs the whole transformer step that a model pays for (grid generation from θ and
 sampling; forward, and forward+backward with gradients for input and θ), so ratios are
 directly what a training step sees. Ratios are speed-ups over the baseline measured in the
-same run (> 1 is faster). Peak memory is what the step allocates on top of its inputs: from
+same run (> 1 is faster), each from the fastest of `--repeats` calls: on a shared machine noise
+only ever adds time (another process takes the core, the page cache is evicted), so the minimum
+is the estimate of what the code costs that one load spike cannot move; the median is printed
+beside it to show how noisy the run was. Peak memory is what the step allocates on top of its inputs: from
 the CUDA caching allocator on GPUs and from the profiler's allocation trace on the CPU.
 """
 from __future__ import annotations
@@ -131,7 +134,8 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def time_method(method: Method, case: Case, device, backward: bool, repeats: int) -> float:
+def time_method(method: Method, case: Case, device, backward: bool, repeats: int) -> tuple[float, float]:
+    """(fastest, median) seconds per call."""
     x, theta = _inputs(case, device, backward)
     for _ in range(2):
         _step(method, x, theta, backward)
@@ -142,7 +146,7 @@ def time_method(method: Method, case: Case, device, backward: bool, repeats: int
         _step(method, x, theta, backward)
         _sync(device)
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return min(times), statistics.median(times)
 
 
 def peak_memory(method: Method, case: Case, device) -> float:
@@ -173,8 +177,8 @@ def run_sampler_benchmark(device: torch.device, repeats: int, cases: list[Case],
         methods = methods_for(case, device, part)
         base_f = base_fb = None
         for name, method in methods.items():
-            fwd = time_method(method, case, device, False, repeats)
-            fb = time_method(method, case, device, True, repeats)
+            fwd, _ = time_method(method, case, device, False, repeats)
+            fb, fb_median = time_method(method, case, device, True, repeats)
             base_f, base_fb = base_f or fwd, base_fb or fb
             rows.append(
                 {
@@ -184,6 +188,7 @@ def run_sampler_benchmark(device: torch.device, repeats: int, cases: list[Case],
                     "fwd_speedup": base_f / fwd,
                     "fwdbwd_ms": fb * 1e3,
                     "fwdbwd_speedup": base_fb / fb,
+                    "fwdbwd_median_ms": fb_median * 1e3,
                     "peak_mib": peak_memory(method, case, device),
                 }
             )
@@ -191,12 +196,13 @@ def run_sampler_benchmark(device: torch.device, repeats: int, cases: list[Case],
 
 
 def format_rows(rows: list[dict], device: torch.device) -> str:
-    header = f"{'case':<28} {'method':<30} {'fwd ms':>9} {'x base':>7} {'fwd+bwd ms':>11} {'x base':>7} {'peak MiB':>9}"
+    header = (f"{'case':<28} {'method':<30} {'fwd ms':>9} {'x base':>7} {'fwd+bwd ms':>11} {'x base':>7} "
+              f"{'(median)':>9} {'peak MiB':>9}")
     lines = [header, "-" * len(header)]
     for r in rows:
         lines.append(
             f"{r['case']:<28} {r['method']:<30} {r['fwd_ms']:>9.2f} {r['fwd_speedup']:>7.2f} "
-            f"{r['fwdbwd_ms']:>11.2f} {r['fwdbwd_speedup']:>7.2f} {r['peak_mib']:>9.1f}"
+            f"{r['fwdbwd_ms']:>11.2f} {r['fwdbwd_speedup']:>7.2f} {r['fwdbwd_median_ms']:>9.2f} {r['peak_mib']:>9.1f}"
         )
     return "\n".join(lines)
 
@@ -205,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m stn.bench", description=__doc__)
     parser.add_argument("what", choices=["sampler"], help="what to benchmark")
     parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
-    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--part", choices=["step", "sampler", "both"], default="both")
     parser.add_argument("--cases", type=str, default=None, help="comma-separated case indices (0-based) to run")
@@ -224,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
         for part in parts:
             what = "grid generation + sampling" if part == "step" else "sampling from a precomputed grid"
-            print(f"\n== {name}: {what}; 'x base' = speed-up over the first row of each case (>1 is faster)")
+            print(f"\n== {name}: {what}; ms = fastest of {args.repeats} calls, 'x base' = speed-up over the "
+                  "first row of each case (>1 is faster), (median) = the median fwd+bwd ms")
             print(format_rows(run_sampler_benchmark(device, args.repeats, cases, part), device), flush=True)
     return 0
 

@@ -63,7 +63,7 @@ def cmd_train(a) -> None:
     metrics = run_job(
         experiment=a.experiment, dataset=a.dataset, model=a.model, seed=a.seed, data_path=Path(a.data),
         params_path=Path(a.params), settings=parse_settings(a.settings), results=Path(a.results),
-        experiments_path=Path(a.experiments_file), out_dir=Path(a.out),
+        experiments_path=Path(a.experiments_file), out_dir=Path(a.out), pairings=a.pairings,
     )
     _log(f"{a.dataset}/{a.model}/seed{a.seed}: test error {metrics['test_error']:.2f}%")
 
@@ -260,6 +260,7 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument(f"--{arg}", required=True)
     s.add_argument("--seed", type=int, required=True)
     s.add_argument("--threads", type=int, default=1)
+    s.add_argument("--pairings", type=int, default=1, help="addition only: train on the digits re-paired this many times")
     s.set_defaults(fn=cmd_train)
 
     s = sub.add_parser("table", help="render results/tables/<experiment>.{csv,md,tex}")
@@ -269,7 +270,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--datasets", nargs="+", required=True)
     s.add_argument("--models", nargs="+", required=True)
     s.add_argument("--settings", required=True, help="the training settings (JSON) the runs used")
-    s.add_argument("--overrides", default="{}", help="per data set: settings (JSON) that replaced --settings'")
+    s.add_argument("--overrides", default="[]", help="the runs' own settings (JSON list of {select, settings}) that replaced --settings'")
     s.add_argument("--seeds", type=int, required=True)
     s.add_argument("--param-target", type=int, required=True)
     s.add_argument("--config-name", default="custom")

@@ -43,3 +43,17 @@ def test_snakemake_refuses_a_bad_config_before_running(tmp_path):
     )
     assert proc.returncode != 0
     assert "unknown key(s) ['devise']" in proc.stdout + proc.stderr
+
+
+def test_an_override_must_select_runs_the_table_has(tmp_path):
+    cfg = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
+    cfg["table4"]["train_overrides"] = [{"iterations": 5, "lr": 0.1}]  # selects nothing
+    with pytest.raises(ConfigError, match=r"table4.train_overrides.0"):
+        validate(cfg, SCHEMA)
+    cfg["table4"]["train_overrides"] = [{"model": "CNN", "iterations": 5}]  # valid, but not a Table 4 model here
+    path = tmp_path / "cnn.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--configfile", str(path),
+                           "--config", f"results={tmp_path / 'results'}"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert "table4.train_overrides names model CNN, which is not in table4.models" in proc.stdout + proc.stderr

@@ -27,6 +27,29 @@ def test_addition_labels_are_sums_and_both_channels_hold_digits():
     assert d["y_train"].max() <= 18
 
 
+def test_repaired_addition_shows_the_digits_its_labels_add():
+    m = fake_mnist()
+    d = distort.generate("ADD", m, 0, {"train": 40, "val": 8, "test": 8}, progress=lambda s: None)
+    pairs = distort.RepairedAddition(d["x_train"], d["y_train"], d["params_train"], pairings=3, seed=5)
+    assert len(pairs) == len(pairs.labels) == 120
+    names = list(d["param_names"])
+    partner_label = d["params_train"][:, names.index("partner_label")].astype(int)
+    first, second = d["y_train"] - partner_label, partner_label
+    idx = torch.arange(120)
+    x = pairs[idx]
+    assert x.shape == (120, 2, 42, 42) and x.dtype == torch.uint8
+    np.testing.assert_array_equal(pairs.labels[:40], d["y_train"])  # pairing 0 is the stored one
+    np.testing.assert_array_equal(x[:40].numpy(), d["x_train"])
+    for k in (45, 77, 119):  # re-paired: channel 0 of sample k % 40, channel 1 of its new partner
+        j = int(np.flatnonzero((d["x_train"][:, 1] == x[k, 1].numpy()).all((1, 2)))[0])
+        np.testing.assert_array_equal(x[k, 0].numpy(), d["x_train"][k % 40, 0])
+        assert pairs.labels[k] == first[k % 40] + second[j]
+    assert (pairs.partner[1:] != torch.arange(40)).any()  # the other pairings really re-pair
+    assert pairs[7].shape == (2, 42, 42)
+    with pytest.raises(ValueError, match="pairings must be at least 1"):
+        distort.RepairedAddition(d["x_train"], d["y_train"], d["params_train"], pairings=0, seed=5)
+
+
 def solid_digits():
     m = fake_mnist()
     m["test_images"][:] = 0

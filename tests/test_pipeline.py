@@ -89,6 +89,10 @@ def test_smoke_appendix_experiments(smoke):
     cfg = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
     t4 = (smoke / "tables" / "table4.md").read_text()
     assert "| 2xST-FCN Aff |" in t4 and "(9.0)" in t4  # the paper's 2xST-FCN Aff number beside ours
+    assert "optimizer adam (paper sgd)" in t4 and "FCN: iterations 10." in t4  # the changes and the override
+    t4_runs = [json.loads(p.read_text()) for p in (smoke / "runs" / "table4").rglob("metrics.json")]
+    assert {m["model"]: m["iterations"] for m in t4_runs} == {"FCN": 10, "ST-FCN-Aff": 20, "2xST-FCN-Aff": 20}
+    assert {m["pairings"] for m in t4_runs} == {cfg["table4"]["pairings"]}
     t5 = list(csv.DictReader(open(smoke / "tables" / "table5.csv")))
     assert {(r["model"], r["dataset"]) for r in t5} == {(str(d), v) for d in range(10) for v in ("T", "TC")}
     done = {(r["model"], r["dataset"]) for r in t5 if r["ours_mean"]}

@@ -38,9 +38,14 @@ def test_protocol_changes_lists_only_differences():
     assert protocol_changes(settings, 2, 400_000) == ["iterations 1500 (paper 150000)", "seeds 2 (paper 3)"]
 
 
-def test_override_phrases_name_each_data_set_with_its_own_settings_in_table_order():
-    overrides = {"TC": {"lr": 0.02}, "R": {"loc_lr_mult": 1.0, "iterations": 2600}, "E": {}}
-    assert override_phrases(overrides, ["R", "RTS", "E", "TC"]) == ["R: iterations 2600, loc_lr_mult 1.0", "TC: lr 0.02"]
+def test_override_phrases_name_what_each_override_selects_with_its_own_settings():
+    overrides = [{"select": {"dataset": "R"}, "settings": {"loc_lr_mult": 1.0, "iterations": 2600}},
+                 {"select": {"dataset": "E"}, "settings": {}},
+                 {"select": {"model": "CNN"}, "settings": {"iterations": 1500}},
+                 {"select": {"dataset": "TC", "model": "CNN"}, "settings": {"lr": 0.02}},
+                 {"select": {"dataset": "P"}, "settings": {"lr": 0.5}}]  # not a data set of this table
+    assert override_phrases(overrides, ["R", "RTS", "E", "TC"]) == [
+        "R: iterations 2600, loc_lr_mult 1.0", "CNN: iterations 1500", "TC/CNN: lr 0.02"]
 
 
 def test_paper_lookup():

@@ -79,6 +79,14 @@ def test_unknown_setting_is_named():
         TrainSettings.from_dict({"iteratons": 5})
 
 
+def test_adam_learns_the_toy_task_and_a_wrong_optimizer_is_named(tmp_path):
+    settings = TrainSettings.from_dict({**SETTINGS, "iterations": 60, "lr": 0.003, "optimizer": "adam"})
+    metrics = train_run(model(), tiny_data(), settings, seed=0, out_dir=tmp_path, log=lambda s: None)
+    assert metrics["test_error"] < 50
+    with pytest.raises(ValueError, match="optimizer 'adagrad' is not one of \\['adam', 'sgd'\\]"):
+        TrainSettings.from_dict({**SETTINGS, "optimizer": "adagrad"})
+
+
 def test_initial_weights_follow_the_seed_across_processes():
     """torch's start-up seed differs per process, so a run's seed must set the initial weights."""
     import subprocess

@@ -159,6 +159,36 @@ def addition_pairs(x: np.ndarray, y: np.ndarray, gen: torch.Generator, size: int
 ADDITION_PARAM_NAMES = [f"{c}_{n}" for c in ("first", "second") for n in rotated_translated_scaled.param_names] + [
     "partner_index", "partner_label"]
 
+class RepairedAddition:
+    """The addition training split with its digits paired afresh, `pairings` times over.
+
+    Pairing k keeps every sample's first channel and takes the second from sample partner[k, i]
+    (pairing 0 is the stored one), so a run can see pairings × N different sums: with the 50,000
+    stored pairs alone, a model that trains for several epochs memorises them instead of learning
+    to add. Labels are precomputed; images are assembled per batch from the stored channels.
+    """
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, params: np.ndarray, pairings: int, seed: int) -> None:
+        if pairings < 1:
+            raise ValueError(f"pairings must be at least 1, got {pairings}")
+        self.x = torch.from_numpy(x)
+        n = self.x.shape[0]
+        second = torch.from_numpy(params[:, ADDITION_PARAM_NAMES.index("partner_label")]).round().long()
+        first = torch.from_numpy(y) - second
+        gen = torch.Generator().manual_seed(seed)
+        self.partner = torch.stack([torch.arange(n)] + [torch.randperm(n, generator=gen) for _ in range(pairings - 1)])
+        self.labels = (first[None, :] + second[self.partner]).reshape(-1).numpy()
+
+    def __len__(self) -> int:
+        return self.labels.shape[0]
+
+    def __getitem__(self, idx) -> torch.Tensor:
+        idx = torch.as_tensor(idx)
+        i = idx % self.x.shape[0]
+        j = self.partner.reshape(-1)[idx]
+        return torch.stack([self.x[i, 0], self.x[j, 1]], -3)
+
+
 GENERATORS: dict[str, Callable] = {
     "R": rotated,
     "RTS": rotated_translated_scaled,

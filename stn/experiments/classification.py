@@ -80,11 +80,18 @@ def transformer_figure(model: torch.nn.Module, x: torch.Tensor, path: Path, titl
 
 
 def run_job(*, experiment: str, dataset: str, model: str, seed: int, data_path: Path, params_path: Path,
-            settings: dict, results: Path, experiments_path: Path, out_dir: Path) -> dict:
-    """One training job: build, train (resuming if a checkpoint exists), evaluate, write metrics.json."""
+            settings: dict, results: Path, experiments_path: Path, out_dir: Path, pairings: int = 1) -> dict:
+    """One training job: build, train (resuming if a checkpoint exists), evaluate, write metrics.json.
+
+    `pairings` > 1 (addition only) trains on the digits re-paired that many times over."""
+    if pairings != 1 and dataset != "ADD":
+        raise ValueError(f"pairings applies to the addition data set only, not {dataset}")
     table = read_json(params_path)
     built = build_model(dataset, model, table, seed)
     data = load_npz(data_path)
+    if dataset == "ADD":
+        pairs = distort.RepairedAddition(data["x_train"], data["y_train"], data["params_train"], pairings, seed)
+        data["x_train"], data["y_train"] = pairs, pairs.labels
     data_info = read_json(Path(data_path).with_suffix(".json"))
     settings_obj = TrainSettings.from_dict(settings)
     exp_ids = read_json(experiments_path)
@@ -92,7 +99,8 @@ def run_job(*, experiment: str, dataset: str, model: str, seed: int, data_path: 
     if experiment not in exp_ids:
         raise KeyError(f"MLflow experiment {experiment!r} is not in {experiments_path}; re-run the mlflow setup rule")
     describe = {"experiment": experiment, "dataset": dataset, "model": model, "params": built.params,
-                "widths": built.widths, "in_paper_range": built.in_paper_range}
+                "widths": built.widths, "in_paper_range": built.in_paper_range,
+                **({"pairings": pairings} if dataset == "ADD" else {})}
     tags = {"config_hash": config_hash({"settings": settings, "describe": describe}),
             "data_sha256": data_info["sha256"], "dataset": dataset, "model": model, "seed": str(seed)}
 

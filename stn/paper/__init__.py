@@ -13,6 +13,7 @@ TABLE1_PROTOCOL = {
     "batch_size": 256,
     "lr": 0.01,
     "momentum": 0.0,
+    "optimizer": "sgd",
     "lr_step": 50_000,
     "lr_gamma": 0.1,
     "weight_decay": 0.0,

@@ -33,9 +33,11 @@ def protocol_changes(settings: dict, seeds: int, param_target: int, protocol: di
     return [f"{k} {ours[k]} (paper {protocol[k]})" for k in protocol if k in ours and ours[k] != protocol[k]]
 
 
-def override_phrases(overrides: dict[str, dict], datasets: list[str]) -> list[str]:
-    """'R: iterations 2600, loc_lr_mult 1.0' for every data set whose runs had their own settings."""
-    return [f"{ds}: " + ", ".join(f"{k} {v}" for k, v in sorted(overrides[ds].items())) for ds in datasets if overrides.get(ds)]
+def override_phrases(overrides: list[dict], datasets: list[str]) -> list[str]:
+    """'R: iterations 2600, loc_lr_mult 1.0' (or 'CNN: ...', 'RTS/CNN: ...') for every override of
+    the table's data sets, each {"select": {dataset and/or model}, "settings": {...}}."""
+    return ["/".join(o["select"].values()) + ": " + ", ".join(f"{k} {v}" for k, v in sorted(o["settings"].items()))
+            for o in overrides if o["settings"] and o["select"].get("dataset", datasets[0]) in datasets]
 
 
 def _cell(stats, paper, from_text, fmt) -> str:

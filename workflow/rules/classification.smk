@@ -8,21 +8,30 @@ CLASSIFICATION = {
 
 
 def train_overrides(experiment):
-    """{data set: settings replacing table.train's}, from the config's list of overrides."""
-    out = {}
-    for entry in CLASSIFICATION[experiment].get("train_overrides", []):
+    """The config's overrides as [{"select": {dataset and/or model}, "settings": {...}}], checked."""
+    c, out, seen = CLASSIFICATION[experiment], [], set()
+    for entry in c.get("train_overrides", []):
         entry = dict(entry)
-        dataset = entry.pop("dataset")
-        if dataset in out:
-            sys.exit(f"{experiment}.train_overrides names {dataset} twice; merge the two entries")
-        out[dataset] = entry
+        select = {k: entry.pop(k) for k in ("dataset", "model") if k in entry}
+        if select.get("model", c["models"][0]) not in c["models"]:
+            sys.exit(f"{experiment}.train_overrides names model {select['model']}, which is not in {experiment}.models")
+        key = tuple(sorted(select.items()))
+        if key in seen:
+            sys.exit(f"{experiment}.train_overrides names {'/'.join(select.values())} twice; merge the two entries")
+        seen.add(key)
+        out.append({"select": select, "settings": entry})
     return out
 
 
-def settings_json(experiment, dataset=None):
-    """The training settings of one data set's runs (table.train with its train_overrides entry)."""
-    overrides = train_overrides(experiment).get(dataset, {})
-    return json.dumps({**CLASSIFICATION[experiment]["train"], **overrides, "device": config["device"]}, sort_keys=True)
+def settings_json(experiment, dataset=None, model=None):
+    """The training settings of one (data set, model)'s runs: table.train with every override that
+    selects them applied in the config's order; with no data set, table.train alone."""
+    run = {"dataset": dataset, "model": model}
+    settings = dict(CLASSIFICATION[experiment]["train"])
+    for o in train_overrides(experiment) if dataset else []:
+        if all(run[k] == v for k, v in o["select"].items()):
+            settings.update(o["settings"])
+    return json.dumps({**settings, "device": config["device"]}, sort_keys=True)
 
 
 def runs(experiment, name="metrics.json"):
@@ -67,7 +76,8 @@ rule classification_train:
     wildcard_constraints:
         experiment="table1|table4",
     params:
-        settings=lambda wc: settings_json(wc.experiment, wc.dataset),
+        settings=lambda wc: settings_json(wc.experiment, wc.dataset, wc.model),
+        pairings=lambda wc: CLASSIFICATION[wc.experiment].get("pairings", 1),
         out=lambda wc: f"{RESULTS}/runs/{wc.experiment}/{wc.dataset}/{wc.model}/seed{wc.seed}",
     threads: 1
     priority: lambda wc: 10 if wc.experiment == "table1" else 0  # Table 1 first: its wall time is reported
@@ -78,7 +88,7 @@ rule classification_train:
     shell:
         "{STN} train --experiment {wildcards.experiment} --dataset {wildcards.dataset} --model {wildcards.model} "
         "--seed {wildcards.seed} --data {input.data} --params {input.params} --settings '{params.settings}' "
-        "--results {RESULTS} --experiments-file {input.experiments} --out {params.out} --threads {threads} > {log} 2>&1"
+        "--results {RESULTS} --experiments-file {input.experiments} --out {params.out} --threads {threads} --pairings {params.pairings} > {log} 2>&1"
 
 
 rule classification_table:

@@ -1,0 +1,24 @@
+"""The benchmark command's output (what it prints, not how fast anything is)."""
+import re
+
+from stn import bench
+
+
+def test_time_method_reports_the_fastest_call_and_the_median(monkeypatch):
+    ticks = iter([0.0, 5.0, 10.0, 11.0, 20.0, 23.0, 30.0, 32.0])  # calls of 5, 1, 3 and 2 s
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: next(ticks))
+    case = bench.Case(2, 1, (4, 4), (4, 4))
+    fastest, median = bench.time_method(bench._baseline(case), case, bench.torch.device("cpu"), False, repeats=4)
+    assert (fastest, median) == (1.0, 2.5)
+
+
+def test_sampler_benchmark_prints_every_method_with_a_ratio_against_the_baseline(capsys):
+    assert bench.main(["sampler", "--device", "cpu", "--part", "step", "--cases", "0", "--repeats", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "fastest of 2 calls" in out
+    rows = [line for line in out.splitlines() if line.startswith("256x1x42x42->42x42")]
+    methods = [re.split(r"\s{2,}", r)[1] for r in rows]
+    assert methods[0] == "torch affine_grid+grid_sample"
+    assert "stn reference" in methods
+    baseline = rows[0].split()
+    assert baseline[-5] == "1.00" and baseline[-3] == "1.00"  # the baseline's own ratios
