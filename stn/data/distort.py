@@ -159,6 +159,7 @@ def addition_pairs(x: np.ndarray, y: np.ndarray, gen: torch.Generator, size: int
 ADDITION_PARAM_NAMES = [f"{c}_{n}" for c in ("first", "second") for n in rotated_translated_scaled.param_names] + [
     "partner_index", "partner_label"]
 
+
 class RepairedAddition:
     """The addition training split with its digits paired afresh, `pairings` times over.
 
