@@ -37,7 +37,7 @@ def override_phrases(overrides: list[dict], datasets: list[str]) -> list[str]:
     """'R: iterations 2600, loc_lr_mult 1.0' (or 'CNN: ...', 'RTS/CNN: ...') for every override of
     the table's data sets, each {"select": {dataset and/or model}, "settings": {...}}."""
     return ["/".join(o["select"].values()) + ": " + ", ".join(f"{k} {v}" for k, v in sorted(o["settings"].items()))
-            for o in overrides if o["settings"] and o["select"].get("dataset", datasets[0]) in datasets]
+            for o in overrides if o["settings"] and o["select"].get("dataset") in (None, *datasets)]
 
 
 def _cell(stats, paper, from_text, fmt) -> str:

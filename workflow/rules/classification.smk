@@ -13,7 +13,7 @@ def train_overrides(experiment):
     for entry in c.get("train_overrides", []):
         entry = dict(entry)
         select = {k: entry.pop(k) for k in ("dataset", "model") if k in entry}
-        if select.get("model", c["models"][0]) not in c["models"]:
+        if "model" in select and select["model"] not in c["models"]:
             sys.exit(f"{experiment}.train_overrides names model {select['model']}, which is not in {experiment}.models")
         key = tuple(sorted(select.items()))
         if key in seen:
