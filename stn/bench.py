@@ -8,14 +8,21 @@ only ever adds time (another process takes the core, the page cache is evicted),
 is the estimate of what the code costs that one load spike cannot move; the median is printed
 beside it to show how noisy the run was. Peak memory is what the step allocates on top of its inputs: from
 the CUDA caching allocator on GPUs and from the profiler's allocation trace on the CPU.
+
+'% copy' is the fraction of the device's memory bandwidth a fwd+bwd call reaches: the fewest bytes
+such a call must move (read the input, write the output; read the output's gradient and the input
+again, write the input's gradient) over its time, against a large tensor copy measured in the
+same run. Near 100% a method cannot get much faster on that device; far below, it wastes traffic
+or time between launches.
 """
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
@@ -38,6 +45,11 @@ class Case:
     def label(self) -> str:
         x = "x".join
         return f"{self.n}x{self.c}x{x(map(str, self.in_size))}->{x(map(str, self.out_size))}"
+
+    def fwdbwd_bytes(self, element_size: int) -> int:
+        """The fewest bytes a forward+backward moves: 3 passes over the input, 2 over the output."""
+        numel = lambda size: self.n * self.c * math.prod(size)  # noqa: E731
+        return element_size * (3 * numel(self.in_size) + 2 * numel(self.out_size))
 
 
 CASES = [
@@ -171,7 +183,22 @@ def peak_memory(method: Method, case: Case, device) -> float:
     return peak / 2**20
 
 
-def run_sampler_benchmark(device: torch.device, repeats: int, cases: list[Case], part: str) -> list[dict]:
+def copy_bandwidth(device: torch.device, mib: int = 512, repeats: int = 10) -> float:
+    """Bytes per second (read + written) of the fastest of `repeats` copies of a `mib`-MiB tensor."""
+    src = torch.rand(mib * 2**18, device=device)
+    dst = torch.empty_like(src)
+    best = math.inf
+    for _ in range(repeats + 1):
+        _sync(device)
+        start = time.perf_counter()
+        dst.copy_(src)
+        _sync(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * src.numel() * src.element_size() / best
+
+
+def run_sampler_benchmark(device: torch.device, repeats: int, cases: list[Case], part: str,
+                          bandwidth: float) -> list[dict]:
     rows = []
     for case in cases:
         methods = methods_for(case, device, part)
@@ -189,6 +216,7 @@ def run_sampler_benchmark(device: torch.device, repeats: int, cases: list[Case],
                     "fwdbwd_ms": fb * 1e3,
                     "fwdbwd_speedup": base_fb / fb,
                     "fwdbwd_median_ms": fb_median * 1e3,
+                    "copy_percent": 100 * case.fwdbwd_bytes(4) / fb / bandwidth,
                     "peak_mib": peak_memory(method, case, device),
                 }
             )
@@ -197,12 +225,13 @@ def run_sampler_benchmark(device: torch.device, repeats: int, cases: list[Case],
 
 def format_rows(rows: list[dict], device: torch.device) -> str:
     header = (f"{'case':<28} {'method':<30} {'fwd ms':>9} {'x base':>7} {'fwd+bwd ms':>11} {'x base':>7} "
-              f"{'(median)':>9} {'peak MiB':>9}")
+              f"{'(median)':>9} {'% copy':>7} {'peak MiB':>9}")
     lines = [header, "-" * len(header)]
     for r in rows:
         lines.append(
             f"{r['case']:<28} {r['method']:<30} {r['fwd_ms']:>9.2f} {r['fwd_speedup']:>7.2f} "
-            f"{r['fwdbwd_ms']:>11.2f} {r['fwdbwd_speedup']:>7.2f} {r['fwdbwd_median_ms']:>9.2f} {r['peak_mib']:>9.1f}"
+            f"{r['fwdbwd_ms']:>11.2f} {r['fwdbwd_speedup']:>7.2f} {r['fwdbwd_median_ms']:>9.2f} "
+            f"{r['copy_percent']:>7.1f} {r['peak_mib']:>9.1f}"
         )
     return "\n".join(lines)
 
@@ -215,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--part", choices=["step", "sampler", "both"], default="both")
     parser.add_argument("--cases", type=str, default=None, help="comma-separated case indices (0-based) to run")
+    parser.add_argument("--n", type=int, default=None, help="batch size replacing each case's own")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -225,14 +255,19 @@ def main(argv: list[str] | None = None) -> int:
         elif args.device == "cuda":
             raise SystemExit("--device cuda: no CUDA device is available")
     cases = CASES if args.cases is None else [CASES[int(i)] for i in args.cases.split(",")]
+    if args.n is not None:
+        cases = [replace(case, n=args.n) for case in cases]
     parts = ["step", "sampler"] if args.part == "both" else [args.part]
     for device in devices:
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+        bandwidth = copy_bandwidth(device)
         for part in parts:
             what = "grid generation + sampling" if part == "step" else "sampling from a precomputed grid"
             print(f"\n== {name}: {what}; ms = fastest of {args.repeats} calls, 'x base' = speed-up over the "
-                  "first row of each case (>1 is faster), (median) = the median fwd+bwd ms")
-            print(format_rows(run_sampler_benchmark(device, args.repeats, cases, part), device), flush=True)
+                  "first row of each case (>1 is faster), (median) = the median fwd+bwd ms, "
+                  f"% copy = fwd+bwd bandwidth against a copy's {bandwidth / 1e9:.0f} GB/s")
+            rows = run_sampler_benchmark(device, args.repeats, cases, part, bandwidth)
+            print(format_rows(rows, device), flush=True)
     return 0
 
 

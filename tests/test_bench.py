@@ -21,4 +21,16 @@ def test_sampler_benchmark_prints_every_method_with_a_ratio_against_the_baseline
     assert methods[0] == "torch affine_grid+grid_sample"
     assert "stn reference" in methods
     baseline = rows[0].split()
-    assert baseline[-5] == "1.00" and baseline[-3] == "1.00"  # the baseline's own ratios
+    assert baseline[-6] == "1.00" and baseline[-4] == "1.00"  # the baseline's own ratios
+    assert "% copy = fwd+bwd bandwidth against a copy's" in out
+
+
+def test_batch_size_option_replaces_every_case_n(capsys):
+    assert bench.main(["sampler", "--device", "cpu", "--part", "step", "--cases", "0,1", "--n", "3", "--repeats", "1"]) == 0
+    labels = {line.split()[0] for line in capsys.readouterr().out.splitlines() if "->" in line}
+    assert labels == {"3x1x42x42->42x42", "3x1x60x60->30x30"}
+
+
+def test_fwdbwd_bytes_counts_three_input_and_two_output_passes():
+    case = bench.Case(2, 3, (4, 5), (6, 7))
+    assert case.fwdbwd_bytes(4) == 4 * (3 * 2 * 3 * 20 + 2 * 2 * 3 * 42)

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from stn import Affine, Affine3D, Attention, SpatialTransformer, ThinPlateSpline, ops
-from test_ops import require
+from test_ops import device_of, require
 
 FUSED_IMPLS = ["cpp", pytest.param("cuda", marks=pytest.mark.cuda)]
 # (input shape, output size): C = 1 and C > 1, non-square, down- and over-sampled, 2-D and 3-D
@@ -13,10 +13,6 @@ SHAPES = [
     ((2, 1, 4, 5, 6), (3, 4, 5)),
     ((2, 2, 5, 4, 3), (6, 2, 3)),
 ]
-
-
-def device_of(impl):
-    return "cuda" if impl == "cuda" else "cpu"
 
 
 def random_theta(n, d, dtype=torch.float64, seed=0, spread=0.4, shift=0.0):
@@ -72,6 +68,52 @@ def test_matches_unfused_float32(impl, shape, align_corners, shift):
     torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(grads[0][0], grads[1][0], atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(grads[0][1], grads[1][1], atol=1e-4 * grads[1][1].abs().max().item(), rtol=1e-4)
+
+
+@pytest.mark.parametrize("impl", FUSED_IMPLS)
+@pytest.mark.parametrize("in_shape,out_size", [
+    ((300, 2, 42, 42), (30, 36)),
+    ((3, 1, 20, 18, 16), (17, 19, 21)),
+    ((2, 2, 130, 100), (40, 50)),  # a plane of 13,000 points: past what the CUDA backward keeps on chip
+    ((2, 1, 24, 24, 24), (10, 12, 14)),
+    ((4, 32, 32, 32), (32, 32)),  # as many 32×32 planes as fit in a CUDA block's shared memory
+])
+def test_large_batches_match_unfused(impl, in_shape, out_size):
+    """Sizes that span many thread blocks and tiles, where partial dθ sums must be combined.
+
+    The yardstick is the unfused path in float64. Output and d input are continuous in the
+    sampling point and must agree to float32 rounding. dθ is not: the slope of the bilinear weights
+    jumps at pixel edges, so a point that float32 rounding puts on the other side of an edge than
+    float64 does moves dθ by a finite step. The unfused path in float32 is itself ~4e-3 off here,
+    all of it from one such point; a wrong reduction would be off by O(1).
+    """
+    require(impl, device_of(impl))
+    dev = device_of(impl)
+    x = torch.randn(*in_shape, device=dev)
+    m = random_theta(in_shape[0], len(out_size), torch.float32, seed=5, spread=0.2, shift=0.3).to(dev)
+    go = torch.randn(in_shape[0], in_shape[1], *out_size, device=dev)
+    results = []
+    for fn, dtype in ((lambda a, b: ops.affine_sample(a, b, out_size, False, impl), torch.float32),
+                      (lambda a, b: unfused(a, b, out_size, False, "reference"), torch.float64)):
+        a, b = x.to(dtype).requires_grad_(), m.to(dtype).requires_grad_()
+        out = fn(a, b)
+        results.append((out, *torch.autograd.grad(out, (a, b), go.to(dtype))))
+    for ours, ref, tol in zip(*results, (1e-5, 1e-5, 1e-2)):
+        assert ours.dtype == torch.float32
+        assert (ours.double() - ref).norm() <= tol * ref.norm()
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cuda_low_precision_matches_float32(dtype):
+    require("cuda", "cuda")
+    x = torch.rand(4, 3, 16, 16, device="cuda")
+    m = random_theta(4, 2, torch.float32, seed=2).to("cuda")
+    want = ops.affine_sample(x, m, (12, 12), False, "cuda")
+    got = ops.affine_sample(x.to(dtype), m.to(dtype), (12, 12), False, "cuda")
+    assert got.dtype == dtype
+    tol = 1e-2 if dtype == torch.float16 else 4e-2
+    assert (got.float() - want).norm() <= tol * want.norm()
 
 
 @pytest.mark.parametrize("impl", FUSED_IMPLS)
@@ -164,6 +206,19 @@ def test_empty_batch(impl):
     assert x.grad.shape == x.shape and m.grad.shape == m.shape
 
 
+@pytest.mark.parametrize("impl", FUSED_IMPLS)
+def test_empty_map_reads_zero(impl):
+    """An input with no pixels is all padding: zero output and a zero dθ."""
+    require(impl, device_of(impl))
+    dev = device_of(impl)
+    x = torch.randn(2, 1, 0, 5, device=dev, requires_grad=True)
+    m = random_theta(2, 2, torch.float32).to(dev).requires_grad_()
+    out = ops.affine_sample(x, m, (3, 4), False, impl)
+    assert out.shape == (2, 1, 3, 4) and (out == 0).all()
+    out.sum().backward()
+    assert x.grad.shape == x.shape and (m.grad == 0).all()
+
+
 def test_half_precision_on_the_cpu_takes_the_unfused_path():
     require("cpp")
     x = torch.rand(2, 1, 8, 8)
@@ -183,13 +238,14 @@ def test_bad_arguments_are_named():
         ops.affine_sample(x, torch.zeros(2, 2, 3), (4, 4, 4))
 
 
-def test_torch_compile_fullgraph():
-    require("cpp")
-    x = torch.rand(2, 3, 9, 9, requires_grad=True)
-    m = random_theta(2, 2, torch.float32).requires_grad_()
+@pytest.mark.parametrize("impl", FUSED_IMPLS)
+def test_torch_compile_fullgraph(impl):
+    require(impl, device_of(impl))
+    x = torch.rand(2, 3, 9, 9, device=device_of(impl), requires_grad=True)
+    m = random_theta(2, 2, torch.float32).to(device_of(impl)).requires_grad_()
 
     def f(a, b):
-        return ops.transform_sample(a, Affine(), b.flatten(1), (5, 7), impl="cpp")
+        return ops.transform_sample(a, Affine(), b.flatten(1), (5, 7), impl=impl)
 
     compiled = torch.compile(f, fullgraph=True)
     out = compiled(x, m)

@@ -19,6 +19,8 @@ def require(impl, device="cpu"):
     if reason is not None:
         if os.environ.get("CI") and impl == "cpp":
             pytest.fail(f"the C++ sampler must be available in CI: {reason}")
+        if os.environ.get("STN_REQUIRE_CUDA") and impl == "cuda":
+            pytest.fail(f"STN_REQUIRE_CUDA is set but the CUDA sampler is unavailable: {reason}")
         pytest.skip(reason)
 
 

@@ -72,6 +72,7 @@ at::Tensor affine_sample_forward_impl(const at::Tensor& input_, const at::Tensor
   check_affine_sample_args(input_, theta_, out_size);
   const at::Tensor input = input_.contiguous(), theta = theta_.contiguous();
   at::Tensor out = at::empty(affine_output_shape(input, out_size), input.options());
+  if (input.numel() == 0) return out.zero_();  // an empty map reads as zero padding everywhere
   if (out.numel() > 0) dispatch_affine<Forward>(input, input, theta, out, out_size, align_corners);
   return out;
 }
@@ -87,15 +88,15 @@ std::tuple<at::Tensor, at::Tensor> affine_sample_backward_impl(const at::Tensor&
   TORCH_CHECK(grad_out.sizes() == at::IntArrayRef(affine_output_shape(input, out_size)),
               "stn.affine_sample backward: grad_output has the wrong shape ", grad_out.sizes());
   const auto acc_type = at::toOpMathType(input.scalar_type());
-  // A kernel that writes every element of d input (the CPU one) spares the zero fill, a full pass over memory.
-  const auto gi_options = input.options().dtype(acc_type);
-  at::Tensor gi_acc = !input_grad                              ? at::Tensor()
-                      : Backward<2, float>::kWritesAllInputGrad ? at::empty(input.sizes(), gi_options)
-                                                                : at::zeros(input.sizes(), gi_options);
-  at::Tensor gt_acc = theta_grad ? at::zeros(theta.sizes(), theta.options().dtype(acc_type)) : at::Tensor();
-  if (grad_out.numel() > 0 && (input_grad || theta_grad)) {
+  // Backward::run writes every element of the gradients it is given: no zero fill, a full pass over memory.
+  at::Tensor gi_acc = input_grad ? at::empty(input.sizes(), input.options().dtype(acc_type)) : at::Tensor();
+  at::Tensor gt_acc = theta_grad ? at::empty(theta.sizes(), theta.options().dtype(acc_type)) : at::Tensor();
+  if (grad_out.numel() > 0 && input.numel() > 0 && (input_grad || theta_grad)) {
     dispatch_affine<Backward>(input, grad_out, input, theta, input_grad ? &gi_acc : nullptr,
                               theta_grad ? &gt_acc : nullptr, out_size, align_corners);
+  } else {  // nothing is sampled, so nothing receives a gradient
+    if (input_grad) gi_acc.zero_();
+    if (theta_grad) gt_acc.zero_();
   }
   at::Tensor gi = input_grad ? gi_acc.to(input.scalar_type()) : at::empty({0}, input.options());
   at::Tensor gt = theta_grad ? gt_acc.to(theta.scalar_type()) : at::empty({0}, theta.options());

@@ -45,32 +45,33 @@ STN_HD acc_t unnormalize_scale(int64_t size, bool align_corners) {
   return align_corners ? acc_t(size - 1) / acc_t(2) : acc_t(size) / acc_t(2);
 }
 
-// Sizes and element strides of one map, per axis in grid order (x, y, z).
-template <int D>
+// Sizes and element strides of one map, per axis in grid order (x, y, z). GPU kernels use 32-bit
+// indices inside one map (64-bit integer arithmetic is emulated there); the CPU uses 64-bit.
+template <int D, typename index_t = int64_t>
 struct Geometry {
-  int64_t size[D];
-  int64_t stride[D];
+  index_t size[D];
+  index_t stride[D];
 };
 
 // Spatial sizes (.., D, H, W) -> Geometry in (x, y, z) order for a contiguous map.
-template <int D>
-inline Geometry<D> geometry_from_sizes(const int64_t* spatial) {
-  Geometry<D> g;
+template <int D, typename index_t = int64_t>
+inline Geometry<D, index_t> geometry_from_sizes(const int64_t* spatial) {
+  Geometry<D, index_t> g;
   int64_t stride = 1;
   for (int a = 0; a < D; ++a) {
-    g.size[a] = spatial[D - 1 - a];
-    g.stride[a] = stride;
-    stride *= g.size[a];
+    g.size[a] = static_cast<index_t>(spatial[D - 1 - a]);
+    g.stride[a] = static_cast<index_t>(stride);
+    stride *= spatial[D - 1 - a];
   }
   return g;
 }
 
 // The 2^D corners of a linear (bi-/tri-linear) kernel around one point. Corner k takes the
 // upper neighbour on axis a when bit a of k is set.
-template <int D, typename acc_t>
+template <int D, typename acc_t, typename index_t = int64_t>
 struct LinearTaps {
   static constexpr int K = 1 << D;
-  int64_t offset[K];  // element offset of each corner inside the map (0 when outside)
+  index_t offset[K];  // element offset of each corner inside the map (0 when outside)
   acc_t mask[K];      // 1 inside the map, 0 outside
   acc_t weight[K];    // kernel weight, already masked
   acc_t frac[D];
@@ -87,8 +88,8 @@ struct LinearTaps {
   }
 
   // False (and cleared) when the point is absent (not finite, or every corner outside).
-  STN_HD bool init(const acc_t* p, const Geometry<D>& g) {
-    int64_t base[D];
+  STN_HD bool init(const acc_t* p, const Geometry<D, index_t>& g) {
+    index_t base[D];
 #pragma unroll
     for (int a = 0; a < D; ++a) {
       if (!(p[a] >= acc_t(-1) && p[a] < acc_t(g.size[a]))) {
@@ -96,18 +97,18 @@ struct LinearTaps {
         return false;
       }
       const acc_t f = floor_(p[a]);
-      base[a] = static_cast<int64_t>(f);
+      base[a] = static_cast<index_t>(f);
       frac[a] = p[a] - f;
     }
 #pragma unroll
     for (int k = 0; k < K; ++k) {
-      int64_t off = 0;
+      index_t off = 0;
       bool inside = true;
       acc_t w = acc_t(1);
 #pragma unroll
       for (int a = 0; a < D; ++a) {
         const int bit = (k >> a) & 1;
-        const int64_t i = base[a] + bit;
+        const index_t i = base[a] + bit;
         inside = inside && i >= 0 && i < g.size[a];
         off += i * g.stride[a];
         w *= bit ? frac[a] : acc_t(1) - frac[a];

@@ -485,7 +485,6 @@ struct Forward {
 
 template <int D, typename scalar_t>
 struct Backward {
-  static constexpr bool kWritesAllInputGrad = true;  // each sample's tile is stored whole
   template <int FIXED_C>
   static void run_for(const at::Tensor& grad_out, const at::Tensor& input, const at::Tensor& theta, at::Tensor* gi,
                       at::Tensor* gt, at::IntArrayRef out_size, bool align_corners) {
