@@ -22,7 +22,7 @@ import warnings
 import torch
 from torch import Tensor
 
-from . import extension
+from . import extension, registration
 from .reference import sample_reference
 
 __all__ = ["sample", "transform_sample", "affine_sample", "resolve_impl", "available_impls", "IMPLS", "MODES"]
@@ -109,7 +109,7 @@ def sample(input: Tensor, grid: Tensor, mode: str = "bilinear", align_corners: b
     chosen = resolve_impl(impl, input.device)
     if chosen == "reference":
         return sample_reference(input, grid, mode, align_corners)
-    return torch.ops.stn.sample_forward(input, grid, MODES[mode], align_corners)
+    return registration.differentiable("sample")(input, grid, MODES[mode], align_corners)
 
 
 def affine_sample(input: Tensor, matrix: Tensor, out_size, align_corners: bool = False, impl: str = "auto") -> Tensor:
@@ -125,13 +125,17 @@ def affine_sample(input: Tensor, matrix: Tensor, out_size, align_corners: bool =
             f"stn.affine_sample: a {input.dim()}-D input of batch {input.shape[0]} needs a matrix of shape "
             f"({input.shape[0]}, {d}, {d + 1}) and {d} output sizes; got matrix {tuple(matrix.shape)}, out_size {out_size}"
         )
-    chosen = resolve_impl(impl, input.device)
+    return _affine_sample(input, matrix, out_size, align_corners, resolve_impl(impl, input.device))
+
+
+def _affine_sample(input: Tensor, matrix: Tensor, out_size: list[int], align_corners: bool, chosen: str) -> Tensor:
     if chosen == "reference":
         from ..transforms import Affine, Affine3D
 
+        d = input.dim() - 2
         grid = (Affine3D() if d == 3 else Affine()).grid(matrix.reshape(input.shape[0], -1), out_size, align_corners)
         return sample_reference(input, grid.to(input.dtype), "bilinear", align_corners)
-    return torch.ops.stn.affine_sample_forward(input, matrix.to(input.dtype), out_size, align_corners)
+    return registration.differentiable("affine_sample")(input, matrix.to(input.dtype), out_size, align_corners)
 
 
 def transform_sample(input: Tensor, transform, theta: Tensor, out_size, mode: str = "bilinear",
@@ -150,4 +154,5 @@ def transform_sample(input: Tensor, transform, theta: Tensor, out_size, mode: st
     if len(out_size) != input.dim() - 2 or transform.ndim != input.dim() - 2:
         raise ValueError(f"{type(transform).__name__} is {transform.ndim}-D; input has shape {tuple(input.shape)} "
                          f"and out_size {tuple(out_size)}")
-    return affine_sample(input, matrix, out_size, align_corners, chosen)
+    # The matrix has the shape the op needs by construction; the op itself checks the batch sizes.
+    return _affine_sample(input, matrix, [int(s) for s in out_size], align_corners, chosen)

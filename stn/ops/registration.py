@@ -1,17 +1,24 @@
-"""Fake (meta) and autograd registrations for the compiled ops, so torch.compile can trace them.
+"""Fake (meta) implementations and autograd for the compiled ops.
 
 Every compiled op comes as a pair: stn::<name>_forward(a, b, *args) and
 stn::<name>_backward(grad, a, b, *args, need_a, need_b) -> (da, db), where a gradient that
-was not asked for comes back as an empty tensor.
+was not asked for comes back as an empty tensor. The fake implementations let torch.compile
+trace the ops; `differentiable(name)` is the pair as one differentiable function.
+
+Autograd is a torch.autograd.Function rather than torch.library.register_autograd: the same
+formula for ~15 µs (18%) less host time per forward+backward, which is what a GPU step at batch
+256 waits on (its kernels take ~20 µs).
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
-_done = False
+_functions: dict[str, Callable] = {}
 
 
-def _register_pair(name: str, forward_fake) -> None:
+def _register_fakes(name: str, forward_fake) -> None:
     torch.library.register_fake(f"stn::{name}_forward")(forward_fake)
 
     @torch.library.register_fake(f"stn::{name}_backward")
@@ -21,20 +28,37 @@ def _register_pair(name: str, forward_fake) -> None:
         db = torch.empty_like(b, memory_format=torch.contiguous_format) if need_b else b.new_empty(0)
         return da, db
 
+
+def _autograd_function(name: str) -> type[torch.autograd.Function]:
+    forward_op = getattr(torch.ops.stn, f"{name}_forward")
     backward_op = getattr(torch.ops.stn, f"{name}_backward")
 
-    def setup_context(ctx, inputs, output):
-        a, b, *args = inputs
-        ctx.save_for_backward(a, b)
-        ctx.args = args
+    class Pair(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, a, b, *args):
+            ctx.save_for_backward(a, b)
+            ctx.args = args
+            return forward_op(a, b, *args)
 
-    def backward(ctx, grad_output):
-        a, b = ctx.saved_tensors
-        need_a, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        da, db = backward_op(grad_output, a, b, *ctx.args, need_a, need_b)
-        return (da if need_a else None), (db if need_b else None), *([None] * len(ctx.args))
+        @staticmethod
+        def backward(ctx, grad_output):
+            a, b = ctx.saved_tensors
+            need_a, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+            da, db = backward_op(grad_output, a, b, *ctx.args, need_a, need_b)
+            return (da if need_a else None), (db if need_b else None), *([None] * len(ctx.args))
 
-    torch.library.register_autograd(f"stn::{name}_forward", backward, setup_context=setup_context)
+    Pair.__name__ = Pair.__qualname__ = f"{name}_function"
+    return Pair
+
+
+def differentiable(name: str) -> Callable:
+    """stn::<name>_forward with its backward attached (the extension must be loaded)."""
+    if name not in _functions:
+        _functions[name] = _autograd_function(name).apply
+    return _functions[name]
+
+
+_done = False
 
 
 def register() -> None:
@@ -42,11 +66,11 @@ def register() -> None:
     if _done:
         return
     _done = True
-    _register_pair(
+    _register_fakes(
         "sample",
         lambda input, grid, mode, align_corners: input.new_empty((input.shape[0], input.shape[1], *grid.shape[1:-1])),
     )
-    _register_pair(
+    _register_fakes(
         "affine_sample",
         lambda input, theta, out_size, align_corners: input.new_empty((input.shape[0], input.shape[1], *out_size)),
     )
