@@ -60,6 +60,24 @@ inline bool staged(int64_t channels, int64_t n) {
   return channels > 1 && n * static_cast<int64_t>(sizeof(T)) <= (int64_t(512) << 10);
 }
 
+// Writes one sample held channels-last in `rows` runs of `width` positions (run r starts at
+// row_start(r)) to a channels-first (C, rows·width) sample at dst: through `staging` and one
+// sequential write when the sample is staged (see `staged`), else transposed straight into dst.
+template <typename acc_t, typename T, typename RowStart>
+void store_channels_first(RowStart row_start, int64_t rows, int64_t width, int64_t C, T* dst,
+                          std::vector<acc_t>& staging) {
+  const int64_t plane = rows * width;
+  const bool stage = staged<acc_t>(C, plane * C);
+  if (stage) staging.resize(static_cast<size_t>(plane * C));
+  for (int64_t r = 0; r < rows; ++r) {
+    if (stage)
+      relayout(row_start(r), C, 1, staging.data() + r * width, 1, plane, width, C, [](acc_t v, int64_t) { return v; });
+    else
+      relayout(row_start(r), C, 1, dst + r * width, 1, plane, width, C, [](acc_t v, int64_t) { return T(v); });
+  }
+  if (stage) copy_cast(staging.data(), dst, plane * C);
+}
+
 // One sample's channels in a channels-last tile with a one-pixel zero border on every side:
 // element (position, c) lives at position * C + c, so the C values of one kernel tap are
 // contiguous (one vector load per tap for C > 1) and a tap never needs a bounds check.
@@ -112,14 +130,8 @@ struct PaddedTile {
 
   // The interior, to one sample of a (C, [D,] H, W) tensor, staged like `load`.
   void store(acc_t* dst) {
-    const int64_t plane = rows() * in[0];
-    const bool stage = staged<acc_t>(channels, plane * channels);
-    if (stage) staging.resize(static_cast<size_t>(plane * channels));
-    acc_t* to = stage ? staging.data() : dst;
-    for (int64_t r = 0; r < rows(); ++r)
-      relayout(data.data() + row_position(r) * channels, channels, 1, to + r * in[0], 1, plane, in[0], channels,
-               [](acc_t v, int64_t) { return v; });
-    if (stage) copy_cast(staging.data(), dst, plane * channels);
+    store_channels_first([&](int64_t r) { return data.data() + row_position(r) * channels; }, rows(), in[0], channels,
+                         dst, staging);
   }
 
   template <typename S>
@@ -296,9 +308,8 @@ void forward_kernel(const at::Tensor& input, const at::Tensor& theta, at::Tensor
   at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
     PaddedTile<D, acc_t> tile(map.axes.in, C);
     RowTaps<D, acc_t> taps(W);
-    const bool stage = staged<acc_t>(C, P * C);
     std::vector<acc_t> sample(FIXED_C == 1 ? 0 : P * C);  // C > 1: one output sample, channels last
-    std::vector<acc_t> staging(stage ? P * C : 0);        // and channels first, for one sequential write
+    std::vector<acc_t> staging;                           // and channels first, for one sequential write
     for (int64_t n = begin; n < end; ++n) {
       tile.load(in + n * S);
       double t[3];
@@ -327,14 +338,8 @@ void forward_kernel(const at::Tensor& input, const at::Tensor& theta, at::Tensor
           }
         }
       }
-      if constexpr (FIXED_C != 1) {
-        if (stage) {
-          relayout(sample.data(), C, 1, staging.data(), 1, P, P, C, [](acc_t v, int64_t) { return v; });
-          copy_cast(staging.data(), o + n * C * P, P * C);
-        } else {
-          relayout(sample.data(), C, 1, o + n * C * P, 1, P, P, C, [](acc_t v, int64_t) { return scalar_t(v); });
-        }
-      }
+      if constexpr (FIXED_C != 1)
+        store_channels_first([&](int64_t) { return sample.data(); }, 1, P, C, o + n * C * P, staging);
     }
   });
 }
