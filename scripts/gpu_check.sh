@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The checks CI cannot run (it has no GPU), for a machine with a CUDA GPU: build the extension with
-# its CUDA kernels, run every CUDA test (failing, not skipping, if the kernels are missing), then
-# time the transformer step against F.affine_grid + F.grid_sample at N = 256 and N = 16,384.
+# its CUDA kernels, run every CUDA test (failing, not skipping, if the kernels are missing), train
+# three models a few steps on the GPU, then time the transformer step against F.affine_grid +
+# F.grid_sample at N = 256 and N = 16,384.
 # Usage: scripts/gpu_check.sh [LOG_DIR]   (PYTHON picks the interpreter; default python3)
 set -uo pipefail
 logs=${1:-gpu_check_logs}
@@ -21,6 +22,7 @@ $py -c 'import sys, torch; print("python", sys.version.split()[0], "torch", torc
     | tee -a "$logs/gpu.txt"
 step build bash -o pipefail -c "$py -m stn.ops.build --quiet 2>&1 | tee '$logs/build.log'" || exit 1
 step tests bash -o pipefail -c "$py -m pytest -q -rs -p no:cacheprovider -m cuda tests/test_ops.py tests/test_fused.py 2>&1 | tee '$logs/tests.log'"
+step "training on the GPU" bash -o pipefail -c "PYTHONPATH=\"$PWD\" $py scripts/train_smoke.py cuda 2>&1 | tee '$logs/train.log'"
 for n in 256 16384; do
     step "bench N=$n" bash -o pipefail -c "$py -m stn.bench sampler --device cuda --part step --cases 0,1 --n $n --repeats 50 2>&1 | tee '$logs/bench_n$n.log'"
 done
