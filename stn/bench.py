@@ -216,7 +216,7 @@ def run_sampler_benchmark(device: torch.device, repeats: int, cases: list[Case],
                     "fwdbwd_ms": fb * 1e3,
                     "fwdbwd_speedup": base_fb / fb,
                     "fwdbwd_median_ms": fb_median * 1e3,
-                    "copy_percent": 100 * case.fwdbwd_bytes(4) / fb / bandwidth,
+                    "copy_percent": 100 * case.fwdbwd_bytes(torch.float32.itemsize) / fb / bandwidth,
                     "peak_mib": peak_memory(method, case, device),
                 }
             )
@@ -254,6 +254,10 @@ def main(argv: list[str] | None = None) -> int:
             devices.append(torch.device("cuda"))
         elif args.device == "cuda":
             raise SystemExit("--device cuda: no CUDA device is available")
+    if args.cases is not None and not all(i.isdigit() and int(i) < len(CASES) for i in args.cases.split(",")):
+        parser.error(f"--cases takes indices 0-{len(CASES) - 1} separated by commas, got {args.cases!r}")
+    if args.n is not None and args.n < 1:
+        parser.error(f"--n must be a positive batch size, got {args.n}")
     cases = CASES if args.cases is None else [CASES[int(i)] for i in args.cases.split(",")]
     if args.n is not None:
         cases = [replace(case, n=args.n) for case in cases]

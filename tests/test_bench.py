@@ -1,6 +1,8 @@
 """The benchmark command's output (what it prints, not how fast anything is)."""
 import re
 
+import pytest
+
 from stn import bench
 
 
@@ -34,3 +36,10 @@ def test_batch_size_option_replaces_every_case_n(capsys):
 def test_fwdbwd_bytes_counts_three_input_and_two_output_passes():
     case = bench.Case(2, 3, (4, 5), (6, 7))
     assert case.fwdbwd_bytes(4) == 4 * (3 * 2 * 3 * 20 + 2 * 2 * 3 * 42)
+
+
+def test_bad_cases_and_batch_sizes_are_named(capsys):
+    for argv, message in [(["--cases", "9"], "--cases takes indices 0-4"), (["--n", "0"], "--n must be a positive")]:
+        with pytest.raises(SystemExit):
+            bench.main(["sampler", "--device", "cpu", *argv])
+        assert message in capsys.readouterr().err
