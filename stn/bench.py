@@ -46,6 +46,11 @@ class Case:
         x = "x".join
         return f"{self.n}x{self.c}x{x(map(str, self.in_size))}->{x(map(str, self.out_size))}"
 
+    @property
+    def transform(self) -> Affine | Affine3D:
+        """The affine grid generator every method of this case samples with."""
+        return Affine3D() if len(self.out_size) == 3 else Affine()
+
     def fwdbwd_bytes(self, element_size: int) -> int:
         """The fewest bytes a forward+backward moves: 3 passes over the input, 2 over the output."""
         numel = lambda size: self.n * self.c * math.prod(size)  # noqa: E731
@@ -73,7 +78,7 @@ def _baseline(case: Case) -> Method:
 
 
 def _unfused(case: Case, impl: str) -> Method:
-    transform = Affine3D() if len(case.out_size) == 3 else Affine()
+    transform = case.transform
 
     def run(x, theta):
         return ops.sample(x, transform.grid(theta, case.out_size), "bilinear", False, impl)
@@ -82,7 +87,7 @@ def _unfused(case: Case, impl: str) -> Method:
 
 
 def _fused(case: Case, impl: str) -> Method:
-    transform = Affine3D() if len(case.out_size) == 3 else Affine()
+    transform = case.transform
 
     def run(x, theta):
         return ops.transform_sample(x, transform, theta, case.out_size, "bilinear", False, impl)
@@ -97,8 +102,7 @@ def _sampler_only(case: Case, impl: str | None) -> Method:
     def run(x, theta):
         key = (theta.device, theta.dtype)
         if key not in grids:  # built once, outside the timed region's gradient
-            transform = Affine3D() if len(case.out_size) == 3 else Affine()
-            grids[key] = transform.grid(theta.detach(), case.out_size).requires_grad_(theta.requires_grad)
+            grids[key] = case.transform.grid(theta.detach(), case.out_size).requires_grad_(theta.requires_grad)
         grid = grids[key]
         if impl is None:
             return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
