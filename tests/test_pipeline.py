@@ -106,3 +106,21 @@ def test_smoke_appendix_experiments(smoke):
     for experiment, n in [("table4", 3), ("table5", 2), ("volumetric", 2)]:
         runs = tracking.find_runs(tracking.default_uri(smoke), experiment)
         assert len(runs) == n and all(r.info.status == "FINISHED" for r in runs)
+
+
+def test_coloc_probe_reads_the_pipeline_outputs(smoke, tmp_path):
+    """scripts/coloc_probe.py (docs/CHOICES.md's gradient table) runs on what the pipeline wrote."""
+    args = ["--mnist", smoke / "data" / "mnist.npz", "--encoder", smoke / "runs" / "table1" / "R" / "CNN" / "seed1" / "model.pt",
+            "--params", smoke / "tables" / "table1_params.json", "--digits", "3", "--images", "8", "--draws", "3",
+            "--fractions", "0", "0.5", "1"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "scripts/coloc_probe.py", *map(str, args)], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=300, check=True).stdout
+    rows = [line.split() for line in out.splitlines()[1:]]
+    assert [(r[0], float(r[1])) for r in rows] == [("3", 0.0), ("3", 0.5), ("3", 1.0)]
+    dist = [float(r[2]) for r in rows]
+    assert dist[0] > 5 and dist[1] == pytest.approx(dist[0] / 2, rel=0.05) and dist[2] < 0.01  # crops placed as asked
+    assert all(-1 <= float(r[3]) <= 1 and 0 <= float(r[4]) <= 100 for r in rows)
+    missing = subprocess.run([sys.executable, "scripts/coloc_probe.py", "--mnist", str(tmp_path / "none.npz")], cwd=ROOT,
+                             env=env, capture_output=True, text=True)
+    assert missing.returncode != 0 and "none.npz is missing" in missing.stderr
