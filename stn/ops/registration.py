@@ -16,6 +16,7 @@ from typing import Callable
 import torch
 
 _functions: dict[str, Callable] = {}
+_done = False
 
 
 def _register_fakes(name: str, forward_fake) -> None:
@@ -52,13 +53,12 @@ def _autograd_function(name: str) -> type[torch.autograd.Function]:
 
 
 def differentiable(name: str) -> Callable:
-    """stn::<name>_forward with its backward attached (the extension must be loaded)."""
+    """stn::<name>_forward with its backward attached (the extension must be loaded).
+
+    A plain dict caches the Functions: torch.compile cannot trace through functools.cache."""
     if name not in _functions:
         _functions[name] = _autograd_function(name).apply
     return _functions[name]
-
-
-_done = False
 
 
 def register() -> None:
