@@ -92,6 +92,30 @@ def test_triplet_loss_by_hand():
     assert co.triplet_loss(e, pair, rand, margin=1.0).item() == pytest.approx(0.875)
 
 
+def test_window_shrinks_geometrically_from_the_canvas_to_the_digit():
+    assert co.window_scale(0, 1.0, 300) == pytest.approx(1.0)
+    assert co.window_scale(150, 1.0, 300) == pytest.approx(math.sqrt(28 / 84))  # halfway in log scale
+    assert co.window_scale(300, 1.0, 300) == co.window_scale(10_000, 1.0, 300) == pytest.approx(28 / 84)
+    assert co.window_scale(0, 1.0, 0) == pytest.approx(28 / 84)  # no annealing: digit-sized throughout
+
+
+def test_centred_localiser_keeps_the_mean_crop_at_the_canvas_centre():
+    torch.manual_seed(0)
+    st = co.localiser(centred=True)
+    with torch.no_grad():
+        st.regressor.linear.weight.normal_()
+        st.regressor.linear.bias.fill_(0.3)  # a shared shift the centring must remove
+    x = torch.rand(6, 1, co.CANVAS, co.CANVAS)
+    crops, theta = co.localise(st, x, 0.5)
+    assert crops.shape == (6, 1, co.CROP, co.CROP) and theta.shape == (6, 3)
+    assert torch.allclose(theta[:, 0], torch.full((6,), 0.5))
+    assert theta[:, 1:].mean(0).abs().max() < 1e-6 and theta[:, 1:].std(0).min() > 1e-4
+    plain = co.localiser(centred=False)
+    with torch.no_grad():
+        plain.regressor.bias.fill_(0.3)
+    assert torch.allclose(co.localise(plain, x, 0.5)[1][:, 1:], torch.full((6, 2), 0.3))
+
+
 def test_derangement_never_pairs_an_image_with_itself():
     gen = torch.Generator().manual_seed(0)
     for n in (2, 3, 100):

@@ -1,10 +1,14 @@
 """Co-localisation (appendix A.2, Table 5, Fig. 4).
 
 For one digit class, 100 images of a 28×28 digit at a uniform random place in an 84×84 canvas
-(T), with sixteen 6×6 distractor crops in TC. An attention transformer (s, tx, ty) crops each
-image; nothing but the triplet hinge loss of eq. (8) trains it: the encodings e() of two images'
-crops should be closer than an image's crop and a random crop of the same image. e() is the
-Table 1 CNN the pipeline trained, frozen; its features are its two hidden layers and its logits.
+(T), with sixteen 6×6 distractor crops in TC. An attention transformer crops each image; nothing
+but the triplet hinge loss of eq. (8) trains it: the encodings e() of two images' crops should be
+closer than an image's crop and a random crop of the same image. e() is a Table 1 CNN the
+pipeline trained, frozen; its features are its two hidden layers and its logits.
+
+Three departures make eq. 8 find the digits (docs/CHOICES.md has the measurements): the window
+starts as the whole canvas and shrinks to the digit's size over the first steps instead of
+regressing s; the crops' mean position is held at the canvas centre; and the optimiser is Adam.
 """
 from __future__ import annotations
 
@@ -38,26 +42,53 @@ def make_images(mnist: dict[str, np.ndarray], digit: int, variant: str, count: i
             "mnist_index": chosen}
 
 
-def localiser(learn_scale: bool) -> SpatialTransformer:
-    """A.2's localisation net: conv 8 filters 9×9 stride 4, max-pool 2, FC 8, FC 8, then the regressor
-    (3 units for (s, tx, ty); 2 for (tx, ty) when the crop keeps the digit's size)."""
+class BatchCentred(nn.Module):
+    """Wraps the regressor so the set's mean (tx, ty) stays at the canvas centre.
+
+    The digits are placed uniformly, so their mean position is the centre; pinning the crops'
+    mean there removes the shared shift that otherwise carries every crop into one blank corner
+    (docs/CHOICES.md). Each optimisation step sees the whole image set as one batch.
+    """
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.linear = linear
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.linear(x)
+        return y - y.mean(0, keepdim=True)
+
+
+def localiser(centred: bool) -> SpatialTransformer:
+    """A.2's localisation net: conv 8 filters 9×9 stride 4, max-pool 2, FC 8, FC 8, then a regressor
+    for (tx, ty) of an attention window whose scale the optimisation sets (`window_scale`)."""
     side = ((CANVAS - 9) // 4 + 1) // 2
     loc = nn.Sequential(
         nn.Conv2d(1, 8, 9, stride=4), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
         nn.Linear(8 * side * side, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(),
     )
-    st = SpatialTransformer(loc, 8, Attention(None if learn_scale else CROP / CANVAS), (CROP, CROP))
-    if learn_scale:
-        with torch.no_grad():  # start from a centred crop of the digit's size (docs/CHOICES.md)
-            st.regressor.bias.copy_(torch.tensor([CROP / CANVAS, 0.0, 0.0]))
+    st = SpatialTransformer(loc, 8, Attention(CROP / CANVAS), (CROP, CROP))
+    if centred:
+        st.regressor = BatchCentred(st.regressor)
     return st
 
 
-def full_theta(theta: Tensor) -> Tensor:
-    """(s, tx, ty) whether or not the scale was learnt."""
-    if theta.shape[1] == 3:
-        return theta
-    return torch.cat([torch.full_like(theta[:, :1], CROP / CANVAS), theta], 1)
+def window_scale(step: int, start: float, anneal_steps: int) -> float:
+    """The window's side relative to the canvas: `start` shrinking geometrically to the digit's
+    28/84 over `anneal_steps`, then held. From the whole canvas every crop holds its digit, and
+    eq. 8 pulls the windows towards the digits; from a digit-sized centred crop it pushes them
+    away (docs/CHOICES.md)."""
+    final = CROP / CANVAS
+    if step >= anneal_steps:
+        return final
+    return start * (final / start) ** (step / anneal_steps)
+
+
+def localise(st: SpatialTransformer, x: Tensor, scale: float) -> tuple[Tensor, Tensor]:
+    """Crops (N, 1, 28, 28) and θ = (s, tx, ty) (N, 3) with the window at `scale`."""
+    st.transform.scale = scale
+    crops, t = st(x)
+    return crops, torch.cat([torch.full_like(t[:, :1], scale), t], 1)
 
 
 def encoder_features(cnn: nn.Sequential, x: Tensor) -> Tensor:
@@ -122,28 +153,28 @@ def optimise(images: np.ndarray, boxes: np.ndarray, encoder: nn.Sequential, sett
     torch.manual_seed(seed)
     x = torch.from_numpy(images).float().div(255).unsqueeze(1)
     true = torch.from_numpy(boxes).double()
-    st = localiser(settings["learn_scale"])
+    st = localiser(settings["centre"])
     encoder.eval()
     for p in encoder.parameters():
         p.requires_grad_(False)
-    opt = torch.optim.SGD(st.parameters(), lr=settings["lr"], momentum=settings["momentum"])
+    if settings["optimizer"] == "adam":
+        opt = torch.optim.Adam(st.parameters(), lr=settings["lr"])
+    else:
+        opt = torch.optim.SGD(st.parameters(), lr=settings["lr"], momentum=settings["momentum"])
     gen = torch.Generator().manual_seed(seed)
-    trajectory, history = [], []
+    trajectory = []
     start = time.time()
     for step in range(settings["steps"] + 1):
+        crops, theta = localise(st, x, window_scale(step, settings["scale_from"], settings["anneal_steps"]))
         if step % settings["record_every"] == 0 or step == settings["steps"]:
-            with torch.no_grad():
-                theta = full_theta(st(x)[1])
-            rate = float((iou(boxes_from_theta(theta.double()), true) > 0.5).double().mean() * 100)
+            rate = localised(theta.detach(), true)
             trajectory.append({"step": step, "theta": theta[: settings["figure_images"]].tolist(), "localised": rate})
-            history.append((step, rate))
             if on_eval:
                 on_eval(step, rate)
-            log(f"step {step}/{settings['steps']}  localised {rate:.0f}%  mean s {theta[:, 0].mean():.3f}  "
+            log(f"step {step}/{settings['steps']}  localised {rate:.0f}%  window {theta[0, 0]:.3f} of the canvas  "
                 f"({time.time() - start:.0f} s)")
         if step == settings["steps"]:
             break
-        crops, theta = st(x)
         partner = derangement(len(x), gen)
         rand = random_crops(x, gen)
         e_crop, e_rand = encoder_features(encoder, crops), encoder_features(encoder, rand)
@@ -151,12 +182,15 @@ def optimise(images: np.ndarray, boxes: np.ndarray, encoder: nn.Sequential, sett
         opt.zero_grad()
         loss.backward()
         opt.step()
-    with torch.no_grad():
-        theta = full_theta(st(x)[1])
-    final = boxes_from_theta(theta.double())
+    final = boxes_from_theta(theta.detach().double())
     hits = iou(final, true) > 0.5
     return {"localised": float(hits.double().mean() * 100), "trajectory": trajectory,
             "predicted_boxes": final.tolist(), "hits": hits.tolist()}
+
+
+def localised(theta: Tensor, true: Tensor) -> float:
+    """Percent of images whose predicted box overlaps the true one with IoU > 0.5 (A.2's measure)."""
+    return float((iou(boxes_from_theta(theta.double()), true) > 0.5).double().mean() * 100)
 
 
 def run_job(*, variant: str, digit: int, mnist_path: Path, encoder_path: Path, encoder_params: Path,
@@ -204,7 +238,7 @@ def figures(results: Path, variant: str, digit: int, out_dir: Path) -> list[Path
 
     def draw(ax, img, theta, true_box):
         ax.imshow(img, cmap="gray", vmin=0, vmax=255)
-        for box, colour in [(true_box, "tab:green"), (boxes_from_theta(full_theta(torch.tensor([theta])))[0].tolist(), "tab:red")]:
+        for box, colour in [(true_box, "tab:green"), (boxes_from_theta(torch.tensor([theta]))[0].tolist(), "tab:red")]:
             x0, y0, x1, y1 = box
             ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, color=colour, lw=1.2))
         ax.set_xticks([])
