@@ -1,14 +1,16 @@
 """Which way does eq. (8) push the co-localisation crops? (docs/CHOICES.md, "Co-localisation").
 
-Places every image's digit-sized crop a fraction f of the way from the canvas centre (f = 0, where
-the localiser starts) to its digit (f = 1), then averages the gradient of eq. (8) with respect to
-each crop's (tx, ty) over many of the optimiser's own steps (each a random pairing m(n) != n and
-random patches).
+Places every image's crop window a fraction f of the way from the canvas centre (f = 0) to its
+digit (f = 1), then averages the gradient of eq. (8) with respect to each window's (tx, ty) over
+many of the optimiser's own steps (each a random pairing m(n) != n and random patches). `--window`
+sets the window's side relative to the canvas: 28/84 (the default) is A.2's digit-sized crop, 1 the
+whole canvas where the pipeline's shrinking window starts.
 For each f it prints how well the descent direction points at the digit: the mean cosine, and
 the share of images whose descent has a component towards their digit. Uses the pipeline's
 outputs (MNIST and a trained Table 1 CNN), so run it after `snakemake`.
 
     .venv/bin/python scripts/coloc_probe.py --digits 2 8
+    .venv/bin/python scripts/coloc_probe.py --window 1 --encoder results/runs/table1/P/CNN/seed1/model.pt --encoder-dataset P
 """
 from __future__ import annotations
 
@@ -27,11 +29,14 @@ from stn.transforms import Attention
 
 
 def descent_alignment(x: torch.Tensor, boxes: torch.Tensor, encoder: torch.nn.Module, fraction: float,
-                      draws: int, gen: torch.Generator) -> tuple[float, float, float]:
-    """(mean distance to the digits in px, mean cosine, % pointing towards the digit) at one f."""
-    s = co.CROP / co.CANVAS
+                      draws: int, gen: torch.Generator, s: float = co.CROP / co.CANVAS) -> tuple[float, float, float]:
+    """(mean distance to the digits in px, mean cosine, % pointing towards the digit) at one f,
+    for windows of side s (relative to the canvas)."""
     centre = (boxes[:, :2] + boxes[:, 2:]) / co.CANVAS - 1  # digit centres in normalised coordinates
-    t = (centre * fraction).clamp(-(1 - s), 1 - s).requires_grad_(True)
+    t = centre * fraction
+    if s < 1:
+        t = t.clamp(-(1 - s), 1 - s)
+    t = t.requires_grad_(True)
     e = co.encoder_features(encoder, ops.sample(x, Attention(s).grid(t, (co.CROP, co.CROP))))
     grad = torch.zeros_like(t)
     for _ in range(draws):
@@ -53,6 +58,8 @@ def main(argv=None) -> None:
     ap.add_argument("--variant", choices=sorted(co.CLUTTER), default="T")
     ap.add_argument("--digits", type=int, nargs="+", default=[2])
     ap.add_argument("--fractions", type=float, nargs="+", default=[0.0, 0.3, 0.5, 0.7, 0.9])
+    ap.add_argument("--window", type=float, default=co.CROP / co.CANVAS,
+                    help="the window's side relative to the canvas (28/84: digit-sized; 1: the whole canvas)")
     ap.add_argument("--images", type=int, default=100)
     ap.add_argument("--draws", type=int, default=50, help="optimiser steps averaged per gradient")
     ap.add_argument("--seed", type=int, default=1)
@@ -72,7 +79,7 @@ def main(argv=None) -> None:
         boxes = torch.from_numpy(data["boxes"]).float()
         gen = torch.Generator().manual_seed(a.seed)
         for f in a.fractions:
-            dist, cos, share = descent_alignment(x, boxes, encoder, f, a.draws, gen)
+            dist, cos, share = descent_alignment(x, boxes, encoder, f, a.draws, gen, a.window)
             print(f"{digit:5d}  {f:4.2f}  {dist:11.1f}  {cos:+8.2f}  {share:15.0f}", flush=True)
 
 

@@ -198,7 +198,8 @@ def cmd_report_coloc(a) -> None:
 
     records = collect(Path(a.results), "table5")
     caption = (f"Table 5: percent of digits co-localised (IoU > 0.5) per class, {a.config_name} config "
-               f"({a.steps} SGD steps per class, {a.images} images each).")
+               f"({a.steps} {a.optimizer} steps per class, {a.images} images each, e() the Table 1 {a.encoder} CNN; "
+               f"the window shrinks from the whole canvas and the crops' mean stays centred, see docs/CHOICES.md).")
     render_table(records, ["T", "TC"], [str(d) for d in range(10)], caption, Path(a.table_dir), "table5",
                  key="localised", row_label="Class")
     colocalisation.figures(Path(a.results), a.figure_variant, a.figure_digit, Path(a.figure_dir))
@@ -337,6 +338,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--figure-digit", type=int, required=True)
     s.add_argument("--steps", type=int, required=True)
     s.add_argument("--images", type=int, required=True)
+    s.add_argument("--optimizer", required=True, help="named in the caption (Adam or SGD)")
+    s.add_argument("--encoder", required=True, help="the Table 1 data set whose CNN is e()")
     s.add_argument("--config-name", default="custom")
     s.set_defaults(fn=cmd_report_coloc)
 

@@ -121,6 +121,9 @@ def test_coloc_probe_reads_the_pipeline_outputs(smoke, tmp_path):
     dist = [float(r[2]) for r in rows]
     assert dist[0] > 5 and dist[1] == pytest.approx(dist[0] / 2, rel=0.05) and dist[2] < 0.01  # crops placed as asked
     assert all(-1 <= float(r[3]) <= 1 and 0 <= float(r[4]) <= 100 for r in rows)
+    whole = subprocess.run([sys.executable, "scripts/coloc_probe.py", *map(str, args[:-4]), "--fractions", "1", "--window", "1"],
+                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=True).stdout
+    assert float(whole.splitlines()[1].split()[2]) < 0.01  # a whole-canvas window still moves all the way to its digit
     missing = subprocess.run([sys.executable, "scripts/coloc_probe.py", "--mnist", str(tmp_path / "none.npz")], cwd=ROOT,
                              env=env, capture_output=True, text=True)
     assert missing.returncode != 0 and "none.npz is missing" in missing.stderr

@@ -48,10 +48,13 @@ rule table5:
         digit=T5["figure_digit"],
         steps=T5["optimise"]["steps"],
         images=T5["optimise"]["images"],
+        optimizer={"adam": "Adam", "sgd": "SGD"}[T5["optimise"]["optimizer"]],
+        encoder=T5["encoder_dataset"],
         name=config["name"],
     log:
         f"{RESULTS}/logs/table5.log",
     shell:
         "{STN} report-coloc --results {RESULTS} --table-dir {RESULTS}/tables --figure-dir {RESULTS}/figures "
         "--figure-variant {params.variant} --figure-digit {params.digit} --steps {params.steps} --images {params.images} "
+        "--optimizer {params.optimizer} --encoder {params.encoder} "
         "--config-name {params.name} > {log} 2>&1"
