@@ -97,6 +97,8 @@ def test_smoke_appendix_experiments(smoke):
     assert {(r["model"], r["dataset"]) for r in t5} == {(str(d), v) for d in range(10) for v in ("T", "TC")}
     done = {(r["model"], r["dataset"]) for r in t5 if r["ours_mean"]}
     assert done == {(str(d), v) for d in cfg["table5"]["digits"] for v in cfg["table5"]["variants"]}
+    t5_runs = [json.loads(p.read_text()) for p in (smoke / "runs" / "table5").rglob("metrics.json")]
+    assert len(t5_runs) == len(done) and all(m["seconds"] > 0 for m in t5_runs)  # counted in the README's job time
     metrics = [json.loads(p.read_text()) for p in (smoke / "runs" / "volumetric").rglob("metrics.json")]
     assert {m["model"] for m in metrics} == {"ST3D", "baseline"}
     assert all(m["peak_rss_gib"] < 8 for m in metrics)

@@ -211,11 +211,12 @@ def run_job(*, variant: str, digit: int, mnist_path: Path, encoder_path: Path, e
     status = "FAILED"
     try:
         run.log_params({"settings": settings, "seed": seed})
+        t0 = time.time()
         result = optimise(data["images"], data["boxes"], built.model, settings, seed,
                           log=lambda s: print(s, flush=True),
                           on_eval=lambda step, rate: run.log_metrics({"localised": rate}, step))
         metrics = {"experiment": "table5", "model": str(digit), "dataset": variant, "seed": seed,
-                   "localised": result["localised"], "run_id": run.run_id}
+                   "localised": result["localised"], "seconds": time.time() - t0, "run_id": run.run_id}
         write_json(out_dir / "trajectory.json", {**result, "true_boxes": data["boxes"].tolist()})
         write_json(out_dir / "metrics.json", metrics)
         status = "FINISHED"
