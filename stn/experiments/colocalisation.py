@@ -168,8 +168,10 @@ def optimise(images: np.ndarray, boxes: np.ndarray, encoder: nn.Sequential, sett
     start = time.time()
     for step in range(settings["steps"] + 1):
         crops, theta = localise(st, x, window_scale(step, settings["scale_from"], settings["anneal_steps"]))
-        if step % settings["record_every"] == 0 or step == settings["steps"]:
-            rate = localised(theta.detach(), true)
+        if step % settings["record_every"] == 0 or step == settings["steps"]:  # always true at the last step
+            boxes = boxes_from_theta(theta.detach().double())
+            hits = iou(boxes, true) > 0.5  # A.2's measure: IoU with the true box above 0.5
+            rate = float(hits.double().mean() * 100)
             trajectory.append({"step": step, "theta": theta[: settings["figure_images"]].tolist(), "localised": rate})
             if on_eval:
                 on_eval(step, rate)
@@ -184,15 +186,7 @@ def optimise(images: np.ndarray, boxes: np.ndarray, encoder: nn.Sequential, sett
         opt.zero_grad()
         loss.backward()
         opt.step()
-    final = boxes_from_theta(theta.detach().double())
-    hits = iou(final, true) > 0.5
-    return {"localised": localised(theta.detach(), true), "trajectory": trajectory,
-            "predicted_boxes": final.tolist(), "hits": hits.tolist()}
-
-
-def localised(theta: Tensor, true: Tensor) -> float:
-    """Percent of images whose predicted box overlaps the true one with IoU > 0.5 (A.2's measure)."""
-    return float((iou(boxes_from_theta(theta.double()), true) > 0.5).double().mean() * 100)
+    return {"localised": rate, "trajectory": trajectory, "predicted_boxes": boxes.tolist(), "hits": hits.tolist()}
 
 
 def run_job(*, variant: str, digit: int, mnist_path: Path, encoder_path: Path, encoder_params: Path,
