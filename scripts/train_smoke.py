@@ -19,7 +19,7 @@ rng = np.random.default_rng(0)
 
 
 def settings(iterations: int, batch_size: int, channels_last: bool = True) -> TrainSettings:
-    return TrainSettings(iterations=iterations, batch_size=batch_size, lr=0.01, momentum=0.9, lr_step=1000,
+    return TrainSettings(iterations=iterations, batch_size=batch_size, lr=0.01, momentum=0.9, lr_step=1000, lr_gamma=0.1, weight_decay=0.0, loc_lr_mult=1.0,
                          eval_every=iterations // 2, eval_samples=200, checkpoint_every=iterations // 2,
                          channels_last=channels_last, device=device)
 

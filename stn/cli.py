@@ -21,10 +21,10 @@ def cmd_mnist(a) -> None:
 
 
 def cmd_distort(a) -> None:
-    from .experiments.classification import generate_dataset
+    from .experiments.classification import build_data
 
     limits = {"train": a.limit_train, "val": a.limit_val, "test": a.limit_test}
-    generate_dataset(a.name, Path(a.mnist), a.seed, limits, Path(a.out))
+    build_data(a.name, Path(a.mnist), a.seed, limits, Path(a.out))
     _log(f"wrote {a.out}")
 
 
@@ -49,161 +49,50 @@ def cmd_params(a) -> None:
     _log(f"parameter counts within {100 * relative_spread(table):.1f}% of each data set's target; wrote {a.out}")
 
 
-def cmd_train(a) -> None:
+def _inputs(pairs: list[str]) -> dict[str, Path]:
+    out = {}
+    for pair in pairs:
+        name, sep, path = pair.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"--input takes NAME=PATH pairs, got {pair!r}")
+        out[name] = Path(path)
+    return out
+
+
+def cmd_run(a) -> None:
     import signal
 
     import torch
 
+    from .experiments import module
+    from .io import read_json
+
     # Snakemake stops jobs with SIGTERM: turn it into an exception so the MLflow run ends FAILED.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(SystemExit("terminated (SIGTERM)")))
-
-    from .experiments.classification import parse_settings, run_job
-
     torch.set_num_threads(a.threads)
-    metrics = run_job(
-        experiment=a.experiment, dataset=a.dataset, model=a.model, seed=a.seed, data_path=Path(a.data),
-        params_path=Path(a.params), settings=parse_settings(a.settings), results=Path(a.results),
-        experiments_path=Path(a.experiments_file), out_dir=Path(a.out), pairings=a.pairings,
-    )
-    _log(f"{a.dataset}/{a.model}/seed{a.seed}: test error {metrics['test_error']:.2f}%")
+    job = read_json(a.job)
+    metrics = module(job["experiment"]).run_job(job, _inputs(a.input), Path(a.job).parent)
+    from .paper import registry
+
+    metric = registry.experiment(job["experiment"]).metric
+    _log(f"{job['experiment']} {job['dataset']} {job['model']} seed {job['seed']}: {metric} {metrics[metric]:.2f}%")
 
 
-def cmd_table(a) -> None:
-    from .report.tables import collect, override_phrases, protocol_changes, render_table
+def cmd_render(a) -> None:
+    from .experiments import module
+    from .io import read_json
 
-    settings = json.loads(a.settings)
-    records = [r for r in collect(Path(a.results), a.experiment) if r["dataset"] in a.datasets and r["model"] in a.models]
-    missing = [(d, m) for d in a.datasets for m in a.models if not any(r["dataset"] == d and r["model"] == m for r in records)]
-    if missing:
-        raise SystemExit(f"{a.experiment}: no finished run for {missing[:5]}{'...' if len(missing) > 5 else ''}; train them first")
-    changes = protocol_changes(settings, a.seeds, a.param_target)
-    caption = (f"{a.title}, {a.config_name} config. "
-               + ("Changed from the paper's protocol: " + ", ".join(changes) + "." if changes else "The paper's protocol.")
-               + "".join(f" {phrase}." for phrase in override_phrases(json.loads(a.overrides), a.datasets)))
-    paths = render_table(records, a.datasets, a.models, caption, Path(a.out_dir), a.experiment)
-    _log(f"wrote {', '.join(str(p) for p in paths.values())}")
-
-
-def cmd_figures_table1(a) -> None:
-    import torch
-
-    from .io import load_npz
-    from .report import figures
-
-    out = Path(a.out_dir)
-    data_paths = {d: Path(a.data_dir) / f"{d}.npz" for d in a.datasets}
-    figures.data_samples(data_paths, out / "table1_data.png")
-    figures.learning_curves(Path(a.results), "table1", a.datasets, a.models, out / "table1_curves.png")
-
-    def load(ds, model):
-        return figures._load_run_model(Path(a.results), "table1", ds, model, a.seed, Path(a.params))
-
-    for ds in a.figure_datasets:
-        data = load_npz(data_paths[ds])
-        x = torch.from_numpy(data["x_test"][: a.samples]).float().div(255).unsqueeze(1)
-        y = torch.from_numpy(data["y_test"][: a.samples])
-        figures.st_vs_cnn(load(ds, a.st_model), load(ds, "CNN"), x, y, out / f"table1_{ds}_st_vs_cnn.png",
-                          f"{a.st_model} vs CNN on {ds}")
-    _log(f"figures written to {out}")
-
-
-def _test_inputs(path: str, count: int):
-    import torch
-
-    from .io import load_npz
-
-    data = load_npz(path)
-    x = torch.from_numpy(data["x_test"][:count]).float().div(255)
-    return (x if x.dim() == 4 else x.unsqueeze(1)), torch.from_numpy(data["y_test"][:count])
-
-
-def cmd_figure1(a) -> None:
-    from .report import figures
-
-    model = figures._load_run_model(Path(a.results), "table1", "TC", a.model, a.seed, Path(a.params))
-    x, y = _test_inputs(a.data, 4)
-    figures.figure1(model, x, y, Path(a.out), f"Figure 1: {a.model} on translated, cluttered MNIST (TC)")
-    _log(f"wrote {a.out}")
-
-
-def cmd_figure_table4(a) -> None:
-    from .report import figures
-
-    model = figures._load_run_model(Path(a.results), "table4", "ADD", a.model, a.seed, Path(a.params))
-    x, y = _test_inputs(a.data, 5)
-    figures.parallel_transformers(model, x, y, Path(a.out), f"Table 4 (right): the two transformers of {a.model}")
-    _log(f"wrote {a.out}")
+    spec = read_json(a.spec)
+    paths = module(spec["experiment"]).render(spec, Path(a.results or spec["results"]))
+    _log(f"wrote {', '.join(str(p) for p in paths)}")
 
 
 def cmd_volumes(a) -> None:
-    from .data import mnist, volumes
-    from .io import save_npz, sha256_file, write_json
+    from .experiments.volumetric import build_data
 
     limits = {"train": a.limit_train, "val": a.limit_val, "test": a.limit_test}
-    arrays = volumes.generate(mnist.load(Path(a.mnist)), a.seed, limits, a.max_in_plane, a.max_out_of_plane, a.max_shift)
-    save_npz(a.out, **arrays)
-    write_json(Path(a.out).with_suffix(".json"), {"name": "MNIST3D", "seed": a.seed, "limits": limits,
-                                                   "sha256": sha256_file(a.out)})
+    build_data(Path(a.mnist), Path(a.out), a.seed, limits, a.max_in_plane, a.max_out_of_plane, a.max_shift)
     _log(f"wrote {a.out}")
-
-
-def cmd_train_3d(a) -> None:
-    import torch
-
-    from .experiments import volumetric
-
-    torch.set_num_threads(a.threads)
-    m = volumetric.run_job(model_name=a.model, seed=a.seed, mnist_path=Path(a.mnist), data_path=Path(a.data),
-                           settings=json.loads(a.settings), results=Path(a.results),
-                           experiments_path=Path(a.experiments_file), out_dir=Path(a.out), widths=a.widths)
-    _log(f"MNIST3D/{a.model}/seed{a.seed}: test error {m['test_error']:.2f}%, peak memory {m['peak_rss_gib']:.2f} GiB")
-
-
-def cmd_report_3d(a) -> None:
-    import torch
-
-    from .data import mnist
-    from .experiments import volumetric
-    from .io import load_npz
-    from .report.tables import collect
-
-    records = collect(Path(a.results), "volumetric")
-    caption = (f"3-D transformer (appendix A.3): test error (%) on extruded, rotated and translated MNIST volumes, "
-               f"{a.config_name} config; the paper gives no number for this experiment.")
-    volumetric.render_table(records, caption, Path(a.table_dir))
-    model, _ = volumetric.build("ST3D", a.widths)
-    path = Path(a.results) / "runs" / "volumetric" / "MNIST3D" / "ST3D" / f"seed{a.seed}" / "model.pt"
-    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=False)["state_dict"])
-    v, y = volumetric.sample_volumes(mnist.load(Path(a.mnist)), load_npz(a.data), 4)
-    volumetric.figure(model, v, y, Path(a.figure))
-    _log(f"wrote {a.table_dir}/volumetric.* and {a.figure}")
-
-
-def cmd_coloc(a) -> None:
-    import torch
-
-    from .experiments import colocalisation
-
-    torch.set_num_threads(a.threads)
-    m = colocalisation.run_job(variant=a.variant, digit=a.digit, mnist_path=Path(a.mnist), encoder_path=Path(a.encoder),
-                               encoder_params=Path(a.encoder_params), encoder_dataset=a.encoder_dataset,
-                               settings=json.loads(a.settings), seed=a.seed, results=Path(a.results),
-                               experiments_path=Path(a.experiments_file), out_dir=Path(a.out))
-    _log(f"{a.variant}/class{a.digit}: {m['localised']:.0f}% localised")
-
-
-def cmd_report_coloc(a) -> None:
-    from .experiments import colocalisation
-    from .report.tables import collect, render_table
-
-    records = collect(Path(a.results), "table5")
-    caption = (f"Table 5: percent of digits co-localised (IoU > 0.5) per class, {a.config_name} config "
-               f"({a.steps} {a.optimizer} steps per class, {a.images} images each, e() the Table 1 {a.encoder} CNN; "
-               f"the window shrinks from the whole canvas and the crops' mean stays centred, see docs/CHOICES.md).")
-    render_table(records, ["T", "TC"], [str(d) for d in range(10)], caption, Path(a.table_dir), "table5",
-                 key="localised", row_label="Class")
-    colocalisation.figures(Path(a.results), a.figure_variant, a.figure_digit, Path(a.figure_dir))
-    _log(f"wrote {a.table_dir}/table5.* and figures in {a.figure_dir}")
 
 
 def cmd_build_ext(a) -> None:
@@ -225,8 +114,12 @@ def cmd_readme(a) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
+    from .paper import registry
+
+    ex = next(iter(registry.EXPERIMENTS.values()))  # the examples in the help texts
+    example = registry.run_dir("results", ex.name, ex.datasets[0], ex.models[0], 1)
     p = argparse.ArgumentParser(prog="stn", description="Spatial Transformer Networks reproduction pipeline steps")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="step", required=True, metavar="STEP")
 
     s = sub.add_parser("mnist", help="obtain and verify MNIST")
     s.add_argument("--out", required=True)
@@ -236,7 +129,7 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("distort", help="generate one distorted MNIST data set")
     s.add_argument("--mnist", required=True)
-    s.add_argument("--name", required=True, choices=["R", "RTS", "P", "E", "TC", "ADD"])
+    s.add_argument("--name", required=True, choices=registry.datasets("distort"))
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", required=True)
     for split in ("train", "val", "test"):
@@ -245,7 +138,7 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("mlflow-init", help="create the MLflow experiments before training starts")
     s.add_argument("--results", required=True)
-    s.add_argument("--experiments", nargs="+", required=True)
+    s.add_argument("--experiments", nargs="+", required=True, choices=list(registry.EXPERIMENTS))
     s.add_argument("--out", required=True)
     s.set_defaults(fn=cmd_mlflow_init)
 
@@ -256,45 +149,19 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.set_defaults(fn=cmd_params)
 
-    s = sub.add_parser("train", help="train and evaluate one (data set, model, seed)")
-    for arg in ("experiment", "dataset", "model", "data", "params", "settings", "results", "experiments-file", "out"):
-        s.add_argument(f"--{arg}", required=True)
-    s.add_argument("--seed", type=int, required=True)
+    s = sub.add_parser("run", help="run one job of any experiment from its job.json (written by the pipeline)",
+                       epilog=f"example: stn run --job {example / 'job.json'} --input data={registry.data_path('results', ex.datasets[0])} "
+                              f"params={registry.params_path('results', ex.name)} experiments=results/mlflow/experiments.json")
+    s.add_argument("--job", required=True, help="the run's job.json; the run writes into its directory")
+    s.add_argument("--input", nargs="+", default=[], metavar="NAME=PATH", help="the files the experiment's run reads")
     s.add_argument("--threads", type=int, default=1)
-    s.add_argument("--pairings", type=int, default=1, help="addition only: train on the digits re-paired this many times")
-    s.set_defaults(fn=cmd_train)
+    s.set_defaults(fn=cmd_run)
 
-    s = sub.add_parser("table", help="render results/tables/<experiment>.{csv,md,tex}")
-    s.add_argument("--experiment", required=True, choices=["table1", "table4"])
-    s.add_argument("--title", required=True)
-    s.add_argument("--results", required=True)
-    s.add_argument("--datasets", nargs="+", required=True)
-    s.add_argument("--models", nargs="+", required=True)
-    s.add_argument("--settings", required=True, help="the training settings (JSON) the runs used")
-    s.add_argument("--overrides", default="[]", help="the runs' own settings (JSON list of {select, settings}) that replaced --settings'")
-    s.add_argument("--seeds", type=int, required=True)
-    s.add_argument("--param-target", type=int, required=True)
-    s.add_argument("--config-name", default="custom")
-    s.add_argument("--out-dir", required=True)
-    s.set_defaults(fn=cmd_table)
-
-    s = sub.add_parser("figures-table1", help="data samples, learning curves and the ST-vs-CNN figure")
-    for arg in ("results", "data-dir", "params", "out-dir", "st-model"):
-        s.add_argument(f"--{arg}", required=True)
-    s.add_argument("--datasets", nargs="+", required=True)
-    s.add_argument("--models", nargs="+", required=True)
-    s.add_argument("--figure-datasets", nargs="+", required=True)
-    s.add_argument("--seed", type=int, required=True)
-    s.add_argument("--samples", type=int, default=2000, help="test digits searched for ST-right/CNN-wrong examples")
-    s.set_defaults(fn=cmd_figures_table1)
-
-    for name, fn, text in [("figure1", cmd_figure1, "Figure 1: an ST-FCN on TC"),
-                           ("figure-table4", cmd_figure_table4, "Table 4 (right): the parallel transformers")]:
-        s = sub.add_parser(name, help=text)
-        for arg in ("results", "data", "params", "model", "out"):
-            s.add_argument(f"--{arg}", required=True)
-        s.add_argument("--seed", type=int, required=True)
-        s.set_defaults(fn=fn)
+    s = sub.add_parser("render", help="render an experiment's tables and figures from its spec and its runs",
+                       epilog=f"example: stn render --spec results/{registry.SPEC_FILE.format(experiment=ex.name)}")
+    s.add_argument("--spec", required=True, help="results/specs/<experiment>.json (the resolved config section)")
+    s.add_argument("--results", default=None, help="the results directory (default: the spec's)")
+    s.set_defaults(fn=cmd_render)
 
     s = sub.add_parser("volumes", help="parameters of the extruded 3-D MNIST data set (appendix A.3)")
     s.add_argument("--mnist", required=True)
@@ -306,42 +173,6 @@ def parser() -> argparse.ArgumentParser:
     for split in ("train", "val", "test"):
         s.add_argument(f"--limit-{split}", type=int, default=None)
     s.set_defaults(fn=cmd_volumes)
-
-    s = sub.add_parser("train-3d", help="train the 3-D transformer or its baseline")
-    for arg in ("model", "mnist", "data", "settings", "results", "experiments-file", "out"):
-        s.add_argument(f"--{arg}", required=True)
-    s.add_argument("--seed", type=int, required=True)
-    s.add_argument("--widths", type=int, default=32, help="CNN filters of the ST3D classifier")
-    s.add_argument("--threads", type=int, default=1)
-    s.set_defaults(fn=cmd_train_3d)
-
-    s = sub.add_parser("report-3d", help="the 3-D table and the Fig. 5-style figure")
-    for arg in ("results", "mnist", "data", "table-dir", "figure"):
-        s.add_argument(f"--{arg}", required=True)
-    s.add_argument("--seed", type=int, required=True)
-    s.add_argument("--widths", type=int, default=32)
-    s.add_argument("--config-name", default="custom")
-    s.set_defaults(fn=cmd_report_3d)
-
-    s = sub.add_parser("coloc", help="co-localise one digit class (appendix A.2)")
-    for arg in ("variant", "mnist", "encoder", "encoder-params", "encoder-dataset", "settings", "results",
-                "experiments-file", "out"):
-        s.add_argument(f"--{arg}", required=True)
-    s.add_argument("--digit", type=int, required=True)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--threads", type=int, default=1)
-    s.set_defaults(fn=cmd_coloc)
-
-    s = sub.add_parser("report-coloc", help="Table 5, Fig. 4 and its animation")
-    for arg in ("results", "table-dir", "figure-dir", "figure-variant"):
-        s.add_argument(f"--{arg}", required=True)
-    s.add_argument("--figure-digit", type=int, required=True)
-    s.add_argument("--steps", type=int, required=True)
-    s.add_argument("--images", type=int, required=True)
-    s.add_argument("--optimizer", required=True, help="named in the caption (Adam or SGD)")
-    s.add_argument("--encoder", required=True, help="the Table 1 data set whose CNN is e()")
-    s.add_argument("--config-name", default="custom")
-    s.set_defaults(fn=cmd_report_coloc)
 
     s = sub.add_parser("build-ext", help="compile the C++/CUDA samplers once (cached)")
     s.add_argument("--cpu-only", action="store_true")
@@ -363,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.fn(args)
     except (FileNotFoundError, KeyError, ValueError, RuntimeError) as exc:
-        print(f"stn {args.command}: error: {exc}", file=sys.stderr)
+        print(f"stn {args.step}: error: {exc}", file=sys.stderr)
         return 1
     return 0
 

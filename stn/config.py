@@ -1,7 +1,10 @@
-"""Pipeline configuration: load YAML, validate against workflow/schemas/config.schema.json.
+"""Pipeline configuration: load YAML, validate against the assembled schema, check references.
 
-Validation runs when the Snakefile is parsed, so a misspelt key or a bad value stops the run
-before any job starts, with a message that names the key.
+The schema is workflow/schemas/config.schema.json (the common keys) plus one part per registered
+experiment (workflow/schemas/<name>.schema.json), with the enums of data sets and models taken from
+the registry and the training keys from stn.settings.TrainSettings. Validation runs when the
+Snakefile is parsed, so a misspelt key, a bad value or a reference to something the config does
+not train stops the run before any job starts, with a message that names the key.
 """
 from __future__ import annotations
 
@@ -10,6 +13,9 @@ from pathlib import Path
 
 import jsonschema
 import yaml
+
+from . import settings
+from .paper import registry
 
 
 class ConfigError(ValueError):
@@ -20,10 +26,47 @@ def _where(error: jsonschema.ValidationError) -> str:
     return ".".join(str(p) for p in error.absolute_path) or "(top level)"
 
 
+def _read(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"schema file {path} does not exist (every registered experiment needs "
+                          f"workflow/schemas/<name>.schema.json)") from None
+
+
+def schema(schema_path: str | Path) -> dict:
+    """The whole config schema: the common part at `schema_path` and every experiment's part beside it."""
+    schema_path = Path(schema_path)
+    full = _read(schema_path)
+    defs = full.setdefault("$defs", {})
+    defs["train"] = settings.train_schema()
+    for e in registry.EXPERIMENTS.values():
+        full["properties"][e.name] = _read(schema_path.parent / f"{e.name}.schema.json")
+        full["required"].append(e.name)
+        defs[f"{e.name}_dataset"] = {"enum": list(e.datasets)}
+        defs[f"{e.name}_model"] = {"enum": list(e.models)}
+        defs[f"{e.name}_override"] = settings.override_schema(list(e.datasets), list(e.models))
+    return full
+
+
+def references(config: dict) -> list[str]:
+    """What the schema cannot see: values that must name something the config trains (each
+    experiment's registry entry declares its references), and the train_overrides' selectors."""
+    problems = []
+    for e in registry.EXPERIMENTS.values():
+        for key, values, among in e.references(config):
+            problems += [f"{key}: {v!r} is not among {among}, which the config trains" for v in values if v not in among]
+        try:
+            settings.overrides(config, e.name)
+        except settings.SettingsError as exc:
+            problems.append(str(exc))
+    return problems
+
+
 def validate(config: dict, schema_path: str | Path) -> dict:
-    """Validate and fill defaults; raises ConfigError naming every offending key."""
-    schema = json.loads(Path(schema_path).read_text())
-    validator = jsonschema.Draft202012Validator(schema)
+    """Validate against the assembled schema, then the references between sections; raises ConfigError
+    naming every offending key."""
+    validator = jsonschema.Draft202012Validator(schema(schema_path))
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
         lines = []
@@ -34,6 +77,9 @@ def validate(config: dict, schema_path: str | Path) -> dict:
             else:
                 lines.append(f"  {_where(e)}: {e.message}")
         raise ConfigError("invalid config:\n" + "\n".join(lines))
+    problems = references(config)
+    if problems:
+        raise ConfigError("invalid config:\n" + "\n".join(f"  {p}" for p in problems))
     return config
 
 

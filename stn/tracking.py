@@ -15,10 +15,6 @@ from typing import Any, Callable, TypeVar
 
 T = TypeVar("T")
 
-PAPER_TABLES = {
-    "table1": "Table 1: distorted MNIST",
-}
-
 
 def default_uri(results: str | Path) -> str:
     return "sqlite:///" + str((Path(results) / "mlflow" / "mlflow.db").resolve())

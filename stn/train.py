@@ -11,7 +11,7 @@ import json
 import math
 import subprocess
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
@@ -23,46 +23,25 @@ from torch import nn
 from . import ops
 from .io import atomic_path, write_json
 from .modules import param_groups
+from .settings import OPTIMIZER_NAMES, TrainSettings  # noqa: F401  (TrainSettings is re-exported)
 
 
-@dataclass
-class TrainSettings:
-    iterations: int = 150_000
-    batch_size: int = 256
-    lr: float = 0.01
-    momentum: float = 0.0
-    optimizer: str = "sgd"  # the paper's; "adam" where a short schedule cannot escape a plateau (Table 4)
-    lr_step: int = 50_000
-    lr_gamma: float = 0.1
-    weight_decay: float = 0.0
-    loc_lr_mult: float = 1.0
-    eval_every: int = 5_000
-    eval_samples: int = 10_000
-    checkpoint_every: int = 1_000
-    channels_last: bool = True
-    device: str = "auto"
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainSettings":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown training settings {sorted(unknown)}; known: {sorted(known)}")
-        if d.get("optimizer", "sgd") not in OPTIMIZERS:
-            raise ValueError(f"optimizer {d['optimizer']!r} is not one of {sorted(OPTIMIZERS)}")
-        return cls(**d)
+def _sgd(params, lr: float, momentum: float, weight_decay: float):
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
-def _sgd(groups, s: TrainSettings):
-    return torch.optim.SGD(groups, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
-
-
-def _adam(groups, s: TrainSettings):
+def _adam(params, lr: float, momentum: float, weight_decay: float):
     """Adam's β₁ is the momentum setting, so one config key means the same thing for both."""
-    return torch.optim.Adam(groups, lr=s.lr, betas=(s.momentum, 0.999), weight_decay=s.weight_decay)
+    return torch.optim.Adam(params, lr=lr, betas=(momentum, 0.999), weight_decay=weight_decay)
 
 
-OPTIMIZERS = {"sgd": _sgd, "adam": _adam}
+OPTIMIZERS = dict(zip(OPTIMIZER_NAMES, (_sgd, _adam)))
+
+
+def make_optimizer(name: str, params, lr: float, momentum: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    if name not in OPTIMIZERS:
+        raise ValueError(f"optimizer {name!r} is not one of {sorted(OPTIMIZERS)}")
+    return OPTIMIZERS[name](params, lr, momentum, weight_decay)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -170,7 +149,7 @@ def train_run(
     x_val = _source(_first(data["x_val"], settings.eval_samples))
     y_val = torch.from_numpy(data["y_val"][: settings.eval_samples])
     groups = param_groups(model, settings.lr, settings.loc_lr_mult)
-    opt = OPTIMIZERS[settings.optimizer](groups, settings)
+    opt = make_optimizer(settings.optimizer, groups, settings.lr, settings.momentum, settings.weight_decay)
     sched = torch.optim.lr_scheduler.StepLR(opt, settings.lr_step, settings.lr_gamma)
     batches = Batches(len(y_train), min(settings.batch_size, len(y_train)), seed)
     eval_batch = 500 if isinstance(data["x_val"], np.ndarray) else 64  # rendered 3-D inputs are large

@@ -2,6 +2,7 @@
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 import yaml
 
 from stn import tracking
+from stn.paper import registry
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,7 +24,7 @@ def smoke(tmp_path_factory):
     proc = subprocess.run(
         [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", "config/smoke.yaml",
          "--config", f"results={results}"],
-        cwd=ROOT, capture_output=True, text=True, env=env, timeout=1800,
+        cwd=ROOT, capture_output=True, text=True, env=env, timeout=1800, preexec_fn=lambda: os.umask(0o022),
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return results
@@ -32,14 +34,14 @@ def test_dry_run_shows_the_whole_dag(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--config", f"results={tmp_path}"],
                           cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    for rule in ["mnist", "build_extension", "mlflow_experiments", "distort", "classification_params",
-                 "classification_train", "classification_table", "table1_figures", "table4_figure", "figure1",
-                 "colocalise", "table5", "volumes", "train_3d", "volumetric_report"]:
-        assert rule in proc.stdout
     counts = {line.split()[0]: int(line.split()[1]) for line in proc.stdout.splitlines()
               if len(line.split()) == 2 and line.split()[1].isdigit()}
-    assert counts["classification_train"] == 5 * 8 * 2 + 8  # default config: Table 1 (data x models x seeds), Table 4
-    assert counts["colocalise"] == 20 and counts["train_3d"] == 2
+    for rule in ["mnist", "build_extension", "mlflow_experiments", "distort", "classification_params", "job_spec",
+                 "experiment_spec", "volumes", *registry.EXPERIMENTS]:
+        assert counts.get(rule) and counts[rule] >= 1, rule
+    assert counts["classification_run"] == 5 * 8 * 2 + 8  # default config: Table 1 (data x models x seeds), Table 4
+    assert counts["table5_run"] == 20 and counts["volumetric_run"] == 2
+    assert counts["job_spec"] == 5 * 8 * 2 + 8 + 20 + 2 and counts["experiment_spec"] == len(registry.EXPERIMENTS)
 
 
 def test_smoke_outputs_agree(smoke):
@@ -129,3 +131,61 @@ def test_coloc_probe_reads_the_pipeline_outputs(smoke, tmp_path):
     missing = subprocess.run([sys.executable, "scripts/coloc_probe.py", "--mnist", str(tmp_path / "none.npz")], cwd=ROOT,
                              env=env, capture_output=True, text=True)
     assert missing.returncode != 0 and "none.npz is missing" in missing.stderr
+
+
+def _embedded(html: str, name: str):
+    """A JSON value the Snakemake report embeds as `var <name> = ...;` in a script of that id."""
+    m = re.search(rf'<script id="{name}">\s*var {name} = (.*?);\s*</script>', html, re.S)
+    assert m, f"no {name} in the report"
+    return json.loads(m.group(1))
+
+
+def test_report_holds_every_table_and_figure_by_paper_table(smoke, tmp_path):
+    report = tmp_path / "report.html"
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--configfile", "config/smoke.yaml", "--config",
+                           f"results={smoke}", "--report", str(report)], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    html = report.read_text()
+    results, categories = _embedded(html, "results"), _embedded(html, "categories")
+    cfg = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
+    for name, e in registry.EXPERIMENTS.items():
+        expected = {str(smoke / p) for p in registry.outputs(cfg, name)}
+        assert set(results) >= expected, sorted(expected - set(results))
+        listed = {p for files in categories[e.title].values() for p in files}
+        assert listed >= expected  # grouped under the paper table's title
+        assert set(categories[e.title]) == {"tables", "figures"}
+        for path in expected:
+            assert results[path]["data_uri"].startswith("data:") and e.summary[:40] in results[path]["caption"]
+    assert len(results) == sum(len(registry.outputs(cfg, n)) for n in registry.EXPERIMENTS)
+    assert 'What the paper shows' in results[str(smoke / "tables" / "table1.html")]["caption"]
+
+
+def test_result_files_are_readable_by_everyone_under_umask_022(smoke):
+    files = [p for d in ("tables", "figures", "data", "runs", "specs") for p in (smoke / d).rglob("*") if p.is_file()]
+    assert len(files) > 50
+    modes = {p: p.stat().st_mode & 0o777 for p in files}
+    assert {oct(m) for m in modes.values()} == {oct(0o644)}, [str(p) for p, m in modes.items() if m != 0o644][:5]
+
+
+def test_lint_reports_nothing_but_the_missing_conda_environments():
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--lint", "--configfile", "config/smoke.yaml"], cwd=ROOT,
+                          capture_output=True, text=True)
+    lints = [line.strip() for line in (proc.stdout + proc.stderr).splitlines() if line.strip().startswith("* ")]
+    assert lints and all(line.startswith("* Specify a conda environment or container") for line in lints), lints
+
+
+def test_a_changed_setting_reruns_exactly_the_runs_it_selects(smoke, tmp_path):
+    """job.json carries each run's resolved settings as a tracked parameter: one override changed,
+    only the runs it selects (and what reads them) are scheduled again."""
+    cfg = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
+    cfg["table1"]["train_overrides"] = [{"dataset": "RTS", "model": "CNN", "iterations": 7}]
+    path = tmp_path / "changed.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--configfile", str(path), "--config",
+                           f"results={smoke}"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    counts = {line.split()[0]: int(line.split()[1]) for line in proc.stdout.splitlines()
+              if len(line.split()) == 2 and line.split()[1].isdigit()}
+    # R's override is gone (its 4 runs change) and RTS/CNN gains one; R/CNN is e() of table5, so its 2 runs follow
+    assert counts["classification_run"] == 5 and counts["job_spec"] == 5 and counts["table5_run"] == 2
+    assert "table4" not in counts and "volumetric_run" not in counts

@@ -18,7 +18,8 @@ def tiny_data(n=64, seed=0):
     return {"x_train": x, "y_train": y, "x_val": x[:16], "y_val": y[:16], "x_test": x[16:32], "y_test": y[16:32]}
 
 
-SETTINGS = dict(iterations=20, batch_size=16, lr=0.01, momentum=0.9, eval_every=5, eval_samples=16,
+SETTINGS = dict(iterations=20, batch_size=16, lr=0.01, momentum=0.9, lr_step=50_000, lr_gamma=0.1, weight_decay=0.0,
+                loc_lr_mult=1.0, eval_every=5, eval_samples=16,
                 checkpoint_every=5, channels_last=False, device="cpu")
 
 

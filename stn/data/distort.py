@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .. import ops
+from ..paper import registry
 from ..transforms import Affine, Projective, ThinPlateSpline
 
 DIGIT = 28
@@ -158,6 +159,8 @@ def addition_pairs(x: np.ndarray, y: np.ndarray, gen: torch.Generator, size: int
 
 ADDITION_PARAM_NAMES = [f"{c}_{n}" for c in ("first", "second") for n in rotated_translated_scaled.param_names] + [
     "partner_index", "partner_label"]
+addition_pairs.param_names = ADDITION_PARAM_NAMES
+addition_pairs.whole_split = True  # draws from the whole split at once (pairs), not batch by batch
 
 
 class RepairedAddition:
@@ -190,22 +193,6 @@ class RepairedAddition:
         return torch.stack([self.x[i, 0], self.x[j, 1]], -3)
 
 
-GENERATORS: dict[str, Callable] = {
-    "R": rotated,
-    "RTS": rotated_translated_scaled,
-    "P": projective,
-    "E": elastic,
-    "TC": translated_cluttered,
-}
-
-
-DATASETS = sorted(GENERATORS) + ["ADD"]
-
-
-def image_size(name: str) -> int:
-    return 42 if name == "ADD" else GENERATORS[name].size
-
-
 def split_mnist(mnist: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     train_x, train_y = mnist["train_images"], mnist["train_labels"]
     cut = train_x.shape[0] - VALIDATION
@@ -218,18 +205,20 @@ def split_mnist(mnist: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np.
 
 def generate(name: str, mnist: dict[str, np.ndarray], seed: int, limits: dict[str, int | None] | None = None,
              progress: Callable[[str], None] = print) -> dict[str, np.ndarray]:
-    """All splits of data set `name` as arrays x_<split>, y_<split>, params_<split>, theta_<split>."""
-    if name not in DATASETS:
-        raise ValueError(f"unknown data set {name!r}; choose one of {DATASETS}")
-    fn = GENERATORS.get(name)
-    out: dict[str, np.ndarray] = {"param_names": np.array(fn.param_names if fn else ADDITION_PARAM_NAMES)}
+    """All splits of data set `name` as arrays x_<split>, y_<split>, params_<split>, theta_<split>; the
+    registry (stn/paper/registry.py) names the function of this module that draws it."""
+    spec = registry.DATASETS.get(name)
+    if spec is None or spec.builder != "distort":
+        raise ValueError(f"unknown data set {name!r}; choose one of {registry.datasets('distort')}")
+    fn = globals()[spec.generator]
+    out: dict[str, np.ndarray] = {"param_names": np.array(fn.param_names)}
     for index, (split, (x, y)) in enumerate(split_mnist(mnist).items()):
         limit = (limits or {}).get(split)
         if limit is not None:
             x, y = x[:limit], y[:limit]
         gen = torch.Generator().manual_seed(seed * 1000 + index)
-        if fn is None:
-            pairs = addition_pairs(x, y, gen)
+        if getattr(fn, "whole_split", False):
+            pairs = fn(x, y, gen)
             progress(f"{name}/{split}: {x.shape[0]}/{x.shape[0]}")
             for key in ("x", "y", "params", "theta"):
                 out[f"{key}_{split}"] = pairs[key].astype(np.float32) if key in ("params", "theta") else pairs[key]

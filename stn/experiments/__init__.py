@@ -1,1 +1,48 @@
-"""Experiment drivers: what a pipeline rule runs, by name."""
+"""The paper's experiments, one module each, all with the same small interface:
+
+- `build_data(...)`: generate the experiment's data set(s) once (where it has its own);
+- `build_model(...)`: one model of the experiment;
+- `run_job(job, inputs, out_dir) -> metrics`: one run from its job.json (stn.settings.resolve_job),
+  writing metrics.json last;
+- `render(spec, results) -> paths`: its tables and figures from exactly the runs the spec's config asks for.
+
+Which module serves which experiment is declared in the registry (stn/paper/registry.py).
+"""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from types import ModuleType
+
+from ..paper import registry
+
+
+def module(name: str) -> ModuleType:
+    """The module that runs and renders registered experiment `name`."""
+    return importlib.import_module(f"{__name__}.{registry.experiment(name).module}")
+
+
+def run_records(results: str | Path, name: str, grid: registry.Grid) -> list[dict]:
+    """metrics.json of every run the grid asks for, in grid order; a missing run is an error."""
+    from ..io import read_json
+
+    paths = [registry.run_dir(results, name, d, m, s) / "metrics.json" for d, m, s in grid.cells()]
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise FileNotFoundError(f"{name}: {len(missing)} run(s) of this config have not finished, e.g. {missing[0]}; "
+                                f"train them first (snakemake {missing[0]})")
+    return [read_json(p) for p in paths]
+
+
+def tracker(job: dict, experiments_file: Path, tags: dict):
+    """A factory of the job's MLflow run (resumed by id after a restart), for stn.train.train_run."""
+    from .. import tracking
+    from ..io import read_json
+
+    ids = read_json(experiments_file)
+    name = job["experiment"]
+    if name not in ids:
+        raise KeyError(f"MLflow experiment {name!r} is not in {experiments_file}; re-run the mlflow_experiments rule")
+    label = f"{job['dataset']}/{job['model']}/seed{job['seed']}"
+    uri = tracking.tracking_uri(job["results"])
+    return lambda run_id=None: tracking.Run(uri, ids[name], label, run_id, tags)

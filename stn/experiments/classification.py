@@ -1,24 +1,40 @@
-"""Classification experiments on distorted MNIST (Table 1): parameter tables, model building, training jobs."""
+"""Classification on distorted MNIST: Table 1 (Sect. 4.1 / A.4) and Table 4 (MNIST addition, A.1).
+
+Data: the distorted data sets of stn.data.distort. Models: the zoo of stn.models.mnist with widths
+matched per data set (the parameter table). One run trains one (data set, model, seed).
+"""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
-from .. import tracking
+from . import run_records, tracker
 from ..data import distort
 from ..io import load_npz, read_json, write_json
 from ..models import mnist as zoo
-from ..train import TrainSettings, config_hash, train_run
-
-POOLED = {"RTS", "TC"}  # appendix A.4: 2× average pooling after the transformer
+from ..paper import registry
+from ..report import figures, tables
+from ..settings import TrainSettings
+from ..train import config_hash, train_run
 
 
 def input_spec(dataset: str) -> zoo.InputSpec:
-    if dataset == "ADD":  # appendix A.1: two 42×42 RTS channels, 19 sums; pooled after the ST like RTS
-        return zoo.InputSpec(channels=2, size=42, classes=19, pool_after_st=True)
-    return zoo.InputSpec(channels=1, size=distort.image_size(dataset), classes=10, pool_after_st=dataset in POOLED)
+    d = registry.DATASETS[dataset]
+    return zoo.InputSpec(channels=d.channels, size=d.size, classes=d.classes, pool_after_st=d.pool_after_st)
+
+
+def build_data(name: str, mnist_path: Path, seed: int, limits: dict, out: Path) -> None:
+    """results/data/<name>.npz and its sidecar <name>.json (sha256, sizes, parameters)."""
+    from ..data import mnist as mnist_data
+    from ..io import save_npz, sha256_file
+
+    arrays = distort.generate(name, mnist_data.load(mnist_path), seed, limits, progress=lambda s: print(s, flush=True))
+    save_npz(out, **arrays)
+    info = {"name": name, "seed": seed, "limits": limits, "sha256": sha256_file(out),
+            "sizes": {s: int(arrays[f"y_{s}"].shape[0]) for s in distort.SPLITS},
+            "image_size": registry.DATASETS[name].size, "param_names": [str(p) for p in arrays["param_names"]]}
+    write_json(out.with_suffix(".json"), info)
 
 
 def param_table(datasets: list[str], models: list[str], cap: int) -> dict:
@@ -49,94 +65,96 @@ def build_model(dataset: str, model: str, table: dict, seed: int | None = None) 
     return built
 
 
-def transformer_figure(model: torch.nn.Module, x: torch.Tensor, path: Path, title: str) -> Path | None:
-    """Inputs and transformer outputs of up to 8 test images (an MLflow artifact per ST run)."""
-    if not hasattr(model, "transform"):
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ..io import atomic_path
-
-    model.eval()
-    with torch.no_grad():
-        out, _ = model.transform(x)
-    k = x.shape[0]
-    fig, axes = plt.subplots(2, k, figsize=(1.3 * k, 2.8))
-    for i in range(k):
-        axes[0, i].imshow(x[i, 0].cpu(), cmap="gray", vmin=0, vmax=1)
-        axes[1, i].imshow(out[i, 0].cpu(), cmap="gray", vmin=0, vmax=1)
-        for a in axes[:, i]:
-            a.axis("off")
-    axes[0, 0].set_title("input", fontsize=8, loc="left")
-    axes[1, 0].set_title("transformer output", fontsize=8, loc="left")
-    fig.suptitle(title, fontsize=9)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
-    plt.close(fig)
-    return path
+def load_model(results: Path, experiment: str, dataset: str, model: str, seed: int) -> torch.nn.Module:
+    """A finished run's trained model, in eval mode on the CPU."""
+    built = build_model(dataset, model, read_json(registry.params_path(results, experiment)))
+    path = registry.run_dir(results, experiment, dataset, model, seed) / "model.pt"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist; train {experiment}/{dataset}/{model}/seed{seed} first")
+    built.model.load_state_dict(torch.load(path, map_location="cpu", weights_only=False)["state_dict"])
+    return built.model.eval()
 
 
-def run_job(*, experiment: str, dataset: str, model: str, seed: int, data_path: Path, params_path: Path,
-            settings: dict, results: Path, experiments_path: Path, out_dir: Path, pairings: int = 1) -> dict:
+def test_inputs(path: Path, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first `count` test images of a data set as floats in [0, 1] (N, C, H, W), and their labels."""
+    data = load_npz(path)
+    x = torch.from_numpy(data["x_test"][:count]).float().div(255)
+    return (x if x.dim() == 4 else x.unsqueeze(1)), torch.from_numpy(data["y_test"][:count])
+
+
+def run_job(job: dict, inputs: dict[str, Path], out_dir: Path) -> dict:
     """One training job: build, train (resuming if a checkpoint exists), evaluate, write metrics.json.
+    Inputs: data (the data set), params (the parameter table), experiments (MLflow ids).
 
-    `pairings` > 1 (addition only) trains on the digits re-paired that many times over."""
-    if pairings != 1 and dataset != "ADD":
-        raise ValueError(f"pairings applies to the addition data set only, not {dataset}")
-    table = read_json(params_path)
-    built = build_model(dataset, model, table, seed)
-    data = load_npz(data_path)
-    if dataset == "ADD":
+    A Table 4 job's `pairings` > 1 trains on the digits re-paired that many times over."""
+    dataset, model, seed = job["dataset"], job["model"], job["seed"]
+    built = build_model(dataset, model, read_json(inputs["params"]), seed)
+    data = load_npz(inputs["data"])
+    pairings = job["extra"].get("pairings")
+    if pairings is not None:
         pairs = distort.RepairedAddition(data["x_train"], data["y_train"], data["params_train"], pairings, seed)
         data["x_train"], data["y_train"] = pairs, pairs.labels
-    data_info = read_json(Path(data_path).with_suffix(".json"))
-    settings_obj = TrainSettings.from_dict(settings)
-    exp_ids = read_json(experiments_path)
-    uri = tracking.tracking_uri(results)
-    if experiment not in exp_ids:
-        raise KeyError(f"MLflow experiment {experiment!r} is not in {experiments_path}; re-run the mlflow setup rule")
-    describe = {"experiment": experiment, "dataset": dataset, "model": model, "params": built.params,
-                "widths": built.widths, "in_paper_range": built.in_paper_range,
-                **({"pairings": pairings} if dataset == "ADD" else {})}
-    tags = {"config_hash": config_hash({"settings": settings, "describe": describe}),
+    data_info = read_json(Path(inputs["data"]).with_suffix(".json"))
+    settings = TrainSettings.from_dict(job["settings"])
+    describe = {"experiment": job["experiment"], "dataset": dataset, "model": model, "params": built.params,
+                "widths": built.widths, "in_paper_range": built.in_paper_range, **job["extra"]}
+    tags = {"config_hash": config_hash({"settings": job["settings"], "describe": describe}),
             "data_sha256": data_info["sha256"], "dataset": dataset, "model": model, "seed": str(seed)}
 
-    def tracker(run_id):
-        run = tracking.Run(uri, exp_ids[experiment], f"{dataset}/{model}/seed{seed}", run_id, tags)
-        return run
-
     def artifacts(trained, directory):
-        x = torch.from_numpy(data["x_test"][:8]).float().div(255)
-        x = x.unsqueeze(1) if x.dim() == 3 else x
-        device = next(trained.parameters()).device
-        path = transformer_figure(trained, x.to(device), directory / "transforms.png", f"{model} on {dataset}")
-        return [path] if path else []
+        x, _ = test_inputs(inputs["data"], 8)
+        if not hasattr(trained, "transform"):
+            return []
+        with torch.no_grad():
+            out, _ = trained.eval().transform(x.to(next(trained.parameters()).device))
+        return [figures.transformer_outputs(x, out.cpu(), directory / "transforms.png", f"{model} on {dataset}")]
 
-    metrics = train_run(built.model, data, settings_obj, seed, out_dir, tracker, describe, artifacts)
+    metrics = train_run(built.model, data, settings, seed, out_dir, tracker(job, inputs["experiments"], tags),
+                        describe, artifacts)
     metrics["data_sha256"] = data_info["sha256"]
     write_json(out_dir / "metrics.json", metrics)
     return metrics
 
 
-def generate_dataset(name: str, mnist_path: Path, seed: int, limits: dict, out: Path) -> None:
-    """Write results/data/<name>.npz and its sidecar <name>.json (sha256, sizes, parameters)."""
-    from ..data import mnist as mnist_data
-    from ..io import save_npz, sha256_file
+def render(spec: dict, results: Path) -> list[Path]:
+    """The table (with the paper's numbers and a caption naming every change of protocol) and the figures."""
+    name, section = spec["experiment"], spec["section"]
+    e = registry.experiment(name)
+    grid = registry.Grid(**spec["grid"])
+    caption = tables.protocol_caption(e.title, spec["config_name"], spec["settings"], len(grid.seeds),
+                                      section["param_target"], spec["overrides"], grid.datasets, e.protocol)
+    paths = tables.render_table(run_records(results, name, grid), grid.datasets, grid.models, caption,
+                                Path(results) / "tables", name)
+    return list(paths.values()) + FIGURES[name](spec, Path(results), grid)
 
-    arrays = distort.generate(name, mnist_data.load(mnist_path), seed, limits, progress=lambda s: print(s, flush=True))
-    save_npz(out, **arrays)
-    info = {"name": name, "seed": seed, "limits": limits, "sha256": sha256_file(out),
-            "sizes": {s: int(arrays[f"y_{s}"].shape[0]) for s in distort.SPLITS},
-            "image_size": distort.image_size(name), "param_names": [str(p) for p in arrays["param_names"]]}
-    write_json(out.with_suffix(".json"), info)
+
+def _table1_figures(spec: dict, results: Path, grid: registry.Grid) -> list[Path]:
+    section, seed, out = spec["section"], grid.seeds[0], results / "figures"
+    data = {d: registry.data_path(results, d) for d in grid.datasets}
+    made = [figures.data_samples(data, out / "table1_data.png"),
+            figures.learning_curves({(d, m): [read_json(registry.run_dir(results, "table1", d, m, s) / "curve.json")
+                                               for s in grid.seeds] for d in grid.datasets for m in grid.models},
+                                    grid.datasets, grid.models, out / "table1_curves.png")]
+    st_model = section["figure_model"]
+    for ds in section["figure_datasets"]:
+        x, y = test_inputs(data[ds], 2000)
+        made.append(figures.st_vs_cnn(load_model(results, "table1", ds, st_model, seed),
+                                      load_model(results, "table1", ds, "CNN", seed), x, y,
+                                      out / f"table1_{ds}_st_vs_cnn.png", f"{st_model} vs CNN on {ds}"))
+    if "TC" in grid.datasets:
+        model = section["figure1_model"]
+        x, y = test_inputs(data["TC"], 4)
+        made.append(figures.figure1(load_model(results, "table1", "TC", model, seed), x, y, out / "figure1.png",
+                                    f"Figure 1: {model} on translated, cluttered MNIST (TC)"))
+    return made
 
 
-def parse_settings(text: str) -> dict:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"--settings is not valid JSON: {exc}") from None
+def _table4_figures(spec: dict, results: Path, grid: registry.Grid) -> list[Path]:
+    model = spec["section"]["figure_model"]
+    x, y = test_inputs(registry.data_path(results, "ADD"), 5)
+    return [figures.parallel_transformers(load_model(results, "table4", "ADD", model, grid.seeds[0]), x, y,
+                                          results / "figures" / "table4_transformers.png",
+                                          f"Table 4 (right): the two transformers of {model}")]
 
+
+FIGURES = {"table1": _table1_figures, "table4": _table4_figures}

@@ -20,10 +20,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .. import ops, tracking
+from . import run_records, tracker
+from .. import ops
 from ..data import distort
 from ..io import read_json, save_npz, write_json
 from ..modules import SpatialTransformer
+from ..paper import registry
+from ..train import make_optimizer
 from ..transforms import Attention
 
 CANVAS = 84
@@ -159,10 +162,7 @@ def optimise(images: np.ndarray, boxes: np.ndarray, encoder: nn.Sequential, sett
     encoder.eval()
     for p in encoder.parameters():
         p.requires_grad_(False)
-    if settings["optimizer"] == "adam":
-        opt = torch.optim.Adam(st.parameters(), lr=settings["lr"])
-    else:
-        opt = torch.optim.SGD(st.parameters(), lr=settings["lr"], momentum=settings["momentum"])
+    opt = make_optimizer(settings["optimizer"], st.parameters(), settings["lr"], settings["momentum"])
     gen = torch.Generator().manual_seed(seed)
     trajectory = []
     start = time.time()
@@ -189,19 +189,24 @@ def optimise(images: np.ndarray, boxes: np.ndarray, encoder: nn.Sequential, sett
     return {"localised": rate, "trajectory": trajectory, "predicted_boxes": boxes.tolist(), "hits": hits.tolist()}
 
 
-def run_job(*, variant: str, digit: int, mnist_path: Path, encoder_path: Path, encoder_params: Path,
-            encoder_dataset: str, settings: dict, seed: int, results: Path, experiments_path: Path, out_dir: Path) -> dict:
-    from ..data import mnist as mnist_data
-    from .classification import build_model
+build_data = make_images
+build_model = localiser
 
-    data = make_images(mnist_data.load(mnist_path), digit, variant, settings["images"], seed)
+
+def run_job(job: dict, inputs: dict[str, Path], out_dir: Path) -> dict:
+    """One class of one variant (the job's data set T or TC, its model the digit). Inputs: mnist, encoder
+    (the Table 1 CNN's model.pt), encoder_params (Table 1's parameter table), experiments (MLflow ids)."""
+    from ..data import mnist as mnist_data
+    from .classification import build_model as build_classifier
+
+    variant, digit, seed, settings = job["dataset"], int(job["model"]), job["seed"], job["settings"]
+    data = make_images(mnist_data.load(inputs["mnist"]), digit, variant, settings["images"], seed)
     save_npz(out_dir / "images.npz", **data)
-    built = build_model(encoder_dataset, "CNN", read_json(encoder_params))
-    built.model.load_state_dict(torch.load(encoder_path, map_location="cpu", weights_only=False)["state_dict"])
-    exp_ids = read_json(experiments_path)
-    run = tracking.Run(tracking.tracking_uri(results), exp_ids["table5"], f"{variant}/class{digit}",
-                       tags={"variant": variant, "digit": str(digit), "encoder": str(encoder_path),
-                             "torch_version": torch.__version__, "sampler_impl": ops.resolve_impl("auto", torch.device("cpu"))})
+    built = build_classifier(job["extra"]["encoder_dataset"], "CNN", read_json(inputs["encoder_params"]))
+    built.model.load_state_dict(torch.load(inputs["encoder"], map_location="cpu", weights_only=False)["state_dict"])
+    run = tracker(job, inputs["experiments"], {"variant": variant, "digit": str(digit), "encoder": str(inputs["encoder"]),
+                                               "torch_version": torch.__version__,
+                                               "sampler_impl": ops.resolve_impl("auto", torch.device("cpu"))})()
     status = "FAILED"
     try:
         run.log_params({"settings": settings, "seed": seed})
@@ -209,7 +214,7 @@ def run_job(*, variant: str, digit: int, mnist_path: Path, encoder_path: Path, e
         result = optimise(data["images"], data["boxes"], built.model, settings, seed,
                           log=lambda s: print(s, flush=True),
                           on_eval=lambda step, rate: run.log_metrics({"localised": rate}, step))
-        metrics = {"experiment": "table5", "model": str(digit), "dataset": variant, "seed": seed,
+        metrics = {"experiment": job["experiment"], "model": job["model"], "dataset": variant, "seed": seed,
                    "localised": result["localised"], "seconds": time.time() - t0, "run_id": run.run_id}
         write_json(out_dir / "trajectory.json", {**result, "true_boxes": data["boxes"].tolist()})
         write_json(out_dir / "metrics.json", metrics)
@@ -219,50 +224,29 @@ def run_job(*, variant: str, digit: int, mnist_path: Path, encoder_path: Path, e
         run.end(status)
 
 
-def figures(results: Path, variant: str, digit: int, out_dir: Path) -> list[Path]:
-    """Fig. 4: predicted boxes on three of the images over the optimisation, as a grid and a GIF."""
-    from matplotlib import animation
-    from matplotlib.patches import Rectangle
+def render(spec: dict, results: Path) -> list[Path]:
+    """Table 5 (every class of the config's variants) and Fig. 4 (one class's boxes over the optimisation)."""
+    from ..io import load_npz
+    from ..report import figures, tables
 
-    from ..io import atomic_path, load_npz
-    from ..report.figures import plt, save
-
-    run = Path(results) / "runs" / "table5" / variant / f"class{digit}"
+    results, section = Path(results), spec["section"]
+    e = registry.experiment("table5")
+    grid = registry.Grid(**spec["grid"])
+    s = spec["settings"]
+    caption = (f"{e.title}, {spec['config_name']} config "
+               f"({s['steps']} {OPTIMIZER_NAMES[s['optimizer']]} steps per class, {s['images']} images each, "
+               f"e() the Table 1 {section['encoder_dataset']} CNN; "
+               f"the window shrinks from the whole canvas and the crops' mean stays centred, see docs/CHOICES.md).")
+    paths = tables.render_table(run_records(results, "table5", grid), list(e.datasets), list(e.models), caption,
+                                results / "tables", "table5")
+    variant, digit = section["figure_variant"], section["figure_digit"]
+    run = registry.run_dir(results, "table5", variant, digit, grid.seeds[0])
     traj = read_json(run / "trajectory.json")
-    images = load_npz(run / "images.npz")["images"]
     frames = traj["trajectory"]
-    k = len(frames[0]["theta"])
+    boxes = torch.stack([boxes_from_theta(torch.tensor(f["theta"])) for f in frames]).numpy()
+    made = figures.colocalisation_steps(load_npz(run / "images.npz")["images"], [f["step"] for f in frames], boxes,
+                                        np.asarray(traj["true_boxes"]), digit, variant, results / "figures")
+    return list(paths.values()) + made
 
-    def draw(ax, img, theta, true_box):
-        ax.imshow(img, cmap="gray", vmin=0, vmax=255)
-        for box, colour in [(true_box, "tab:green"), (boxes_from_theta(torch.tensor([theta]))[0].tolist(), "tab:red")]:
-            x0, y0, x1, y1 = box
-            ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, color=colour, lw=1.2))
-        ax.set_xticks([])
-        ax.set_yticks([])
 
-    shown = frames[:: max(1, len(frames) // 6)]
-    if shown[-1] is not frames[-1]:
-        shown.append(frames[-1])
-    fig, axes = plt.subplots(k, len(shown), figsize=(1.5 * len(shown), 1.55 * k), squeeze=False)
-    for j, f in enumerate(shown):
-        for i in range(k):
-            draw(axes[i, j], images[i], f["theta"][i], traj["true_boxes"][i])
-        axes[0, j].set_title(f"step {f['step']}", fontsize=8)
-    fig.suptitle(f"Co-localisation of '{digit}' ({variant}): predicted box (red), true box (green)", fontsize=9)
-    grid_path = save(fig, Path(out_dir) / f"table5_{variant}_{digit}_steps.png")
-
-    fig, axes = plt.subplots(1, k, figsize=(1.8 * k, 2.1), squeeze=False)
-
-    def frame(n):
-        for i in range(k):
-            axes[0, i].clear()
-            draw(axes[0, i], images[i], frames[n]["theta"][i], traj["true_boxes"][i])
-        fig.suptitle(f"'{digit}' ({variant}), step {frames[n]['step']}", fontsize=9)
-
-    anim = animation.FuncAnimation(fig, frame, frames=len(frames))
-    gif_path = Path(out_dir) / f"table5_{variant}_{digit}.gif"
-    with atomic_path(gif_path) as tmp:
-        anim.save(str(tmp), writer=animation.PillowWriter(fps=4))
-    plt.close(fig)
-    return [grid_path, gif_path]
+OPTIMIZER_NAMES = {"adam": "Adam", "sgd": "SGD"}  # as the caption spells them

@@ -10,16 +10,17 @@ from __future__ import annotations
 import resource
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .. import tracking
+from . import run_records, tracker
 from ..data import volumes
 from ..io import load_npz, read_json, write_json
 from ..models import mnist as zoo
 from ..modules import SpatialTransformer
-from ..train import TrainSettings, config_hash, train_run
+from ..paper import registry
+from ..settings import TrainSettings
+from ..train import config_hash, train_run
 from ..transforms import Affine3D
 
 OUT = 30  # side of the transformer's output volume and of the classifier's image
@@ -101,60 +102,59 @@ def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
 
 
-def run_job(*, model_name: str, seed: int, mnist_path: Path, data_path: Path, settings: dict, results: Path,
-            experiments_path: Path, out_dir: Path, widths: int) -> dict:
+build_model = build
+
+
+def build_data(mnist_path: Path, out: Path, seed: int, limits: dict, max_in_plane: float, max_out_of_plane: float,
+               max_shift: float) -> None:
+    """results/data/MNIST3D.npz: each volume's generating parameters (volumes are rendered on demand)."""
+    from ..data import mnist as mnist_data
+    from ..io import save_npz, sha256_file
+
+    arrays = volumes.generate(mnist_data.load(mnist_path), seed, limits, max_in_plane, max_out_of_plane, max_shift)
+    save_npz(out, **arrays)
+    write_json(Path(out).with_suffix(".json"), {"name": "MNIST3D", "seed": seed, "limits": limits,
+                                                "sha256": sha256_file(out)})
+
+
+def run_job(job: dict, inputs: dict[str, Path], out_dir: Path) -> dict:
+    """Inputs: mnist (the source digits), data (MNIST3D's parameters), experiments (MLflow ids)."""
     from ..data import mnist as mnist_data
 
-    model, w = build(model_name, widths, seed)
-    params_data = load_npz(data_path)
-    data = volumes.load_sets(mnist_data.load(mnist_path), params_data)
-    exp_ids = read_json(experiments_path)
-    describe = {"experiment": "volumetric", "dataset": "MNIST3D", "model": model_name, "params": count(model), "widths": w}
-    tags = {"config_hash": config_hash({"settings": settings, "describe": describe}), "dataset": "MNIST3D",
-            "model": model_name, "seed": str(seed), "data_sha256": read_json(Path(data_path).with_suffix(".json"))["sha256"]}
-
-    def tracker(run_id):
-        return tracking.Run(tracking.tracking_uri(results), exp_ids["volumetric"], f"MNIST3D/{model_name}/seed{seed}",
-                            run_id, tags)
-
-    metrics = train_run(model, data, TrainSettings.from_dict(settings), seed, out_dir, tracker, describe)
+    model_name, seed = job["model"], job["seed"]
+    model, w = build(model_name, job["extra"]["widths"], seed)
+    data = volumes.load_sets(mnist_data.load(inputs["mnist"]), load_npz(inputs["data"]))
+    describe = {"experiment": job["experiment"], "dataset": job["dataset"], "model": model_name, "params": count(model),
+                "widths": w}
+    tags = {"config_hash": config_hash({"settings": job["settings"], "describe": describe}), "dataset": job["dataset"],
+            "model": model_name, "seed": str(seed),
+            "data_sha256": read_json(Path(inputs["data"]).with_suffix(".json"))["sha256"]}
+    metrics = train_run(model, data, TrainSettings.from_dict(job["settings"]), seed, out_dir,
+                        tracker(job, inputs["experiments"], tags), describe)
     metrics["peak_rss_gib"] = peak_rss_gib()
     write_json(out_dir / "metrics.json", metrics)
     return metrics
 
 
-def figure(model: ST3DClassifier, volumes_: Tensor, labels: Tensor, out: Path) -> Path:
-    """Fig. 5: the input volume (max projections along depth and along x), the transformer's flattened
-    output that the classifier sees, and the prediction."""
-    from ..report.figures import plt, save
+def render(spec: dict, results: Path) -> list[Path]:
+    """The table (no paper numbers exist) and a Fig. 5-style figure of the first seed's ST3D."""
+    from ..data import mnist as mnist_data
+    from ..report import figures, tables
 
+    results = Path(results)
+    e = registry.experiment("volumetric")
+    grid = registry.Grid(**spec["grid"])
+    caption = f"{e.title}, {spec['config_name']} config; the paper gives no number for this experiment."
+    paths = tables.render_table(run_records(results, "volumetric", grid), grid.datasets, grid.models, caption,
+                                results / "tables", "volumetric", paper=lambda m, d: (None, False))
+    model, _ = build("ST3D", spec["section"]["widths"])
+    path = registry.run_dir(results, "volumetric", "MNIST3D", "ST3D", grid.seeds[0]) / "model.pt"
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=False)["state_dict"])
+    data = load_npz(registry.data_path(results, "MNIST3D"))
+    sets = volumes.load_sets(mnist_data.load(registry.data_path(results, "mnist")), data)
+    v, y = sets["x_test"][torch.arange(4)], torch.from_numpy(data["y_test"][:4])
     model.eval()
     with torch.no_grad():
-        flat, _ = model.transform(volumes_)
+        flat, _ = model.transform(v)
         pred = model.classifier(flat).argmax(1)
-    n = len(volumes_)
-    fig, axes = plt.subplots(n, 3, figsize=(5.4, 1.8 * n), squeeze=False)
-    for i in range(n):
-        v = volumes_[i, 0]
-        axes[i, 0].imshow(v.amax(0).numpy(), cmap="gray")
-        axes[i, 1].imshow(v.amax(2).numpy(), cmap="gray")
-        axes[i, 2].imshow(flat[i, 0].numpy(), cmap="gray")
-        axes[i, 2].set_xlabel(f"label {int(labels[i])}, predicted {int(pred[i])}", fontsize=7)
-        for a in axes[i]:
-            a.set_xticks([])
-            a.set_yticks([])
-    for a, t in zip(axes[0], ["input, max over depth", "input, max over x", "ST output, flattened"]):
-        a.set_title(t, fontsize=8)
-    fig.suptitle("3-D spatial transformer on extruded MNIST (appendix A.3)", fontsize=9)
-    return save(fig, out)
-
-
-def render_table(records: list[dict], caption: str, out_dir: Path) -> dict[str, Path]:
-    from ..report.tables import render_table as render
-
-    return render(records, ["MNIST3D"], list(MODELS), caption, out_dir, "volumetric", paper=lambda m, d: (None, False))
-
-
-def sample_volumes(mnist: dict[str, np.ndarray], data: dict[str, np.ndarray], k: int) -> tuple[Tensor, Tensor]:
-    sets = volumes.load_sets(mnist, data)
-    return sets["x_test"][torch.arange(k)], torch.from_numpy(data["y_test"][:k])
+    return list(paths.values()) + [figures.volumes_figure(v, flat, pred, y, results / "figures" / "figure5_3d.png")]

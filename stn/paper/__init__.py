@@ -1,4 +1,4 @@
-"""The paper's reported numbers (transcribed in results.yaml) and its training protocols (appendix A)."""
+"""The paper's reported numbers (transcribed in results.yaml) and its experiments (`registry`)."""
 from __future__ import annotations
 
 from functools import lru_cache
@@ -6,20 +6,10 @@ from pathlib import Path
 
 import yaml
 
-# Appendix A.4: the distorted-MNIST protocol. Config values are compared against these to
-# state in every caption what a run changed.
-TABLE1_PROTOCOL = {
-    "iterations": 150_000,
-    "batch_size": 256,
-    "lr": 0.01,
-    "momentum": 0.0,
-    "optimizer": "sgd",
-    "lr_step": 50_000,
-    "lr_gamma": 0.1,
-    "weight_decay": 0.0,
-    "seeds": 3,
-    "param_target": 400_000,
-}
+from .registry import DATASETS, EXPERIMENTS, MNIST_PROTOCOL, RUN_DIR, experiment, run_dir  # noqa: F401
+
+# Appendix A.4's protocol; config values are compared against it to state in every caption what a run changed.
+TABLE1_PROTOCOL = MNIST_PROTOCOL
 
 
 @lru_cache(maxsize=None)
@@ -28,14 +18,14 @@ def results() -> dict:
 
 
 def paper_number(table: str, model: str, dataset: str) -> tuple[float | None, bool]:
-    """The paper's number for a cell of a classification table ("table1" or "table4")."""
+    """The paper's number for a cell (row `model`, column `dataset`) of a registered experiment's
+    table, and whether it comes from the text rather than the table; (None, False) where the paper
+    has none."""
     if table == "table1":
         return table1_paper(model, dataset)
-    if table == "table4":
-        return results()["table4_mnist_addition"]["rows"].get(display_name(model)), False
-    if table == "table5":
-        return results()["table5_colocalisation"]["rows"].get(int(model), {}).get(dataset), False
-    raise KeyError(f"no paper numbers for {table!r}")
+    rows = results().get(experiment(table).paper, {}).get("rows", {})
+    row = rows.get(display_name(model), rows.get(int(model)) if str(model).isdigit() else None)
+    return (row.get(dataset) if isinstance(row, dict) else row), False
 
 
 def display_name(model: str) -> str:

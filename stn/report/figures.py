@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from ..io import atomic_path, load_npz, read_json  # noqa: E402
+from ..io import atomic_path, load_npz  # noqa: E402
 
 
 def save(fig, path: Path, dpi: int = 110) -> Path:
@@ -37,16 +37,18 @@ def data_samples(paths: dict[str, Path], out: Path, per_row: int = 10) -> Path:
     return save(fig, out)
 
 
-def learning_curves(results: Path, experiment: str, datasets: list[str], models: list[str], out: Path) -> Path:
-    """Validation error against iteration, one panel per data set, mean over seeds."""
+def learning_curves(curves: dict[tuple[str, str], list[list[dict]]], datasets: list[str], models: list[str],
+                    out: Path) -> Path:
+    """Validation error against iteration, one panel per data set, mean over seeds.
+    `curves[(dataset, model)]` holds each seed's curve.json."""
     fig, axes = plt.subplots(1, len(datasets), figsize=(3.2 * len(datasets), 3.0), squeeze=False)
     for ax, ds in zip(axes[0], datasets):
         for m in models:
-            curves = [read_json(p) for p in sorted((Path(results) / "runs" / experiment / ds / m).glob("seed*/curve.json"))]
-            if not curves:
+            runs = curves.get((ds, m)) or []
+            if not runs:
                 continue
-            its = [p["iteration"] for p in curves[0]]
-            errs = np.mean([[p["val_error"] for p in c[: len(its)]] for c in curves if len(c) >= len(its)], axis=0)
+            its = [p["iteration"] for p in runs[0]]
+            errs = np.mean([[p["val_error"] for p in c[: len(its)]] for c in runs if len(c) >= len(its)], axis=0)
             ax.plot(its, errs, marker="o", ms=2, label=m.replace("-", " "), lw=1.2,
                     ls="-" if m.startswith("ST") else "--")
         ax.set_title(ds)
@@ -57,6 +59,24 @@ def learning_curves(results: Path, experiment: str, datasets: list[str], models:
     handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(8, len(labels)), fontsize=7, bbox_to_anchor=(0.5, -0.08))
     return save(fig, out)
+
+
+def transformer_outputs(x: torch.Tensor, out: torch.Tensor, path: Path, title: str) -> Path:
+    """Inputs (N, C, H, W) above the transformer's outputs (an MLflow artifact of every ST run)."""
+    k = x.shape[0]
+    fig, axes = plt.subplots(2, k, figsize=(1.3 * k, 2.8), squeeze=False)
+    for i in range(k):
+        axes[0, i].imshow(x[i, 0], cmap="gray", vmin=0, vmax=1)
+        axes[1, i].imshow(out[i, 0], cmap="gray", vmin=0, vmax=1)
+        for a in axes[:, i]:
+            a.axis("off")
+    axes[0, 0].set_title("input", fontsize=8, loc="left")
+    axes[1, 0].set_title("transformer output", fontsize=8, loc="left")
+    fig.suptitle(title, fontsize=9)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
+    plt.close(fig)
+    return path
 
 
 def _outline(grid: torch.Tensor, w: int, h: int, align_corners: bool = False) -> list[np.ndarray]:
@@ -115,17 +135,6 @@ def st_vs_cnn(st_model, cnn_model, x: torch.Tensor, y: torch.Tensor, out: Path, 
     return save(fig, out)
 
 
-def _load_run_model(results: Path, experiment: str, dataset: str, model: str, seed: int, params: Path):
-    from ..experiments.classification import build_model
-
-    built = build_model(dataset, model, read_json(params))
-    path = Path(results) / "runs" / experiment / dataset / model / f"seed{seed}" / "model.pt"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist; train {experiment}/{dataset}/{model}/seed{seed} first")
-    built.model.load_state_dict(torch.load(path, map_location="cpu", weights_only=False)["state_dict"])
-    return built.model.eval()
-
-
 def figure1(model, x: torch.Tensor, y: torch.Tensor, out: Path, title: str) -> Path:
     """Figure 1: (a) input, (b) the predicted transform drawn as the box it samples, (c) the transformer's
     output, (d) the prediction."""
@@ -176,3 +185,68 @@ def parallel_transformers(model, x: torch.Tensor, y: torch.Tensor, out: Path, ti
         a.set_title(t, fontsize=8)
     fig.suptitle(title, fontsize=9)
     return save(fig, out)
+
+
+def volumes_figure(volumes: torch.Tensor, flat: torch.Tensor, pred: torch.Tensor, labels: torch.Tensor, out: Path) -> Path:
+    """Fig. 5: input volumes (N, 1, D, H, W) as max projections along depth and along x, the
+    transformer's flattened output `flat` (N, 1, H', W') that the classifier sees, and the prediction."""
+    n = len(volumes)
+    fig, axes = plt.subplots(n, 3, figsize=(5.4, 1.8 * n), squeeze=False)
+    for i in range(n):
+        v = volumes[i, 0]
+        axes[i, 0].imshow(v.amax(0).numpy(), cmap="gray")
+        axes[i, 1].imshow(v.amax(2).numpy(), cmap="gray")
+        axes[i, 2].imshow(flat[i, 0].numpy(), cmap="gray")
+        axes[i, 2].set_xlabel(f"label {int(labels[i])}, predicted {int(pred[i])}", fontsize=7)
+        for a in axes[i]:
+            a.set_xticks([])
+            a.set_yticks([])
+    for a, t in zip(axes[0], ["input, max over depth", "input, max over x", "ST output, flattened"]):
+        a.set_title(t, fontsize=8)
+    fig.suptitle("3-D spatial transformer on extruded MNIST (appendix A.3)", fontsize=9)
+    return save(fig, out)
+
+
+def colocalisation_steps(images: np.ndarray, steps: list[int], boxes: np.ndarray, true_boxes: np.ndarray, digit: int,
+                         variant: str, out_dir: Path) -> list[Path]:
+    """Fig. 4: predicted boxes (red) against true boxes (green) on k images over the optimisation, as a grid
+    of about seven recorded steps and as an animated GIF of all of them.
+    `boxes` (frames, k, 4) and `true_boxes` (k, 4) in pixels (x0, y0, x1, y1); `steps[f]` names frame f."""
+    from matplotlib import animation
+    from matplotlib.patches import Rectangle
+
+    k = boxes.shape[1]
+
+    def draw(ax, img, box, true_box):
+        ax.imshow(img, cmap="gray", vmin=0, vmax=255)
+        for (x0, y0, x1, y1), colour in [(true_box, "tab:green"), (box, "tab:red")]:
+            ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, color=colour, lw=1.2))
+        ax.set_xticks([])
+        ax.set_yticks([])
+
+    frames = list(range(len(steps)))
+    shown = frames[:: max(1, len(frames) // 6)]
+    if shown[-1] != frames[-1]:
+        shown.append(frames[-1])
+    fig, axes = plt.subplots(k, len(shown), figsize=(1.5 * len(shown), 1.55 * k), squeeze=False)
+    for j, f in enumerate(shown):
+        for i in range(k):
+            draw(axes[i, j], images[i], boxes[f, i], true_boxes[i])
+        axes[0, j].set_title(f"step {steps[f]}", fontsize=8)
+    fig.suptitle(f"Co-localisation of '{digit}' ({variant}): predicted box (red), true box (green)", fontsize=9)
+    grid_path = save(fig, Path(out_dir) / f"table5_{variant}_{digit}_steps.png")
+
+    fig, axes = plt.subplots(1, k, figsize=(1.8 * k, 2.1), squeeze=False)
+
+    def frame(n):
+        for i in range(k):
+            axes[0, i].clear()
+            draw(axes[0, i], images[i], boxes[n, i], true_boxes[i])
+        fig.suptitle(f"'{digit}' ({variant}), step {steps[n]}", fontsize=9)
+
+    anim = animation.FuncAnimation(fig, frame, frames=len(frames))
+    gif_path = Path(out_dir) / f"table5_{variant}_{digit}.gif"
+    with atomic_path(gif_path) as tmp:
+        anim.save(str(tmp), writer=animation.PillowWriter(fps=4))
+    plt.close(fig)
+    return [grid_path, gif_path]

@@ -9,9 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..io import read_json, write_text
+from ..paper.registry import EXPERIMENTS
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
-TABLES = ["table1", "table4", "table5", "volumetric"]
+TABLES = list(EXPERIMENTS)
 
 
 def run_timing(results: Path) -> str:

@@ -2,19 +2,14 @@
 from __future__ import annotations
 
 import csv
+import html
 import io
 import statistics
 from pathlib import Path
-
-from ..io import read_json, write_text
 from typing import Callable
 
-from ..paper import TABLE1_PROTOCOL, display_name, paper_number
-
-
-def collect(results: Path, experiment: str) -> list[dict]:
-    """Every finished run of an experiment (a run is finished when its metrics.json exists)."""
-    return [read_json(p) for p in sorted((Path(results) / "runs" / experiment).rglob("metrics.json"))]
+from ..io import write_text
+from ..paper import TABLE1_PROTOCOL, display_name, paper_number, registry
 
 
 def summarize(records: list[dict], key: str = "test_error") -> dict[tuple[str, str], tuple[float, float | None, int]]:
@@ -40,6 +35,15 @@ def override_phrases(overrides: list[dict], datasets: list[str]) -> list[str]:
             for o in overrides if o["settings"] and o["select"].get("dataset") in (None, *datasets)]
 
 
+def protocol_caption(title: str, config_name: str, settings: dict, seeds: int, param_target: int,
+                     overrides: list[dict], datasets: list[str], protocol: dict = TABLE1_PROTOCOL) -> str:
+    """"<title>, <config> config. Changed from the paper's protocol: ... . <override phrases>." """
+    changes = protocol_changes(settings, seeds, param_target, protocol)
+    return (f"{title}, {config_name} config. "
+            + ("Changed from the paper's protocol: " + ", ".join(changes) + "." if changes else "The paper's protocol.")
+            + "".join(f" {phrase}." for phrase in override_phrases(overrides, datasets)))
+
+
 def _cell(stats, paper, from_text, fmt) -> str:
     ours = "—"
     if stats:
@@ -50,9 +54,11 @@ def _cell(stats, paper, from_text, fmt) -> str:
 
 
 def render_table(records: list[dict], datasets: list[str], models: list[str], caption: str, out_dir: Path,
-                 name: str, paper: Callable[[str, str], tuple[float | None, bool]] | None = None,
-                 key: str = "test_error", row_label: str = "Model") -> dict[str, Path]:
-    """results/tables/<name>.{csv,md,tex}: rows = models, columns = data sets, 'ours (paper)'."""
+                 name: str, paper: Callable[[str, str], tuple[float | None, bool]] | None = None) -> dict[str, Path]:
+    """results/tables/<name>.{csv,md,tex,html} for registered experiment `name`: rows = models,
+    columns = data sets, 'ours (paper)'; the metric and row label come from the registry."""
+    e = registry.experiment(name)
+    key, row_label = e.metric, e.row_label
     paper = paper or (lambda m, d: paper_number(name, m, d))
     stats = summarize(records, key)
     out_dir = Path(out_dir)
@@ -72,11 +78,10 @@ def render_table(records: list[dict], datasets: list[str], models: list[str], ca
     for m in models:
         cells = [_cell(stats.get((m, d)), *paper(m, d), lambda o, t: f"{o} ({t})") for d in datasets]
         md.append(f"| {display_name(m)} | " + " | ".join(cells) + " |")
-    what = "test error" if key == "test_error" else "percent localised" if key == "localised" else key
-    md += ["", f"Cells: our {what} in %, mean ± std over seeds (the paper's number in parentheses).",
-           ]
+    notes = [f"Cells: our {e.metric_words} in %, mean ± std over seeds (the paper's number in parentheses)."]
     if any(paper(m, d)[1] for m in models for d in datasets):
-        md.append("† TC: the paper reports one ST-FCN and one ST-CNN number in the text without naming the transform.")
+        notes.append("† TC: the paper reports one ST-FCN and one ST-CNN number in the text without naming the transform.")
+    md += [""] + notes
     md_path = out_dir / f"{name}.md"
     write_text(md_path, "\n".join(md) + "\n")
 
@@ -89,7 +94,22 @@ def render_table(records: list[dict], datasets: list[str], models: list[str], ca
     tex += ["\\hline", "\\end{tabular}", f"\\caption{{{_tex_escape(caption)}}}", "\\end{table}"]
     tex_path = out_dir / f"{name}.tex"
     write_text(tex_path, "\n".join(tex) + "\n")
-    return {"csv": csv_path, "md": md_path, "tex": tex_path}
+
+    rows = "".join("<tr><th>" + html.escape(display_name(m)) + "</th>" + "".join(
+        f"<td>{html.escape(_cell(stats.get((m, d)), *paper(m, d), lambda o, t: f'{o} ({t})'))}</td>" for d in datasets)
+        + "</tr>\n" for m in models)
+    page = (f"<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(name)}</title>\n<style>{_CSS}</style>"
+            f"</head><body>\n<table>\n<caption>{html.escape(caption)}</caption>\n<thead><tr><th>{html.escape(row_label)}</th>"
+            + "".join(f"<th>{html.escape(d)}</th>" for d in datasets) + "</tr></thead>\n<tbody>\n" + rows
+            + "</tbody>\n</table>\n" + "".join(f"<p>{html.escape(n)}</p>\n" for n in notes) + "</body></html>\n")
+    html_path = out_dir / f"{name}.html"
+    write_text(html_path, page)
+    return {"csv": csv_path, "md": md_path, "tex": tex_path, "html": html_path}
+
+
+_CSS = ("body{font-family:sans-serif;margin:1em} table{border-collapse:collapse} caption{caption-side:top;text-align:left;"
+        "max-width:60em;padding-bottom:.5em;font-weight:bold} th,td{border:1px solid #bbb;padding:.25em .6em;text-align:right}"
+        " th:first-child{text-align:left} p{color:#444;font-size:90%;max-width:60em}")
 
 
 def _tex_escape(s: str) -> str:

@@ -1,36 +1,110 @@
-# Shared first steps: the compiled samplers, MNIST, and the MLflow experiments.
+# Helpers shared by every rules file: paths, the runs an experiment's config asks for, resolved
+# settings and report annotations. All of it reads the registry (stn/paper/registry.py) and
+# stn.settings, so no rules file spells out an experiment name, a data set list or the run layout.
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from stn import settings as stn_settings
+from stn.paper import registry
+
+RESULTS = config["results"]
+EXPERIMENTS = registry.EXPERIMENTS
+# Rule bodies call `stn`: the interpreter running Snakemake has it beside itself (a venv's bin/).
+os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+# A training job asks for the GPU where the run will use one, so `--resources gpu=N` bounds them.
+USE_GPU = config["device"] == "cuda" or (config["device"] == "auto" and shutil.which("nvidia-smi") is not None)
 
 
-rule build_extension:
-    """Compile the C++/CUDA samplers once (cached by source hash; never raced by parallel jobs)."""
-    output:
-        f"{RESULTS}/extension.json",
-    log:
-        f"{RESULTS}/logs/build_extension.log",
-    shell:
-        "{STN} build-ext --stamp {output} > {log} 2>&1"
+def result(path):
+    """A path under the results directory."""
+    return f"{RESULTS}/{path}"
 
 
-rule mnist:
-    """MNIST as canonical uint8 arrays, verified against ../shared/DATA.md's sha256 values."""
-    output:
-        f"{RESULTS}/data/mnist.npz",
-    params:
-        source=config["mnist"]["source"],
-        path=f'--path {config["mnist"]["path"]}' if config["mnist"].get("path") else "",
-    log:
-        f"{RESULTS}/logs/mnist.log",
-    shell:
-        "{STN} mnist --out {output} --source {params.source} {params.path} > {log} 2>&1"
+def run_file(name, experiment="{experiment}"):
+    """A file of a run directory, with {dataset}, {model} and {seed} left as wildcards."""
+    return result(f"{registry.RUN_DIR}/{name}".format(experiment=experiment, dataset="{dataset}", model="{model}",
+                                                     seed="{seed}"))
 
 
-rule mlflow_experiments:
-    """One MLflow experiment per paper table, created before any training job starts."""
-    output:
-        f"{RESULTS}/mlflow/experiments.json",
-    params:
-        names=["table1", "table4", "table5", "volumetric"],
-    log:
-        f"{RESULTS}/logs/mlflow_experiments.log",
-    shell:
-        "{STN} mlflow-init --results {RESULTS} --experiments {params.names} --out {output} > {log} 2>&1"
+def data_file(name="{name}"):
+    return result(registry.DATA_FILE.format(name=name))
+
+
+def params_file(experiment="{experiment}"):
+    return result(registry.PARAMS_FILE.format(experiment=experiment))
+
+
+def spec_file(experiment="{experiment}"):
+    return result(registry.SPEC_FILE.format(experiment=experiment))
+
+
+def log_file(name):
+    return result(f"logs/{name}.log")
+
+
+def benchmark_file(name):
+    return result(f"benchmarks/{name}.tsv")
+
+
+def run_log(experiment="{experiment}", suffix=""):
+    """logs/<experiment>/<dataset>_<model>_seed<n><suffix>.log, wildcards left in."""
+    return log_file(f"{experiment}/{{dataset}}_{{model}}_seed{{seed}}{suffix}")
+
+
+def run_benchmark(experiment="{experiment}"):
+    return benchmark_file(f"{experiment}/{{dataset}}_{{model}}_seed{{seed}}")
+
+
+def data_limits():
+    """--limit-<split> N options of the data-generating commands (the config's data.limits)."""
+    limits = config["data"].get("limits") or {}
+    return " ".join(f"--limit-{k} {limits[k]}" for k in ("train", "val", "test") if limits.get(k))
+
+
+def grid(experiment):
+    return EXPERIMENTS[experiment].grid(config[experiment], config)
+
+
+def runs(experiment, name="metrics.json"):
+    """That file of every run the config asks of the experiment."""
+    return [str(registry.run_dir(RESULTS, experiment, d, m, s) / name) for d, m, s in grid(experiment).cells()]
+
+
+def experiments_of(module):
+    """Wildcard constraint: the registered experiments that a module runs."""
+    return "|".join(n for n, e in EXPERIMENTS.items() if e.module == module)
+
+
+def job_spec(wildcards):
+    """One run's resolved settings (stn.settings.resolve_job): Snakemake tracks this params value, so a
+    changed setting rewrites job.json, and with it reruns exactly the runs it changes."""
+    return stn_settings.resolve_job(config, wildcards.experiment, wildcards.dataset, wildcards.model, int(wildcards.seed))
+
+
+def experiment_spec(wildcards):
+    """What an experiment's render step reads: its resolved config section and the runs it asks for."""
+    name = wildcards.experiment
+    g = grid(name)
+    return stn_settings.canonical({
+        "experiment": name, "config_name": config["name"], "results": RESULTS, "section": config[name],
+        "grid": {"datasets": g.datasets, "models": g.models, "seeds": g.seeds},
+        "settings": stn_settings.table_settings(config, name), "overrides": stn_settings.overrides(config, name)})
+
+
+def report_outputs(experiment):
+    """The experiment's tables and figures as named outputs, marked for `snakemake --report`."""
+    e = EXPERIMENTS[experiment]
+    out = {}
+    for path in registry.outputs(config, experiment):
+        kind = "tables" if path.startswith("tables/") else "figures"
+        key = Path(path).name.replace(".", "_").replace("-", "_")
+        out[key] = report(result(path), caption=f"../report/{kind[:-1]}.rst", category=e.title, subcategory=kind,
+                          labels={"file": Path(path).name, "experiment": experiment})
+    return out
+
+
+def all_outputs():
+    outs = [result(p) for name in EXPERIMENTS for p in registry.outputs(config, name)]
+    return outs + [params_file(n) .replace(".json", ".md") for n in EXPERIMENTS if EXPERIMENTS[n].module == "classification"]

@@ -1,0 +1,207 @@
+"""The paper's experiments and data sets, declared once.
+
+Everything that names an experiment, a data set or a run directory reads this module: the
+Snakemake rules (wildcard constraints, `rule all`, the MLflow experiments, the report), the CLI's
+choices, the config schema's enums, the table captions and the README's list of tables. It is the
+library's lowest layer: plain data, no torch.
+
+A new paper table is one `Experiment` entry here, plus its module in `stn/experiments/`, its
+config section and schema part (`workflow/schemas/<name>.schema.json`) and its rules file
+(`workflow/rules/<name>.smk`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+# The layout of results/: every job of every experiment writes into one RUN_DIR; a generated data set
+# is one DATA_FILE (+ its .json sidecar); a classification table's matched widths are one PARAMS_FILE;
+# SPEC_FILE is the resolved config section an experiment's render step reads.
+RUN_DIR = "runs/{experiment}/{dataset}/{model}/seed{seed}"
+DATA_FILE = "data/{name}.npz"
+PARAMS_FILE = "tables/{experiment}_params.json"
+SPEC_FILE = "specs/{experiment}.json"
+
+
+def run_dir(results: str | Path, experiment: str, dataset: str, model: str, seed: int | str) -> Path:
+    return Path(results) / RUN_DIR.format(experiment=experiment, dataset=dataset, model=model, seed=seed)
+
+
+def data_path(results: str | Path, name: str) -> Path:
+    return Path(results) / DATA_FILE.format(name=name)
+
+
+def params_path(results: str | Path, experiment: str) -> Path:
+    return Path(results) / PARAMS_FILE.format(experiment=experiment)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A generated data set: results/data/<name>.npz (+ <name>.json), made by `builder`."""
+
+    name: str
+    builder: str  # "distort" (stored images, stn.data.distort.<generator>) or "volumes" (rendered on demand)
+    generator: str | None  # the function in stn.data.distort that draws one batch
+    size: int  # image side in pixels (volume side for MNIST3D)
+    description: str
+    channels: int = 1
+    classes: int = 10
+    pool_after_st: bool = False  # appendix A.4: 2x average pooling after the transformer (RTS and TC)
+
+
+DATASETS: dict[str, Dataset] = {d.name: d for d in [
+    Dataset("R", "distort", "rotated", 28, "rotated: U(-90°, 90°)"),
+    Dataset("RTS", "distort", "rotated_translated_scaled", 42,
+            "rotated U(-45°, 45°), scaled U(0.7, 1.2), translated in a 42×42 canvas", pool_after_st=True),
+    Dataset("P", "distort", "projective", 28, "projective: scale U(0.75, 1), corners moved by N(0, 5 px)"),
+    Dataset("E", "distort", "elastic", 28, "elastic: scale U(0.75, 1), 16 TPS points moved by N(0, 1.5 px)"),
+    Dataset("TC", "distort", "translated_cluttered", 60, "translated in a 60×60 canvas with six 6×6 clutter patches",
+            pool_after_st=True),
+    Dataset("ADD", "distort", "addition_pairs", 42, "two RTS digits as two channels, labelled by their sum",
+            channels=2, classes=19, pool_after_st=True),
+    Dataset("MNIST3D", "volumes", None, 60, "a digit extruded into a slab, rotated and translated in a 60³ volume"),
+]}
+
+
+def datasets(builder: str) -> list[str]:
+    return [d.name for d in DATASETS.values() if d.builder == builder]
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The runs an experiment's config section asks for: data sets × models × seeds."""
+
+    datasets: list[str]
+    models: list[str]
+    seeds: list[int]
+
+    def cells(self) -> list[tuple[str, str, int]]:
+        return [(d, m, s) for d in self.datasets for m in self.models for s in self.seeds]
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One paper table (and its figures).
+
+    `grid` reads the experiment's config section (and the whole config) into the runs it asks for;
+    `tables` and `figures` are the outputs it renders, as paths under results/ that may use
+    {placeholders} filled from the config section (`figure_names`).
+    """
+
+    name: str  # config section, MLflow experiment, runs/<name>/, rules file, schema part
+    module: str  # stn.experiments.<module>: build data, build a model, run one job, render
+    title: str  # the table's caption starts with it
+    paper: str  # the key of its numbers in stn/paper/results.yaml
+    summary: str  # what the paper shows, for the report
+    datasets: tuple[str, ...]  # the table's columns it may have
+    models: tuple[str, ...]  # its rows it may have
+    grid: Callable[[dict, dict], Grid]
+    figures: Callable[[dict], list[str]] = lambda section: []
+    metric: str = "test_error"
+    metric_words: str = "test error"
+    row_label: str = "Model"
+    column_label: str = "data set"
+    protocol: dict = field(default_factory=dict)  # the paper's training protocol, for "changed from" captions
+    priority: int = 0  # Snakemake priority of its runs (Table 1 first: its wall time is reported on its own)
+    settings_key: str = "train"  # the section's key of a run's settings ("train": TrainSettings, with train_overrides)
+    job_keys: tuple[str, ...] = ()  # other keys of the section that a run needs (copied into its job.json)
+    # (key, values, allowed) triples the schema cannot check: values that must name something the config trains
+    references: Callable[[dict], list[tuple[str, list, list]]] = lambda config: []
+
+    @property
+    def tables(self) -> list[str]:
+        return [f"tables/{self.name}.{ext}" for ext in TABLE_FORMATS]
+
+
+TABLE_FORMATS = ("csv", "md", "tex", "html")
+
+# Appendix A.4: the distorted-MNIST protocol (also the protocol the other MNIST tables follow).
+MNIST_PROTOCOL = {
+    "iterations": 150_000,
+    "batch_size": 256,
+    "lr": 0.01,
+    "momentum": 0.0,
+    "optimizer": "sgd",
+    "lr_step": 50_000,
+    "lr_gamma": 0.1,
+    "weight_decay": 0.0,
+    "seeds": 3,
+    "param_target": 400_000,
+}
+
+TABLE1_MODELS = ("FCN", "CNN", "ST-FCN-Aff", "ST-FCN-Proj", "ST-FCN-TPS", "ST-CNN-Aff", "ST-CNN-Proj", "ST-CNN-TPS")
+TABLE4_MODELS = ("FCN", "CNN", "ST-FCN-Aff", "ST-FCN-Proj", "ST-FCN-TPS", "2xST-FCN-Aff", "2xST-FCN-Proj", "2xST-FCN-TPS")
+
+
+def _table1_figures(c: dict) -> list[str]:
+    out = ["figures/table1_data.png", "figures/table1_curves.png"]
+    out += [f"figures/table1_{d}_st_vs_cnn.png" for d in c["figure_datasets"]]
+    return out + (["figures/figure1.png"] if "TC" in c["datasets"] else [])
+
+
+EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
+    Experiment(
+        name="table1", module="classification", title="Table 1: test error (%) on distorted MNIST",
+        paper="table1_distorted_mnist",
+        summary="Sect. 4.1: every ST model beats its plain counterpart on every distortion (R, RTS, P, E, TC).",
+        datasets=("R", "RTS", "P", "E", "TC"), models=TABLE1_MODELS,
+        grid=lambda c, cfg: Grid(list(c["datasets"]), list(c["models"]), list(c["seeds"])),
+        figures=_table1_figures, protocol=MNIST_PROTOCOL, priority=10,
+        references=lambda cfg: [
+            ("table1.figure_datasets", cfg["table1"]["figure_datasets"], cfg["table1"]["datasets"]),
+            ("table1.figure_model", [cfg["table1"]["figure_model"]], cfg["table1"]["models"]),
+            ("table1.figure1_model", [cfg["table1"]["figure1_model"]] if "TC" in cfg["table1"]["datasets"] else [],
+             cfg["table1"]["models"]),
+            ("table1.models (the ST-vs-CNN figure compares with the CNN)", ["CNN"], cfg["table1"]["models"])],
+    ),
+    Experiment(
+        name="table4", module="classification", title="Table 4: test error (%) on two-digit MNIST addition (RTS)",
+        paper="table4_mnist_addition",
+        summary="Appendix A.1: two parallel transformers (2xST-FCN) each take one digit and beat every single-transformer model.",
+        datasets=("ADD",), models=TABLE4_MODELS,
+        grid=lambda c, cfg: Grid(["ADD"], list(c["models"]), list(c["seeds"])),
+        figures=lambda c: ["figures/table4_transformers.png"], protocol=MNIST_PROTOCOL, job_keys=("pairings",),
+        references=lambda cfg: [("table4.figure_model", [cfg["table4"]["figure_model"]], cfg["table4"]["models"])],
+    ),
+    Experiment(
+        name="table5", module="colocalisation", title="Table 5: percent of digits co-localised (IoU > 0.5) per class",
+        paper="table5_colocalisation",
+        summary="Appendix A.2: with only the triplet loss of eq. 8, an attention transformer finds the digit of one class "
+                "in 100% of plain (T) and 75-94% of cluttered (TC) canvases.",
+        datasets=("T", "TC"), models=tuple(str(d) for d in range(10)),
+        grid=lambda c, cfg: Grid(list(c["variants"]), [str(d) for d in c["digits"]], [cfg["data"]["seed"]]),
+        figures=lambda c: [f"figures/table5_{c['figure_variant']}_{c['figure_digit']}_steps.png",
+                           f"figures/table5_{c['figure_variant']}_{c['figure_digit']}.gif"],
+        metric="localised", metric_words="percent localised", row_label="Class", column_label="variant",
+        settings_key="optimise", job_keys=("encoder_dataset",),
+        references=lambda cfg: [
+            ("table5.encoder_dataset (its Table 1 CNN is e())", [cfg["table5"]["encoder_dataset"]], cfg["table1"]["datasets"]),
+            ("table5.encoder_dataset (e() is Table 1's CNN)", ["CNN"], cfg["table1"]["models"]),
+            ("table5.figure_variant", [cfg["table5"]["figure_variant"]], cfg["table5"]["variants"]),
+            ("table5.figure_digit", [cfg["table5"]["figure_digit"]], cfg["table5"]["digits"])],
+    ),
+    Experiment(
+        name="volumetric", module="volumetric",
+        title="3-D transformer (appendix A.3): test error (%) on extruded, rotated and translated MNIST volumes",
+        paper="volumetric",
+        summary="Appendix A.3 / Fig. 5: a 3-D affine transformer flattens a rotated volume into a 2-D view for a CNN "
+                "(the paper gives no number; the baseline is ours).",
+        datasets=("MNIST3D",), models=("ST3D", "baseline"),
+        grid=lambda c, cfg: Grid(["MNIST3D"], ["ST3D", "baseline"], list(c["seeds"])),
+        figures=lambda c: ["figures/figure5_3d.png"], job_keys=("widths",),
+    ),
+]}
+
+
+def experiment(name: str) -> Experiment:
+    try:
+        return EXPERIMENTS[name]
+    except KeyError:
+        raise KeyError(f"unknown experiment {name!r}; the registry (stn/paper/registry.py) has {list(EXPERIMENTS)}") from None
+
+
+def outputs(config: dict, name: str) -> list[str]:
+    """Every table and figure the experiment renders for this config, relative to results/."""
+    e = experiment(name)
+    return e.tables + e.figures(config[name])

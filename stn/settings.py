@@ -1,0 +1,136 @@
+"""Settings, resolved once: from the config (and its per-run overrides) to one typed job spec per run.
+
+`TrainSettings` is the one list of training keys: the config schema's `train` and
+`train_override` definitions are derived from its fields, and `resolve_job` is the one function
+that turns a config into the settings of one run. The pipeline writes each run's resolved spec to
+runs/<experiment>/<dataset>/<model>/seed<n>/job.json, which `stn run --job` reads. Torch-free, so
+the Snakefile can import it.
+"""
+from __future__ import annotations
+
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from typing import Any
+
+from .paper import registry
+
+
+def _key(schema: dict, help: str, default: Any = MISSING):
+    return field(default=default, metadata={"schema": schema, "help": help})
+
+
+POSITIVE_INT = {"type": "integer", "minimum": 1}
+OPTIMIZER_NAMES = ("sgd", "adam")
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """How one classification run trains (appendix A.4 unless the config says otherwise)."""
+
+    iterations: int = _key(POSITIVE_INT, "optimiser steps")
+    batch_size: int = _key(POSITIVE_INT, "images per step")
+    lr: float = _key({"type": "number", "exclusiveMinimum": 0}, "base learning rate")
+    momentum: float = _key({"type": "number", "minimum": 0, "maximum": 1}, "SGD momentum, or Adam's beta1")
+    lr_step: int = _key(POSITIVE_INT, "iterations between learning-rate drops")
+    lr_gamma: float = _key({"type": "number", "exclusiveMinimum": 0, "maximum": 1}, "factor of each drop")
+    weight_decay: float = _key({"type": "number", "minimum": 0}, "L2 weight decay")
+    loc_lr_mult: float = _key({"type": "number", "exclusiveMinimum": 0}, "localisation-net learning-rate multiplier")
+    eval_every: int = _key(POSITIVE_INT, "iterations between validation evaluations")
+    eval_samples: int = _key(POSITIVE_INT, "validation images per evaluation")
+    checkpoint_every: int = _key(POSITIVE_INT, "iterations between checkpoints (a killed job resumes from the last)")
+    channels_last: bool = _key({"type": "boolean"}, "channels-last memory layout for 2-D inputs")
+    optimizer: str = _key({"enum": list(OPTIMIZER_NAMES)}, "sgd (the paper's) or adam, whose beta1 is momentum", "sgd")
+    device: str = field(default="auto", metadata={"help": "auto, cpu or cuda; the config's top-level device"})
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainSettings":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown training settings {sorted(unknown)}; known: {sorted(known)}")
+        missing = [f.name for f in fields(cls) if f.default is MISSING and f.name not in d]
+        if missing:
+            raise ValueError(f"training settings lack {missing}")
+        if d.get("optimizer", "sgd") not in OPTIMIZER_NAMES:
+            raise ValueError(f"optimizer {d['optimizer']!r} is not one of {sorted(OPTIMIZER_NAMES)}")
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _config_keys() -> list:
+    return [f for f in fields(TrainSettings) if "schema" in f.metadata]
+
+
+def train_schema() -> dict:
+    """The schema of a config's `train` mapping, from TrainSettings' fields."""
+    return {"type": "object", "additionalProperties": False,
+            "required": [f.name for f in _config_keys() if f.default is MISSING],
+            "properties": {f.name: {**f.metadata["schema"], "description": f.metadata["help"]} for f in _config_keys()}}
+
+
+def override_schema(datasets: list[str], models: list[str]) -> dict:
+    """One `train_overrides` entry: a selector (data set, model or both) and any training keys."""
+    props = {f.name: {**f.metadata["schema"], "description": f.metadata["help"]} for f in _config_keys()}
+    return {"type": "object", "additionalProperties": False, "minProperties": 2,
+            "properties": {"dataset": {"enum": list(datasets)}, "model": {"enum": list(models)}, **props},
+            "anyOf": [{"required": ["dataset"]}, {"required": ["model"]}],
+            "description": "settings that replace the table's train settings for the runs it selects"}
+
+
+class SettingsError(ValueError):
+    pass
+
+
+def overrides(config: dict, name: str) -> list[dict]:
+    """The section's `train_overrides` as [{"select": {dataset and/or model}, "settings": {...}}], checked."""
+    section, out, seen = config[name], [], set()
+    models = registry.experiment(name).grid(section, config).models
+    for entry in section.get("train_overrides") or []:
+        entry = dict(entry)
+        select = {k: entry.pop(k) for k in ("dataset", "model") if k in entry}
+        if "model" in select and select["model"] not in models:
+            raise SettingsError(f"{name}.train_overrides names model {select['model']}, which is not in {name}.models")
+        key = tuple(sorted(select.items()))
+        if key in seen:
+            raise SettingsError(f"{name}.train_overrides names {'/'.join(select.values())} twice; merge the two entries")
+        seen.add(key)
+        out.append({"select": select, "settings": entry})
+    return out
+
+
+def table_settings(config: dict, name: str) -> dict:
+    """The experiment's settings before any override (what its caption compares with the paper)."""
+    e = registry.experiment(name)
+    base = dict(config[name][e.settings_key])
+    return TrainSettings.from_dict({**base, "device": config["device"]}).to_dict() if e.settings_key == "train" else base
+
+
+def resolve_job(config: dict, name: str, dataset: str, model: str, seed: int) -> dict:
+    """The job spec of one run: what it is, its resolved settings and its experiment's extras."""
+    e = registry.experiment(name)
+    grid = e.grid(config[name], config)
+    if dataset not in grid.datasets or model not in grid.models or int(seed) not in grid.seeds:
+        raise SettingsError(f"{name} has no run {dataset}/{model}/seed{seed} in this config "
+                            f"(data sets {grid.datasets}, models {grid.models}, seeds {grid.seeds})")
+    settings = dict(config[name][e.settings_key])
+    run = {"dataset": dataset, "model": model}
+    for o in overrides(config, name):
+        if all(run[k] == v for k, v in o["select"].items()):
+            settings.update(o["settings"])
+    if e.settings_key == "train":
+        settings = TrainSettings.from_dict({**settings, "device": config["device"]}).to_dict()
+    extra = {k: config[name][k] for k in e.job_keys}
+    return canonical({"experiment": name, "dataset": dataset, "model": model, "seed": int(seed), "settings": settings,
+            "extra": extra, "results": config["results"]})
+
+
+def canonical(obj):
+    """`obj` with every mapping's keys sorted: Snakemake compares a params value's text, so the same
+    settings written in another key order (a re-dumped YAML) must not rerun a job."""
+    if isinstance(obj, dict):
+        return {k: canonical(obj[k]) for k in sorted(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [canonical(v) for v in obj]
+    return obj
+

@@ -1,0 +1,126 @@
+"""The experiment registry is the one place that names experiments, data sets and the run layout."""
+import copy
+import re
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stn import settings
+from stn.cli import parser
+from stn.config import ConfigError, schema, validate
+from stn.data import distort
+from stn.experiments import module
+from stn.paper import paper_number, registry
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.json"
+
+
+def smoke():
+    return yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
+
+
+@pytest.mark.parametrize("name", list(registry.EXPERIMENTS))
+def test_every_experiment_has_its_module_rules_and_schema_part(name):
+    m = module(name)
+    for fn in ("build_data", "build_model", "run_job", "render"):
+        assert callable(getattr(m, fn)), f"stn.experiments.{registry.EXPERIMENTS[name].module}.{fn}"
+    assert (ROOT / "workflow" / "rules" / f"{name}.smk").exists()
+    assert schema(SCHEMA)["properties"][name] == yaml.safe_load((SCHEMA.parent / f"{name}.schema.json").read_text())
+
+
+def test_distorted_data_sets_name_their_generators():
+    for name in registry.datasets("distort"):
+        assert callable(getattr(distort, registry.DATASETS[name].generator)), name
+    with pytest.raises(ValueError, match="unknown data set 'XYZ'"):
+        distort.generate("XYZ", {}, 0)
+
+
+def test_no_rule_cli_or_report_file_spells_out_names_or_the_run_layout():
+    """Experiment and data-set names and the runs/ layout live in stn/paper/registry.py only."""
+    names = [*registry.EXPERIMENTS, *registry.DATASETS]
+    texts = {p: p.read_text() for p in [ROOT / "Snakefile", ROOT / "stn" / "cli.py", ROOT / "stn" / "report" / "readme.py",
+                                        ROOT / "workflow" / "rules" / "common.smk", ROOT / "workflow" / "rules" / "setup.smk",
+                                        ROOT / "workflow" / "rules" / "classification.smk",
+                                        ROOT / "workflow" / "rules" / "data.smk"]}
+    for path, text in texts.items():
+        code = "\n".join(line.split("#")[0] for line in text.splitlines())  # comments may name them
+        assert "runs/" not in code and "/seed{" not in code, path
+        for n in names:
+            assert not re.search(rf'["\']{re.escape(n)}["\']', code), (path, n)
+
+
+def test_cli_choices_come_from_the_registry():
+    p = parser()
+    sub = next(a for a in p._actions if a.dest == "step").choices
+    distort_name = next(a for a in sub["distort"]._actions if a.dest == "name")
+    assert distort_name.choices == registry.datasets("distort")
+    experiments = next(a for a in sub["mlflow-init"]._actions if a.dest == "experiments")
+    assert experiments.choices == list(registry.EXPERIMENTS)
+
+
+def test_readme_command_does_not_clash_with_the_step_name(capsys):
+    """`stn readme --command ...` once overwrote the subcommand's name in error messages."""
+    from stn.cli import main
+
+    assert main(["readme", "--results", "/nonexistent", "--readme", "/nonexistent/README.md", "--command", "x y"]) == 1
+    assert capsys.readouterr().err.startswith("stn readme: error:")
+
+
+def test_training_keys_are_listed_once():
+    keys = {f.name for f in fields(settings.TrainSettings)} - {"device"}
+    assert set(settings.train_schema()["properties"]) == keys
+    override = settings.override_schema(["R"], ["CNN"])
+    assert set(override["properties"]) == keys | {"dataset", "model"} and "required" not in override
+    full = schema(SCHEMA)
+    assert full["$defs"]["train"] == settings.train_schema()
+    assert full["$defs"]["table1_override"]["properties"]["dataset"] == {"enum": list(registry.EXPERIMENTS["table1"].datasets)}
+
+
+def test_resolve_job_applies_overrides_in_order_and_checks_the_run():
+    cfg = smoke()
+    cfg["table1"]["train_overrides"] = [{"dataset": "R", "iterations": 20, "lr": 0.5}, {"dataset": "R", "model": "CNN", "lr": 0.1}]
+    job = settings.resolve_job(cfg, "table1", "R", "CNN", 1)
+    assert job["settings"]["iterations"] == 20 and job["settings"]["lr"] == 0.1 and job["settings"]["device"] == "auto"
+    assert settings.resolve_job(cfg, "table1", "R", "FCN", 1)["settings"]["lr"] == 0.5
+    assert settings.resolve_job(cfg, "table1", "TC", "FCN", 1)["settings"]["lr"] == cfg["table1"]["train"]["lr"]
+    assert settings.resolve_job(cfg, "table4", "ADD", "FCN", 1)["extra"] == {"pairings": cfg["table4"]["pairings"]}
+    assert settings.resolve_job(cfg, "table5", "TC", "8", cfg["data"]["seed"])["settings"] == cfg["table5"]["optimise"]
+    with pytest.raises(settings.SettingsError, match="table1 has no run P/CNN/seed1"):
+        settings.resolve_job(cfg, "table1", "P", "CNN", 1)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: c["table1"].update(figure_datasets=["P"]), "table1.figure_datasets: 'P' is not among"),
+    (lambda c: c["table1"].update(figure_model="ST-FCN-TPS"), "table1.figure_model: 'ST-FCN-TPS' is not among"),
+    (lambda c: c["table1"].update(figure_model="CNN"), "table1.figure_model: 'CNN' does not match '^ST-'"),
+    (lambda c: c["table4"].update(figure_model="2xST-FCN-TPS"), "table4.figure_model: '2xST-FCN-TPS' is not among"),
+    (lambda c: c["table5"].update(figure_digit=3), "table5.figure_digit: 3 is not among [8]"),
+    (lambda c: c["table5"].update(encoder_dataset="E"), "table5.encoder_dataset (its Table 1 CNN is e()): 'E' is not among"),
+    (lambda c: c["table1"]["train_overrides"].append({"dataset": "ADD", "lr": 1.0}), "table1.train_overrides.1.dataset"),
+])
+def test_references_between_sections_are_checked_before_any_job(edit, message):
+    cfg = copy.deepcopy(smoke())
+    edit(cfg)
+    with pytest.raises(ConfigError) as err:
+        validate(cfg, SCHEMA)
+    assert message in str(err.value)
+
+
+def test_paper_numbers_of_every_registered_table():
+    assert paper_number("table4", "2xST-FCN-TPS", "ADD") == (5.8, False)
+    assert paper_number("table5", "3", "TC") == (75, False)
+    assert paper_number("volumetric", "ST3D", "MNIST3D") == (None, False)
+    assert paper_number("table1", "ST-CNN-Aff", "TC") == (1.7, True)
+
+
+def test_outputs_follow_the_config():
+    cfg = smoke()
+    assert registry.outputs(cfg, "table1") == [
+        "tables/table1.csv", "tables/table1.md", "tables/table1.tex", "tables/table1.html", "figures/table1_data.png",
+        "figures/table1_curves.png", "figures/table1_RTS_st_vs_cnn.png", "figures/figure1.png"]
+    cfg["table1"]["datasets"] = ["R", "RTS"]
+    assert "figures/figure1.png" not in registry.outputs(cfg, "table1")
+    assert str(registry.run_dir("res", "table5", "TC", "8", 0)) == "res/runs/table5/TC/8/seed0"

@@ -1,0 +1,80 @@
+# First steps shared by every experiment: the compiled samplers, MNIST, the MLflow experiments, and
+# the resolved settings each run (job.json) and each render step (specs/<experiment>.json) reads.
+
+
+rule build_extension:
+    """Compile the C++/CUDA samplers once (cached by source hash; never raced by parallel jobs)."""
+    output:
+        result("extension.json"),
+    log:
+        log_file("build_extension"),
+    benchmark:
+        benchmark_file("build_extension")
+    shell:
+        "stn build-ext --stamp {output} > {log} 2>&1"
+
+
+rule mnist:
+    """MNIST as canonical uint8 arrays, verified against ../shared/DATA.md's sha256 values."""
+    output:
+        data_file("mnist"),
+    params:
+        source=config["mnist"]["source"],
+        path=f'--path {config["mnist"]["path"]}' if config["mnist"].get("path") else "",
+    log:
+        log_file("mnist"),
+    benchmark:
+        benchmark_file("mnist")
+    shell:
+        "stn mnist --out {output} --source {params.source} {params.path} > {log} 2>&1"
+
+
+rule mlflow_experiments:
+    """One MLflow experiment per paper table, created before any training job starts."""
+    output:
+        result("mlflow/experiments.json"),
+    params:
+        names=list(EXPERIMENTS),
+        results=lambda wildcards, output: Path(output[0]).parents[1],  # the results directory
+    log:
+        log_file("mlflow_experiments"),
+    benchmark:
+        benchmark_file("mlflow_experiments")
+    shell:
+        "stn mlflow-init --results {params.results} --experiments {params.names} --out {output} > {log} 2>&1"
+
+
+rule job_spec:
+    """job.json in the run directory (registry.RUN_DIR): the run's resolved settings, which `stn run --job` reads."""
+    output:
+        run_file("job.json"),
+    wildcard_constraints:
+        experiment="|".join(EXPERIMENTS),
+    params:
+        job=job_spec,
+    log:
+        run_log(suffix="_job"),
+    localrule: True
+    run:
+        from stn.io import write_json, write_text
+
+        write_json(output[0], params.job)
+        write_text(log[0], f"wrote {output[0]}\n")
+
+
+rule experiment_spec:
+    """specs/<experiment>.json: the resolved config section and runs that the experiment's render step reads."""
+    output:
+        spec_file(),
+    wildcard_constraints:
+        experiment="|".join(EXPERIMENTS),
+    params:
+        spec=experiment_spec,
+    log:
+        log_file("{experiment}_spec"),
+    localrule: True
+    run:
+        from stn.io import write_json, write_text
+
+        write_json(output[0], params.spec)
+        write_text(log[0], f"wrote {output[0]}\n")
