@@ -28,6 +28,16 @@ def cmd_distort(a) -> None:
     _log(f"wrote {a.out}")
 
 
+def cmd_sequences(a) -> None:
+    from .experiments.multidigit import build_data
+
+    out = {int(k): Path(v) for k, v in _inputs(a.out).items()}
+    build_data(a.source, out, a.seed, Path(a.mnist) if a.mnist else None,
+               {"train": a.train, "val": a.val, "test": a.test},
+               {"path": a.svhn_path, "use_extra": a.use_extra, "validation": a.validation})
+    _log(f"wrote {', '.join(str(p) for p in out.values())}")
+
+
 def cmd_mlflow_init(a) -> None:
     from . import tracking
     from .io import write_json
@@ -136,9 +146,25 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument(f"--limit-{split}", type=int, default=None, help=f"use only the first N {split} digits")
     s.set_defaults(fn=cmd_distort)
 
+    s = sub.add_parser("sequences", help="multi-digit data sets at 64 and 128 px: the MNIST stand-in or SVHN",
+                       epilog="example: stn sequences --source standin --mnist results/data/mnist.npz "
+                              "--out 64=/tmp/s64.npz 128=/tmp/s128.npz --train 2000")
+    s.add_argument("--source", required=True, choices=["standin", "svhn"],
+                   help="standin: MNIST digit sequences (synthetic); svhn: SVHN format 1 from --svhn-path")
+    s.add_argument("--out", nargs="+", required=True, metavar="SIZE=PATH", help="where each size's npz goes (64 and 128)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--mnist", default=None, help="standin: the MNIST npz")
+    for split, n in (("train", 20000), ("val", 1000), ("test", 2000)):
+        s.add_argument(f"--{split}", type=int, default=n, help=f"standin: {split} sequences")
+    s.add_argument("--svhn-path", default=None, help="svhn: folder with train/, test/ (and extra/) or their .tar.gz")
+    s.add_argument("--use-extra", action="store_true", help="svhn: add the 202k extra images to train")
+    s.add_argument("--validation", type=int, default=5000, help="svhn: training images held out for validation")
+    s.set_defaults(fn=cmd_sequences)
+
     s = sub.add_parser("mlflow-init", help="create the MLflow experiments before training starts")
     s.add_argument("--results", required=True)
-    s.add_argument("--experiments", nargs="+", required=True, choices=list(registry.EXPERIMENTS))
+    s.add_argument("--experiments", nargs="*", default=[], choices=list(registry.EXPERIMENTS),
+                   help="the experiments to create (none: only set up the store)")
     s.add_argument("--out", required=True)
     s.set_defaults(fn=cmd_mlflow_init)
 

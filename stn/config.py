@@ -56,6 +56,7 @@ def references(config: dict) -> list[str]:
     for e in registry.EXPERIMENTS.values():
         for key, values, among in e.references(config):
             problems += [f"{key}: {v!r} is not among {among}, which the config trains" for v in values if v not in among]
+        problems += e.problems(config)
         try:
             settings.overrides(config, e.name)
         except settings.SettingsError as exc:

@@ -49,8 +49,10 @@ def client(uri: str):
 
 
 def ensure_experiments(uri: str, names: list[str], artifacts: str | None) -> dict[str, str]:
-    """Create (or find) one experiment per name; returns name -> experiment id."""
+    """Create (or find) one experiment per name; returns name -> experiment id. With no names, only
+    sets up the store (a new SQLite database gets its schema here)."""
     c = client(uri)
+    _retry(lambda: c.search_experiments(max_results=1))
     ids = {}
     for name in names:
         exp = _retry(lambda: c.get_experiment_by_name(name))

@@ -100,14 +100,24 @@ def predict(model: nn.Module, x, device: torch.device, channels_last: bool, batc
     model.eval()
     out = []
     for start in range(0, len(x), batch):
-        out.append(model(as_input(x[start : start + batch], device, channels_last)).argmax(1).cpu())
+        out.append(model(as_input(x[start : start + batch], device, channels_last)).argmax(-1).cpu())
     model.train()
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
 
 
 def error_rate(model, x, y, device, channels_last, batch: int = 500) -> float:
+    """Percent of wrong predictions; for sequence labels (N, P), of sequences with any position wrong."""
     pred = predict(model, x, device, channels_last, batch)
-    return float((pred != y).float().mean().item() * 100) if len(y) else float("nan")
+    wrong = pred != y
+    return float((wrong.any(-1) if wrong.dim() > 1 else wrong).float().mean().item() * 100) if len(y) else float("nan")
+
+
+def classification_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy; for sequence logits (N, P, C) against labels (N, P), the sum of the P positions'
+    softmax losses (one classifier per position, as Table 2's model), averaged over the batch."""
+    if logits.dim() == 3:
+        return F.cross_entropy(logits.transpose(1, 2), y, reduction="none").sum(1).mean()
+    return F.cross_entropy(logits, y)
 
 
 def git_commit() -> str:
@@ -188,7 +198,7 @@ def train_run(
             idx = batches.next()
             x = as_input(x_train[idx], device, settings.channels_last)
             y = y_train[idx].to(device)
-            loss = F.cross_entropy(model(x), y)
+            loss = classification_loss(model(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -36,12 +36,12 @@ def test_dry_run_shows_the_whole_dag(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     counts = {line.split()[0]: int(line.split()[1]) for line in proc.stdout.splitlines()
               if len(line.split()) == 2 and line.split()[1].isdigit()}
-    for rule in ["mnist", "build_extension", "mlflow_experiments", "distort", "classification_params", "job_spec",
+    for rule in ["mnist", "build_extension", "mlflow_store", "mlflow_experiment", "distort", "classification_params", "job_spec", "table2_data",
                  "experiment_spec", "volumes", *registry.EXPERIMENTS]:
         assert counts.get(rule) and counts[rule] >= 1, rule
     assert counts["classification_run"] == 5 * 8 * 2 + 8  # default config: Table 1 (data x models x seeds), Table 4
-    assert counts["table5_run"] == 20 and counts["volumetric_run"] == 2
-    assert counts["job_spec"] == 5 * 8 * 2 + 8 + 20 + 2 and counts["experiment_spec"] == len(registry.EXPERIMENTS)
+    assert counts["table5_run"] == 20 and counts["volumetric_run"] == 2 and counts["table2_run"] == 3 * 2
+    assert counts["job_spec"] == 5 * 8 * 2 + 8 + 20 + 2 + 6 and counts["experiment_spec"] == len(registry.EXPERIMENTS)
 
 
 def test_smoke_outputs_agree(smoke):
@@ -104,10 +104,17 @@ def test_smoke_appendix_experiments(smoke):
     metrics = [json.loads(p.read_text()) for p in (smoke / "runs" / "volumetric").rglob("metrics.json")]
     assert {m["model"] for m in metrics} == {"ST3D", "baseline"}
     assert all(m["peak_rss_gib"] < 8 for m in metrics)
-    for fig in ["figure1.png", "table4_transformers.png", "figure5_3d.png", "table5_TC_8_steps.png"]:
+    for fig in ["figure1.png", "table2_transformers.png", "table4_transformers.png", "figure5_3d.png", "table5_TC_8_steps.png"]:
         assert (smoke / "figures" / fig).read_bytes()[:4] == b"\x89PNG"
     assert (smoke / "figures" / "table5_TC_8.gif").read_bytes()[:3] == b"GIF"
-    for experiment, n in [("table4", 3), ("table5", 2), ("volumetric", 2)]:
+    t2 = (smoke / "tables" / "table2.md").read_text()
+    assert "synthetic stand-in of MNIST digit sequences, not SVHN" in t2 and "| paper: SVHN 64px | paper: SVHN 128px |" in t2
+    t2_runs = [json.loads(p.read_text()) for p in (smoke / "runs" / "table2").rglob("metrics.json")]
+    assert {(m["dataset"], m["model"]) for m in t2_runs} == {
+        (f"SEQ{s}", m) for s in cfg["table2"]["sizes"] for m in cfg["table2"]["models"]}
+    assert all(0 < m["zoom"] < 2 and m["shift"] >= 0 for m in t2_runs if m["model"] != "CNN")
+    assert json.loads((smoke / "data" / "SEQ128.json").read_text())["sizes"] == cfg["table2"]["sequences"]
+    for experiment, n in [("table2", 6), ("table4", 3), ("table5", 2), ("volumetric", 2)]:
         runs = tracking.find_runs(tracking.default_uri(smoke), experiment)
         assert len(runs) == n and all(r.info.status == "FINISHED" for r in runs)
 

@@ -23,14 +23,17 @@ def paper_number(table: str, model: str, dataset: str) -> tuple[float | None, bo
     has none."""
     if table == "table1":
         return table1_paper(model, dataset)
-    rows = results().get(experiment(table).paper, {}).get("rows", {})
-    row = rows.get(display_name(model), rows.get(int(model)) if str(model).isdigit() else None)
-    return (row.get(dataset) if isinstance(row, dict) else row), False
+    e = experiment(table)
+    rows = results().get(e.paper, {}).get("rows", {})
+    name = e.paper_rows.get(model, display_name(model))
+    row = rows.get(name, rows.get(int(model)) if str(model).isdigit() else None)
+    column = DATASETS[dataset].paper_column if dataset in DATASETS and DATASETS[dataset].paper_column else dataset
+    return (row.get(column) if isinstance(row, dict) else row), False
 
 
 def display_name(model: str) -> str:
     """Config name -> the paper's row name ("ST-CNN-Aff" -> "ST-CNN Aff")."""
-    for t in ("Aff", "Proj", "TPS"):
+    for t in ("Aff", "Proj", "TPS", "Single", "Multi"):
         model = model.replace(f"-{t}", f" {t}")
     return model
 

@@ -48,6 +48,8 @@ class Dataset:
     channels: int = 1
     classes: int = 10
     pool_after_st: bool = False  # appendix A.4: 2x average pooling after the transformer (RTS and TC)
+    paper_column: str | None = None  # the column of the paper's table that this data set is (or stands in for)
+    stands_in_for: str | None = None  # a synthetic stand-in's original; its table never puts the paper's number beside ours
 
 
 DATASETS: dict[str, Dataset] = {d.name: d for d in [
@@ -61,6 +63,14 @@ DATASETS: dict[str, Dataset] = {d.name: d for d in [
     Dataset("ADD", "distort", "addition_pairs", 42, "two RTS digits as two channels, labelled by their sum",
             channels=2, classes=19, pool_after_st=True),
     Dataset("MNIST3D", "volumes", None, 60, "a digit extruded into a slab, rotated and translated in a 60³ volume"),
+    Dataset("SEQ64", "sequences", None, 64, "1-5 MNIST digits in a row, their 30%-expanded box resized to 64×64",
+            classes=11, paper_column="64px", stands_in_for="SVHN 64px"),
+    Dataset("SEQ128", "sequences", None, 128, "the SEQ64 picture shrunk into a cluttered 128×128 canvas",
+            classes=11, paper_column="128px", stands_in_for="SVHN 128px"),
+    Dataset("SVHN64", "svhn", None, 64, "SVHN's numbers, 30%-expanded box resized to 64×64", channels=3, classes=11,
+            paper_column="64px"),
+    Dataset("SVHN128", "svhn", None, 128, "SVHN's numbers, inflated crops with more background resized to 128×128",
+            channels=3, classes=11, paper_column="128px"),
 ]}
 
 
@@ -108,6 +118,8 @@ class Experiment:
     job_keys: tuple[str, ...] = ()  # other keys of the section that a run needs (copied into its job.json)
     # (key, values, allowed) triples the schema cannot check: values that must name something the config trains
     references: Callable[[dict], list[tuple[str, list, list]]] = lambda config: []
+    problems: Callable[[dict], list[str]] = lambda config: []  # other checks of the config, as messages
+    paper_rows: dict = field(default_factory=dict)  # model -> the paper's row name, where it is not display_name's
 
     @property
     def tables(self) -> list[str]:
@@ -130,6 +142,20 @@ MNIST_PROTOCOL = {
     "param_target": 400_000,
 }
 
+# Appendix A.5: the SVHN protocol (localisation nets at 0.1x the base rate, dropout 0.5, 2 seeds).
+SVHN_PROTOCOL = {
+    "iterations": 400_000,
+    "batch_size": 128,
+    "lr": 0.01,
+    "momentum": 0.0,
+    "optimizer": "sgd",
+    "lr_step": 80_000,
+    "lr_gamma": 0.1,
+    "weight_decay": 0.0005,
+    "loc_lr_mult": 0.1,
+    "seeds": 2,
+}
+
 TABLE1_MODELS = ("FCN", "CNN", "ST-FCN-Aff", "ST-FCN-Proj", "ST-FCN-TPS", "ST-CNN-Aff", "ST-CNN-Proj", "ST-CNN-TPS")
 TABLE4_MODELS = ("FCN", "CNN", "ST-FCN-Aff", "ST-FCN-Proj", "ST-FCN-TPS", "2xST-FCN-Aff", "2xST-FCN-Proj", "2xST-FCN-TPS")
 
@@ -138,6 +164,18 @@ def _table1_figures(c: dict) -> list[str]:
     out = ["figures/table1_data.png", "figures/table1_curves.png"]
     out += [f"figures/table1_{d}_st_vs_cnn.png" for d in c["figure_datasets"]]
     return out + (["figures/figure1.png"] if "TC" in c["datasets"] else [])
+
+
+def _svhn_problems(c: dict) -> list[str]:
+    if c["source"] != "svhn":
+        return []
+    where = "the folder holding SVHN's train/ and test/ (or train.tar.gz and test.tar.gz)"
+    if not c["svhn"].get("path"):
+        return [f"table2.svhn.path: table2.source is svhn but no path is set; point it at {where}, "
+                f"or set table2.source: standin"]
+    if not Path(c["svhn"]["path"]).is_dir():
+        return [f"table2.svhn.path: {c['svhn']['path']} is not a directory; point it at {where}"]
+    return []
 
 
 EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
@@ -154,6 +192,20 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
             ("table1.figure1_model", [cfg["table1"]["figure1_model"]] if "TC" in cfg["table1"]["datasets"] else [],
              cfg["table1"]["models"]),
             ("table1.models (the ST-vs-CNN figure compares with the CNN)", ["CNN"], cfg["table1"]["models"])],
+    ),
+    Experiment(
+        name="table2", module="multidigit",
+        title="Table 2: sequence error (%) of multi-digit recognition", paper="table2_svhn",
+        summary="Sect. 4.2: on SVHN, transformers in the CNN (Single: one on the input; Multi: one before each of "
+                "the first four conv layers) lower the sequence error, most on the 128 px crops with more background "
+                "(CNN 5.6, ST-CNN 3.9).",
+        datasets=("SEQ64", "SEQ128", "SVHN64", "SVHN128"), models=("CNN", "ST-CNN-Single", "ST-CNN-Multi"),
+        grid=lambda c, cfg: Grid([f"{'SVHN' if c['source'] == 'svhn' else 'SEQ'}{s}" for s in c["sizes"]],
+                                 list(c["models"]), list(c["seeds"])),
+        figures=lambda c: ["figures/table2_transformers.png"], metric_words="sequence error", protocol=SVHN_PROTOCOL,
+        job_keys=("net",), paper_rows={"CNN": "CNN (ours)"},
+        references=lambda cfg: [("table2.figure_model", [cfg["table2"]["figure_model"]], cfg["table2"]["models"])],
+        problems=lambda cfg: _svhn_problems(cfg["table2"]),
     ),
     Experiment(
         name="table4", module="classification", title="Table 4: test error (%) on two-digit MNIST addition (RTS)",

@@ -250,3 +250,36 @@ def colocalisation_steps(images: np.ndarray, steps: list[int], boxes: np.ndarray
         anim.save(str(tmp), writer=animation.PillowWriter(fps=4))
     plt.close(fig)
     return [grid_path, gif_path]
+
+
+def _sequence(labels) -> str:
+    """Digits of a label row (N positions, class 10 = blank) as text."""
+    return "".join(str(int(v)) for v in labels if int(v) != 10) or "-"
+
+
+def sequence_transformers(panels: list, out: Path, title: str) -> Path:
+    """Table 2 (right): per data set, test inputs with the region the first transformer samples drawn on
+    them (red), and its output. `panels`: (name, x (N, C, H, W), grid (N, H', W', 2), output, labels (N, 5),
+    predictions (N, 5))."""
+    k = max(len(p[1]) for p in panels)
+    fig, axes = plt.subplots(2 * len(panels), k, figsize=(1.6 * k, 3.4 * len(panels)), squeeze=False)
+    for r, (name, x, grid, warped, labels, preds) in enumerate(panels):
+        h, w = x.shape[-2:]
+        for i in range(len(x)):
+            top, bottom = axes[2 * r, i], axes[2 * r + 1, i]
+            img = x[i].permute(1, 2, 0).squeeze(-1).numpy()
+            top.imshow(img, cmap="gray", vmin=0, vmax=1)
+            for line in _outline(grid[i], w, h)[:4]:
+                top.plot(line[..., 0], line[..., 1], color="tab:red", lw=1.0)
+            top.set_xlim(-0.5, w - 0.5)
+            top.set_ylim(h - 0.5, -0.5)
+            bottom.imshow(warped[i].permute(1, 2, 0).squeeze(-1).clamp(0, 1).numpy(), cmap="gray", vmin=0, vmax=1)
+            truth, pred = _sequence(labels[i]), _sequence(preds[i])
+            bottom.set_xlabel(f"{truth} → {pred}", fontsize=7, color="tab:green" if truth == pred else "tab:red")
+            for a in (top, bottom):
+                a.set_xticks([])
+                a.set_yticks([])
+        axes[2 * r, 0].set_ylabel(f"{name}\ninput + region", fontsize=8)
+        axes[2 * r + 1, 0].set_ylabel("transformer\noutput", fontsize=8)
+    fig.suptitle(f"{title} (label → prediction; green: whole sequence right)", fontsize=9)
+    return save(fig, out)

@@ -44,63 +44,79 @@ def protocol_caption(title: str, config_name: str, settings: dict, seeds: int, p
             + "".join(f" {phrase}." for phrase in override_phrases(overrides, datasets)))
 
 
-def _cell(stats, paper, from_text, fmt) -> str:
-    ours = "—"
-    if stats:
-        mean, std, n = stats
-        ours = f"{mean:.1f}" + (f" ± {std:.1f}" if std is not None else "")
-    theirs = "—" if paper is None else f"{paper:.1f}{'†' if from_text else ''}"
-    return fmt(ours, theirs)
+def _ours(stats) -> str:
+    if not stats:
+        return "—"
+    mean, std, n = stats
+    return f"{mean:.1f}" + (f" ± {std:.1f}" if std is not None else "")
+
+
+def _theirs(paper, from_text) -> str:
+    return "—" if paper is None else f"{paper:.1f}{'†' if from_text else ''}"
 
 
 def render_table(records: list[dict], datasets: list[str], models: list[str], caption: str, out_dir: Path,
                  name: str, paper: Callable[[str, str], tuple[float | None, bool]] | None = None) -> dict[str, Path]:
     """results/tables/<name>.{csv,md,tex,html} for registered experiment `name`: rows = models,
-    columns = data sets, 'ours (paper)'; the metric and row label come from the registry."""
+    columns = data sets, 'ours (paper)'; the metric and row label come from the registry.
+
+    A synthetic stand-in's column (registry Dataset.stands_in_for) holds our number alone; the paper's
+    numbers for the data set it stands in for get their own, labelled columns."""
     e = registry.experiment(name)
-    key, row_label = e.metric, e.row_label
     paper = paper or (lambda m, d: paper_number(name, m, d))
-    stats = summarize(records, key)
+    stats = summarize(records, e.metric)
+    standin = {d: registry.DATASETS[d].stands_in_for for d in datasets
+               if d in registry.DATASETS and registry.DATASETS[d].stands_in_for}
     out_dir = Path(out_dir)
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["model", "dataset", "ours_mean", "ours_std", "seeds", "paper", "paper_from_text"])
+    w.writerow(["model", "dataset", "ours_mean", "ours_std", "seeds", "paper", "paper_from_text"]
+               + (["stands_in_for", "paper_of_original"] if standin else []))
     for m in models:
         for d in datasets:
             s = stats.get((m, d))
             number, from_text = paper(m, d)
+            shown = "" if number is None or d in standin else number
             w.writerow([m, d, f"{s[0]:.4f}" if s else "", f"{s[1]:.4f}" if s and s[1] is not None else "",
-                        s[2] if s else 0, "" if number is None else number, int(from_text)])
+                        s[2] if s else 0, shown, int(from_text)]
+                       + ([standin.get(d, ""), "" if number is None or d not in standin else number] if standin else []))
     csv_path = out_dir / f"{name}.csv"
     write_text(csv_path, buf.getvalue())
 
-    md = [f"**{caption}**", "", f"| {row_label} | " + " | ".join(datasets) + " |", "|---|" + "---|" * len(datasets)]
+    header = [e.row_label, *datasets, *(f"paper: {o}" for o in standin.values())]
+    rows = []
     for m in models:
-        cells = [_cell(stats.get((m, d)), *paper(m, d), lambda o, t: f"{o} ({t})") for d in datasets]
-        md.append(f"| {display_name(m)} | " + " | ".join(cells) + " |")
-    notes = [f"Cells: our {e.metric_words} in %, mean ± std over seeds (the paper's number in parentheses)."]
+        cells = [_ours(stats.get((m, d))) if d in standin else f"{_ours(stats.get((m, d)))} ({_theirs(*paper(m, d))})"
+                 for d in datasets]
+        rows.append([display_name(m), *cells, *(_theirs(*paper(m, d)) for d in standin)])
+    if standin:
+        notes = [f"Cells: our {e.metric_words} in %, mean ± std over seeds, on synthetic stand-ins built from MNIST "
+                 f"({', '.join(f'{d} for {o}' for d, o in standin.items())}). The paper's numbers are on the real data, "
+                 f"in their own columns for reference: they are not comparable with ours."]
+    else:
+        notes = [f"Cells: our {e.metric_words} in %, mean ± std over seeds (the paper's number in parentheses)."]
     if any(paper(m, d)[1] for m in models for d in datasets):
         notes.append("† TC: the paper reports one ST-FCN and one ST-CNN number in the text without naming the transform.")
-    md += [""] + notes
+
+    md = [f"**{caption}**", "", "| " + " | ".join(header) + " |", "|---|" + "---|" * (len(header) - 1)]
+    md += ["| " + " | ".join(r) + " |" for r in rows] + [""] + notes
     md_path = out_dir / f"{name}.md"
     write_text(md_path, "\n".join(md) + "\n")
 
-    tex = ["\\begin{table}", "\\centering", "\\begin{tabular}{l" + "c" * len(datasets) + "}", "\\hline",
-           f"{row_label} & " + " & ".join(datasets) + " \\\\", "\\hline"]
-    for m in models:
-        cells = [_cell(stats.get((m, d)), *paper(m, d), lambda o, t: f"{o} ({t})") for d in datasets]
-        cells = [c.replace("±", "$\\pm$").replace("†", "$^\\dagger$").replace("—", "--") for c in cells]
-        tex.append(f"{display_name(m)} & " + " & ".join(cells) + " \\\\")
+    tex = ["\\begin{table}", "\\centering", "\\begin{tabular}{l" + "c" * (len(header) - 1) + "}", "\\hline",
+           " & ".join(_tex_escape(h) for h in header) + " \\\\", "\\hline"]
+    for r in rows:
+        cells = [c.replace("±", "$\\pm$").replace("†", "$^\\dagger$").replace("—", "--") for c in r[1:]]
+        tex.append(f"{r[0]} & " + " & ".join(cells) + " \\\\")
     tex += ["\\hline", "\\end{tabular}", f"\\caption{{{_tex_escape(caption)}}}", "\\end{table}"]
     tex_path = out_dir / f"{name}.tex"
     write_text(tex_path, "\n".join(tex) + "\n")
 
-    rows = "".join("<tr><th>" + html.escape(display_name(m)) + "</th>" + "".join(
-        f"<td>{html.escape(_cell(stats.get((m, d)), *paper(m, d), lambda o, t: f'{o} ({t})'))}</td>" for d in datasets)
-        + "</tr>\n" for m in models)
+    body = "".join("<tr><th>" + html.escape(r[0]) + "</th>" + "".join(f"<td>{html.escape(c)}</td>" for c in r[1:])
+                   + "</tr>\n" for r in rows)
     page = (f"<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(name)}</title>\n<style>{_CSS}</style>"
-            f"</head><body>\n<table>\n<caption>{html.escape(caption)}</caption>\n<thead><tr><th>{html.escape(row_label)}</th>"
-            + "".join(f"<th>{html.escape(d)}</th>" for d in datasets) + "</tr></thead>\n<tbody>\n" + rows
+            f"</head><body>\n<table>\n<caption>{html.escape(caption)}</caption>\n<thead><tr>"
+            + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr></thead>\n<tbody>\n" + body
             + "</tbody>\n</table>\n" + "".join(f"<p>{html.escape(n)}</p>\n" for n in notes) + "</body></html>\n")
     html_path = out_dir / f"{name}.html"
     write_text(html_path, page)

@@ -28,7 +28,7 @@ rule classification_run:
         job=run_file("job.json"),
         data=data_file("{dataset}"),
         params=params_file(),
-        experiments=rules.mlflow_experiments.output[0],
+        experiments=mlflow_file(),
         ext=rules.build_extension.output[0],
     output:
         metrics=run_file("metrics.json"),

@@ -36,6 +36,11 @@ def params_file(experiment="{experiment}"):
     return result(registry.PARAMS_FILE.format(experiment=experiment))
 
 
+def mlflow_file(experiment="{experiment}"):
+    """{experiment: MLflow experiment id}, written once the experiment exists."""
+    return result(f"mlflow/experiments/{experiment}.json")
+
+
 def spec_file(experiment="{experiment}"):
     return result(registry.SPEC_FILE.format(experiment=experiment))
 

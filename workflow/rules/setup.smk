@@ -29,19 +29,38 @@ rule mnist:
         "stn mnist --out {output} --source {params.source} {params.path} > {log} 2>&1"
 
 
-rule mlflow_experiments:
-    """One MLflow experiment per paper table, created before any training job starts."""
+rule mlflow_store:
+    """The MLflow store (its database schema), made once: several processes migrating a new SQLite
+    database at the same time collide."""
     output:
-        result("mlflow/experiments.json"),
+        result("mlflow/store.json"),
     params:
-        names=list(EXPERIMENTS),
         results=lambda wildcards, output: Path(output[0]).parents[1],  # the results directory
     log:
-        log_file("mlflow_experiments"),
+        log_file("mlflow_store"),
     benchmark:
-        benchmark_file("mlflow_experiments")
+        benchmark_file("mlflow_store")
     shell:
-        "stn mlflow-init --results {params.results} --experiments {params.names} --out {output} > {log} 2>&1"
+        "stn mlflow-init --results {params.results} --out {output} > {log} 2>&1"
+
+
+rule mlflow_experiment:
+    """The paper table's MLflow experiment, created before any of its jobs starts (one file per table, so
+    a table added later reruns nothing of the others)."""
+    input:
+        rules.mlflow_store.output[0],
+    output:
+        mlflow_file(),
+    wildcard_constraints:
+        experiment="|".join(EXPERIMENTS),
+    params:
+        results=lambda wildcards, output: Path(output[0]).parents[2],  # the results directory
+    log:
+        log_file("mlflow_{experiment}"),
+    benchmark:
+        benchmark_file("mlflow_{experiment}")
+    shell:
+        "stn mlflow-init --results {params.results} --experiments {wildcards.experiment} --out {output} > {log} 2>&1"
 
 
 rule job_spec:

@@ -10,7 +10,7 @@ rule table5_run:
         encoder=registry.run_dir(RESULTS, "table1", config["table5"]["encoder_dataset"], "CNN",
                                  config["table1"]["seeds"][0]) / "model.pt",
         encoder_params=params_file("table1"),
-        experiments=rules.mlflow_experiments.output[0],
+        experiments=mlflow_file("table5"),
         ext=rules.build_extension.output[0],
     output:
         metrics=run_file("metrics.json", "table5"),

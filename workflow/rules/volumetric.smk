@@ -27,7 +27,7 @@ rule volumetric_run:
         job=run_file("job.json", "volumetric"),
         mnist=data_file("mnist"),
         data=data_file("MNIST3D"),
-        experiments=rules.mlflow_experiments.output[0],
+        experiments=mlflow_file("volumetric"),
         ext=rules.build_extension.output[0],
     output:
         metrics=run_file("metrics.json", "volumetric"),
