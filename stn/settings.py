@@ -3,8 +3,8 @@
 `TrainSettings` is the one list of training keys: the config schema's `train` and
 `train_override` definitions are derived from its fields, and `resolve_job` is the one function
 that turns a config into the settings of one run. The pipeline writes each run's resolved spec to
-runs/<experiment>/<dataset>/<model>/seed<n>/job.json, which `stn run --job` reads. Torch-free, so
-the Snakefile can import it.
+runs/<experiment>/<dataset>/<model>/seed<n>/job.json, which `stn run --job` reads. The module itself
+imports no torch (the stn package does, once, when the Snakefile imports it).
 """
 from __future__ import annotations
 

@@ -71,6 +71,7 @@ rule job_spec:
         experiment="|".join(EXPERIMENTS),
     params:
         job=job_spec,
+    priority: lambda wc: EXPERIMENTS[wc.experiment].priority  # as the run it feeds: no Table 1 run waits behind others
     log:
         run_log(suffix="_job"),
     localrule: True
