@@ -101,9 +101,14 @@ def overrides(config: dict, name: str) -> list[dict]:
 
 def table_settings(config: dict, name: str) -> dict:
     """The experiment's settings before any override (what its caption compares with the paper)."""
-    e = registry.experiment(name)
-    base = dict(config[name][e.settings_key])
-    return TrainSettings.from_dict({**base, "device": config["device"]}).to_dict() if e.settings_key == "train" else base
+    return _typed(config, name, dict(config[name][registry.experiment(name).settings_key]))
+
+
+def _typed(config: dict, name: str, settings: dict) -> dict:
+    """A "train" mapping checked and completed as TrainSettings (with the config's device); others as they are."""
+    if registry.experiment(name).settings_key != "train":
+        return settings
+    return TrainSettings.from_dict({**settings, "device": config["device"]}).to_dict()
 
 
 def resolve_job(config: dict, name: str, dataset: str, model: str, seed: int) -> dict:
@@ -118,8 +123,7 @@ def resolve_job(config: dict, name: str, dataset: str, model: str, seed: int) ->
     for o in overrides(config, name):
         if all(run[k] == v for k, v in o["select"].items()):
             settings.update(o["settings"])
-    if e.settings_key == "train":
-        settings = TrainSettings.from_dict({**settings, "device": config["device"]}).to_dict()
+    settings = _typed(config, name, settings)
     extra = {k: config[name][k] for k in e.job_keys}
     return canonical({"experiment": name, "dataset": dataset, "model": model, "seed": int(seed), "settings": settings,
             "extra": extra, "results": config["results"]})

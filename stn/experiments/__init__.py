@@ -34,6 +34,17 @@ def run_records(results: str | Path, name: str, grid: registry.Grid) -> list[dic
     return [read_json(p) for p in paths]
 
 
+def load_weights(model, path: str | Path, what: str):
+    """`model` with the weights a finished run saved at `path` (model.pt), in eval mode on the CPU."""
+    import torch
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist; train {what} first")
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=False)["state_dict"])
+    return model.eval()
+
+
 def tracker(job: dict, experiments_file: Path, tags: dict):
     """A factory of the job's MLflow run (resumed by id after a restart), for stn.train.train_run."""
     from .. import tracking

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from . import run_records, tracker
+from . import load_weights, run_records, tracker
 from ..data import distort
 from ..io import load_npz, read_json, write_json
 from ..models import mnist as zoo
@@ -68,11 +68,8 @@ def build_model(dataset: str, model: str, table: dict, seed: int | None = None) 
 def load_model(results: Path, experiment: str, dataset: str, model: str, seed: int) -> torch.nn.Module:
     """A finished run's trained model, in eval mode on the CPU."""
     built = build_model(dataset, model, read_json(registry.params_path(results, experiment)))
-    path = registry.run_dir(results, experiment, dataset, model, seed) / "model.pt"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist; train {experiment}/{dataset}/{model}/seed{seed} first")
-    built.model.load_state_dict(torch.load(path, map_location="cpu", weights_only=False)["state_dict"])
-    return built.model.eval()
+    return load_weights(built.model, registry.run_dir(results, experiment, dataset, model, seed) / "model.pt",
+                        f"{experiment}/{dataset}/{model}/seed{seed}")
 
 
 def test_inputs(path: Path, count: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from . import run_records, tracker
+from . import load_weights, run_records, tracker
 from .. import ops
 from ..data import distort
 from ..io import read_json, save_npz, write_json
@@ -203,7 +203,7 @@ def run_job(job: dict, inputs: dict[str, Path], out_dir: Path) -> dict:
     data = make_images(mnist_data.load(inputs["mnist"]), digit, variant, settings["images"], seed)
     save_npz(out_dir / "images.npz", **data)
     built = build_classifier(job["extra"]["encoder_dataset"], "CNN", read_json(inputs["encoder_params"]))
-    built.model.load_state_dict(torch.load(inputs["encoder"], map_location="cpu", weights_only=False)["state_dict"])
+    load_weights(built.model, inputs["encoder"], f"the Table 1 CNN on {job['extra']['encoder_dataset']}")
     run = tracker(job, inputs["experiments"], {"variant": variant, "digit": str(digit), "encoder": str(inputs["encoder"]),
                                                "torch_version": torch.__version__,
                                                "sampler_impl": ops.resolve_impl("auto", torch.device("cpu"))})()

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import run_records, tracker
+from . import load_weights, run_records, tracker
 from ..io import load_npz, read_json, save_npz, sha256_file, write_json
 from ..models import svhn as zoo
 from ..paper import registry
@@ -96,12 +96,9 @@ def transform_stats(model: torch.nn.Module, x: np.ndarray) -> dict:
 
 
 def load_model(results: Path, spec: dict, dataset: str, model: str, seed: int) -> torch.nn.Module:
-    m = build_model(dataset, model, spec["section"]["net"])
-    path = registry.run_dir(results, "table2", dataset, model, seed) / "model.pt"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist; train table2/{dataset}/{model}/seed{seed} first")
-    m.load_state_dict(torch.load(path, map_location="cpu", weights_only=False)["state_dict"])
-    return m.eval()
+    return load_weights(build_model(dataset, model, spec["section"]["net"]),
+                        registry.run_dir(results, "table2", dataset, model, seed) / "model.pt",
+                        f"table2/{dataset}/{model}/seed{seed}")
 
 
 def render(spec: dict, results: Path) -> list[Path]:
@@ -121,7 +118,6 @@ def render(spec: dict, results: Path) -> list[Path]:
     paths = tables.render_table(run_records(results, "table2", grid), grid.datasets, grid.models, caption,
                                 results / "tables", "table2")
     model_name = section["figure_model"]
-    made = []
     panels = []
     for ds in grid.datasets:
         model = load_model(results, spec, ds, model_name, grid.seeds[0])
@@ -133,6 +129,6 @@ def render(spec: dict, results: Path) -> list[Path]:
         st = model.sts[min(model.sts, key=int)]
         grid_pts = st.transform.grid(theta, st.out_size, st.align_corners)
         panels.append((ds, x, grid_pts, out, data["y_test"][:6], pred.numpy()))
-    made.append(figures.sequence_transformers(panels, results / "figures" / "table2_transformers.png",
-                                              f"Table 2 (right): the first transformer of {model_name}"))
-    return list(paths.values()) + made
+    figure = figures.sequence_transformers(panels, results / "figures" / "table2_transformers.png",
+                                           f"Table 2 (right): the first transformer of {model_name}")
+    return [*paths.values(), figure]

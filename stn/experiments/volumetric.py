@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from . import run_records, tracker
+from . import load_weights, run_records, tracker
 from ..data import volumes
 from ..io import load_npz, read_json, write_json
 from ..models import mnist as zoo
@@ -147,13 +147,12 @@ def render(spec: dict, results: Path) -> list[Path]:
     caption = f"{e.title}, {spec['config_name']} config; the paper gives no number for this experiment."
     paths = tables.render_table(run_records(results, "volumetric", grid), grid.datasets, grid.models, caption,
                                 results / "tables", "volumetric", paper=lambda m, d: (None, False))
-    model, _ = build("ST3D", spec["section"]["widths"])
-    path = registry.run_dir(results, "volumetric", "MNIST3D", "ST3D", grid.seeds[0]) / "model.pt"
-    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=False)["state_dict"])
+    model = load_weights(build("ST3D", spec["section"]["widths"])[0],
+                         registry.run_dir(results, "volumetric", "MNIST3D", "ST3D", grid.seeds[0]) / "model.pt",
+                         f"volumetric/MNIST3D/ST3D/seed{grid.seeds[0]}")
     data = load_npz(registry.data_path(results, "MNIST3D"))
     sets = volumes.load_sets(mnist_data.load(registry.data_path(results, "mnist")), data)
     v, y = sets["x_test"][torch.arange(4)], torch.from_numpy(data["y_test"][:4])
-    model.eval()
     with torch.no_grad():
         flat, _ = model.transform(v)
         pred = model.classifier(flat).argmax(1)
