@@ -24,7 +24,7 @@ def cmd_distort(a) -> None:
     from .experiments.classification import build_data
 
     limits = {"train": a.limit_train, "val": a.limit_val, "test": a.limit_test}
-    build_data(a.name, Path(a.mnist), a.seed, limits, Path(a.out))
+    build_data(a.name, Path(a.mnist), a.seed, limits, Path(a.out), _pairs(a.option or [], "--option", "KEY=VALUE"))
     _log(f"wrote {a.out}")
 
 
@@ -53,20 +53,24 @@ def cmd_params(a) -> None:
     from .io import write_json
     from .report.tables import relative_spread, render_param_table
 
-    table = param_table(a.datasets, a.models, a.cap)
+    table = param_table(a.datasets, a.models, a.cap, {"init": a.init, "standardise": a.standardise})
     write_json(a.out, table)
     render_param_table(table, a.models, Path(a.out).parent, Path(a.out).stem)
     _log(f"parameter counts within {100 * relative_spread(table):.1f}% of each data set's target; wrote {a.out}")
 
 
-def _inputs(pairs: list[str]) -> dict[str, Path]:
+def _pairs(pairs: list[str], flag: str = "--input", what: str = "NAME=PATH") -> dict[str, str]:
     out = {}
     for pair in pairs:
-        name, sep, path = pair.partition("=")
-        if not sep or not name or not path:
-            raise ValueError(f"--input takes NAME=PATH pairs, got {pair!r}")
-        out[name] = Path(path)
+        name, sep, value = pair.partition("=")
+        if not sep or not name or not value:
+            raise ValueError(f"{flag} takes {what} pairs, got {pair!r}")
+        out[name] = value
     return out
+
+
+def _inputs(pairs: list[str]) -> dict[str, Path]:
+    return {k: Path(v) for k, v in _pairs(pairs).items()}
 
 
 def cmd_run(a) -> None:
@@ -85,6 +89,7 @@ def cmd_run(a) -> None:
     from .paper import registry
 
     metric = registry.experiment(job["experiment"]).metric
+    metric = metric if metric in metrics else "test_error"  # an auxiliary run (Table 5's encoder) is a classifier
     _log(f"{job['experiment']} {job['dataset']} {job['model']} seed {job['seed']}: {metric} {metrics[metric]:.2f}%")
 
 
@@ -125,6 +130,7 @@ def cmd_readme(a) -> None:
 
 def parser() -> argparse.ArgumentParser:
     from .paper import registry
+    from .settings import INITS
 
     ex = next(iter(registry.EXPERIMENTS.values()))  # the examples in the help texts
     example = registry.run_dir("results", ex.name, ex.datasets[0], ex.models[0], 1)
@@ -144,6 +150,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     for split in ("train", "val", "test"):
         s.add_argument(f"--limit-{split}", type=int, default=None, help=f"use only the first N {split} digits")
+    s.add_argument("--option", nargs="*", metavar="KEY=VALUE",
+                   help="a key of the config's data section that this data set takes (P: projective_corners=radial)")
     s.set_defaults(fn=cmd_distort)
 
     s = sub.add_parser("sequences", help="multi-digit data sets at 64 and 128 px: the MNIST stand-in or SVHN",
@@ -172,6 +180,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--datasets", nargs="+", required=True)
     s.add_argument("--models", nargs="+", required=True)
     s.add_argument("--cap", type=int, required=True, help="upper bound of the matched parameter count")
+    s.add_argument("--init", choices=INITS, default="default", help="weight initialisation (default: PyTorch's)")
+    s.add_argument("--standardise", action="store_true",
+                   help="classifier and localisation nets see (x - mean) / std of the training pixels")
     s.add_argument("--out", required=True)
     s.set_defaults(fn=cmd_params)
 

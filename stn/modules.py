@@ -7,9 +7,10 @@ import torch
 from torch import Tensor, nn
 
 from .ops import transform_sample
+from .settings import INITS
 from .transforms import Transform, make_transform
 
-__all__ = ["SpatialTransformer", "param_groups"]
+__all__ = ["SpatialTransformer", "Standardise", "initialise", "param_groups"]
 
 
 class SpatialTransformer(nn.Module):
@@ -88,3 +89,39 @@ def param_groups(model: nn.Module, lr: float, loc_lr_mult: float = 1.0) -> list[
     rest = [p for p in model.parameters() if id(p) not in loc_ids]
     groups = [{"params": rest, "lr": lr, "name": "main"}, {"params": loc, "lr": lr * loc_lr_mult, "name": "localisation"}]
     return [g for g in groups if g["params"]]
+
+
+class Standardise(nn.Module):
+    """(x − mean) / std with the training set's pixel statistics, kept as buffers so that a saved
+    model carries them. Identity until `set_(mean, std)` (or a loaded state dict) fills them in."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(()))
+        self.register_buffer("std", torch.ones(()))
+
+    def set_(self, mean: float, std: float) -> "Standardise":
+        if not std > 0:
+            raise ValueError(f"standardisation needs a positive std, got {std}")
+        self.mean.fill_(mean)
+        self.std.fill_(std)
+        return self
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x - self.mean) / self.std
+
+
+def initialise(model: nn.Module, init: str) -> nn.Module:
+    """`init` = "default" leaves PyTorch's initialisation; "he" draws every conv and linear weight
+    He-normal (fan-in, ReLU gain) with zero biases. The transformers' regressors keep their identity
+    start either way. The paper does not say which it used (docs/CHOICES.md)."""
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, not {init!r}")
+    if init == "he":
+        regressors = {id(m.regressor) for m in model.modules() if isinstance(m, SpatialTransformer)}
+        for m in model.modules():
+            if isinstance(m, (nn.Conv2d, nn.Conv3d, nn.Linear)) and id(m) not in regressors:
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+    return model

@@ -20,6 +20,7 @@ def _key(schema: dict, help: str, default: Any = MISSING):
 
 POSITIVE_INT = {"type": "integer", "minimum": 1}
 OPTIMIZER_NAMES = ("sgd", "adam")
+INITS = ("default", "he")  # weight initialisations (stn.modules.initialise)
 
 
 @dataclass(frozen=True)

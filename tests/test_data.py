@@ -117,3 +117,34 @@ def test_tc_box_holds_the_digit_and_six_patches():
 def test_unknown_dataset():
     with pytest.raises(ValueError, match="unknown data set 'Q'"):
         distort.generate("Q", fake_mnist(), 0)
+
+
+def test_radial_corner_stretch_folds_and_flattens_far_fewer_digits_than_independent_moves():
+    """A.4's P: one stretch per corner along its diagonal (radial) against N(0, 5 px) in x and y."""
+    stats = {}
+    for reading in distort.PROJECTIVE_READINGS:
+        r = distort.projective(torch.zeros(4000, 1, 28, 28), torch.Generator().manual_seed(5), corners=reading)
+        stats[reading] = distort.projective_stats(torch.from_numpy(r.theta))
+    assert stats["independent"]["folded"] > 0.005 and stats["radial"]["folded"] < 0.003
+    assert stats["independent"]["extreme"] > 3 * stats["radial"]["extreme"]
+    moves = distort.projective(torch.zeros(64, 1, 28, 28), torch.Generator().manual_seed(5)).params[:, 1:].reshape(64, 4, 2)
+    np.testing.assert_allclose(np.abs(moves[..., 0]), np.abs(moves[..., 1]), atol=1e-6)  # along the diagonal
+
+
+def test_projective_stats_counts_a_fold_and_not_the_identity():
+    identity = torch.tensor([[1.0, 0, 0, 0, 1, 0, 0, 0]])
+    assert distort.projective_stats(identity)["folded"] == 0 and distort.projective_stats(identity)["extreme"] == 0
+    horizon_through_digit = torch.tensor([[1.0, 0, 0, 0, 1, 0, 2.0, 0]])  # inverse map's w = 1 - 2x changes sign
+    assert distort.projective_stats(horizon_through_digit)["folded"] == 1.0
+
+
+def test_data_options_reach_the_generator_and_unknown_ones_are_refused():
+    m = fake_mnist()
+    radial = distort.generate("P", m, 0, LIMITS, progress=lambda s: None, options={"projective_corners": "radial"})
+    independent = distort.generate("P", m, 0, LIMITS, progress=lambda s: None, options={"projective_corners": "independent"})
+    assert not np.array_equal(radial["x_train"], independent["x_train"])
+    np.testing.assert_array_equal(radial["x_train"], distort.generate("P", m, 0, LIMITS, progress=lambda s: None)["x_train"])
+    with pytest.raises(ValueError, match="data set R takes no option \\['projective_corners'\\]"):
+        distort.generate("R", m, 0, LIMITS, progress=lambda s: None, options={"projective_corners": "radial"})
+    with pytest.raises(ValueError, match="corners must be one of"):
+        distort.generate("P", m, 0, LIMITS, progress=lambda s: None, options={"projective_corners": "sideways"})

@@ -70,3 +70,42 @@ def test_input_grad_conv_matches_conv2d_in_value_and_every_gradient(padding):
     small = torch.randn(2, 1, 6, 6, dtype=torch.double, requires_grad=True)
     assert torch.autograd.gradcheck(lambda t, w, b: _Conv2dFoldBackward.apply(t, w, b, (padding, padding)),
                                     (small, fast.weight, fast.bias))
+
+
+def test_he_init_and_standardisation_keep_the_identity_start_and_the_parameter_count():
+    inp = input_spec("TC")
+    plain = zoo.build("ST-CNN-Aff", inp, 120_000)
+    torch.manual_seed(0)
+    net = zoo.build("ST-CNN-Aff", inp, 120_000, zoo.Net(init="he", standardise=True))
+    assert net.params == plain.params  # statistics are buffers, not parameters
+    assert zoo.set_standardisation(net.model, 0.2, 0.5) == 2  # classifier and localisation net
+    x = torch.rand(2, 1, 60, 60)
+    out, theta = net.model.transform(x)
+    torch.testing.assert_close(out, x, atol=1e-5, rtol=0)  # still the identity: the sampler sees raw pixels
+    conv = net.model.classifier[1]
+    fan_in = conv.weight[0].numel()
+    assert abs(conv.weight.std().item() - (2 / fan_in) ** 0.5) < 0.3 * (2 / fan_in) ** 0.5 and conv.bias.abs().max() == 0
+    assert net.model.sts[0].regressor.weight.abs().max() == 0
+    state = net.model.state_dict()
+    assert float(state["classifier.0.mean"]) == pytest.approx(0.2) and float(state["classifier.0.std"]) == pytest.approx(0.5)
+
+
+def test_standardise_normalises_and_rejects_a_zero_std():
+    from stn.modules import Standardise
+
+    s = Standardise().set_(0.5, 0.25)
+    torch.testing.assert_close(s(torch.tensor([0.5, 1.0])), torch.tensor([0.0, 2.0]))
+    with pytest.raises(ValueError, match="positive std"):
+        Standardise().set_(0.1, 0.0)
+
+
+def test_transform_stats_reads_zoom_and_shift_of_affine_transformers():
+    from stn.experiments.classification import transform_stats
+
+    built = zoo.build("ST-FCN-Aff", input_spec("TC"), 120_000)
+    with torch.no_grad():
+        built.model.sts[0].regressor.bias.copy_(torch.tensor([0.5, 0.0, 0.3, 0.0, 0.5, -0.4]))
+    stats = transform_stats(built.model, torch.zeros(7, 60, 60, dtype=torch.uint8).numpy())
+    assert stats["zoom"] == pytest.approx(0.5) and stats["shift"] == pytest.approx(0.5)
+    assert transform_stats(zoo.build("CNN", input_spec("TC"), 120_000).model, torch.zeros(2, 60, 60).numpy()) == {}
+    assert transform_stats(zoo.build("ST-FCN-TPS", input_spec("TC"), 120_000).model, torch.zeros(2, 60, 60).numpy()) == {}

@@ -31,7 +31,7 @@ def smoke(tmp_path_factory):
 
 
 def test_dry_run_shows_the_whole_dag(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--config", f"results={tmp_path}"],
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-p", "--cores", "1", "--config", f"results={tmp_path}"],
                           cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     counts = {line.split()[0]: int(line.split()[1]) for line in proc.stdout.splitlines()
@@ -42,6 +42,9 @@ def test_dry_run_shows_the_whole_dag(tmp_path):
     assert counts["classification_run"] == 5 * 8 * 2 + 8  # default config: Table 1 (data x models x seeds), Table 4
     assert counts["table5_run"] == 20 and counts["volumetric_run"] == 2 and counts["table2_run"] == 3 * 2
     assert counts["job_spec"] == 5 * 8 * 2 + 8 + 20 + 2 + 6 and counts["experiment_spec"] == len(registry.EXPERIMENTS)
+    # the config's data and net choices reach the commands: P's corner reading, Table 1's standardisation
+    assert "--name P --seed 0  --option projective_corners=radial" in proc.stdout
+    assert "--cap 120000 --init default --standardise" in proc.stdout and "--cap 240000 --init default --out" in proc.stdout
 
 
 def test_smoke_outputs_agree(smoke):
@@ -64,6 +67,12 @@ def test_smoke_outputs_agree(smoke):
     assert {k: m["iterations"] for k, m in runs.items() if k[1] == "CNN"} == {
         (d, "CNN", s): own.get(d, cfg["train"]["iterations"]) for d in cfg["datasets"] for s in cfg["seeds"]}
     assert (smoke / "tables" / "table1.tex").read_text().startswith("\\begin{table}")
+    assert "Standardised inputs to the classifier and localisation nets (the paper names neither)." in md
+    transforms = (smoke / "tables" / "table1_transforms.md").read_text()
+    for (d, m, s), r in runs.items():  # every affine ST run records what its transformer does
+        assert ("zoom" in r and "shift" in r) == m.endswith("-Aff"), (d, m)
+        if m.endswith("-Aff"):
+            assert r["pixel_std"] > 0 and f"| {m.replace('ST-CNN-', 'ST-CNN ').replace('ST-FCN-', 'ST-FCN ')} |" in transforms
 
     for fig in ["table1_data.png", "table1_curves.png"] + [f"table1_{d}_st_vs_cnn.png" for d in cfg["figure_datasets"]]:
         data = (smoke / "figures" / fig).read_bytes()
@@ -99,7 +108,10 @@ def test_smoke_appendix_experiments(smoke):
     assert {(r["model"], r["dataset"]) for r in t5} == {(str(d), v) for d in range(10) for v in ("T", "TC")}
     done = {(r["model"], r["dataset"]) for r in t5 if r["ours_mean"]}
     assert done == {(str(d), v) for d in cfg["table5"]["digits"] for v in cfg["table5"]["variants"]}
-    t5_runs = [json.loads(p.read_text()) for p in (smoke / "runs" / "table5").rglob("metrics.json")]
+    t5_runs = [json.loads(p.read_text()) for p in (smoke / "runs" / "table5").rglob("seed*/metrics.json")]
+    encoder = json.loads((smoke / "runs" / "table5" / "encoder" / "metrics.json").read_text())  # e(), trained apart
+    assert encoder["dataset"] == cfg["table5"]["encoder_dataset"] and encoder["model"] == "CNN" and "pixel_mean" not in encoder
+    assert not (smoke / "runs" / "table5" / "encoder" / "data.npz").exists()  # its training data is not kept
     assert len(t5_runs) == len(done) and all(m["seconds"] > 0 for m in t5_runs)  # counted in the README's job time
     metrics = [json.loads(p.read_text()) for p in (smoke / "runs" / "volumetric").rglob("metrics.json")]
     assert {m["model"] for m in metrics} == {"ST3D", "baseline"}

@@ -119,8 +119,8 @@ def test_paper_numbers_of_every_registered_table():
 def test_outputs_follow_the_config():
     cfg = smoke()
     assert registry.outputs(cfg, "table1") == [
-        "tables/table1.csv", "tables/table1.md", "tables/table1.tex", "tables/table1.html", "figures/table1_data.png",
-        "figures/table1_curves.png", "figures/table1_RTS_st_vs_cnn.png", "figures/figure1.png"]
+        "tables/table1.csv", "tables/table1.md", "tables/table1.tex", "tables/table1.html",
+        "tables/table1_transforms.md", "figures/table1_data.png", "figures/table1_curves.png", "figures/table1_RTS_st_vs_cnn.png", "figures/figure1.png"]
     cfg["table1"]["datasets"] = ["R", "RTS"]
     assert "figures/figure1.png" not in registry.outputs(cfg, "table1")
     assert str(registry.run_dir("res", "table5", "TC", "8", 0)) == "res/runs/table5/TC/8/seed0"

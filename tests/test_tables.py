@@ -87,3 +87,13 @@ def test_readme_gets_the_generated_tables(tmp_path):
     readme.write_text(text)
     with pytest.raises(FileNotFoundError, match="holds no finished run"):
         update_readme(readme, tmp_path / "nothing", "x")
+
+
+def test_transform_table_shows_zoom_and_shift_means_of_affine_models_only(tmp_path):
+    from stn.report.tables import render_transform_table
+
+    records = [{"model": "ST-CNN-Aff", "dataset": "TC", "test_error": 3.0, "zoom": z, "shift": 0.2, "seed": s}
+               for s, z in ((1, 0.5), (2, 0.7))] + [{"model": "CNN", "dataset": "TC", "test_error": 4.0, "seed": 1}]
+    text = render_transform_table(records, ["TC"], ["CNN", "ST-CNN-Aff"], "What they learnt", tmp_path, "table1").read_text()
+    assert "| ST-CNN Aff | 0.60 / 0.20 |" in text and "CNN |" not in text.replace("ST-CNN", "")
+    assert text.startswith("**What they learnt**")

@@ -5,8 +5,10 @@ matched per data set (the parameter table). One run trains one (data set, model,
 """
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from . import load_weights, run_records, tracker
@@ -16,7 +18,8 @@ from ..models import mnist as zoo
 from ..paper import registry
 from ..report import figures, tables
 from ..settings import TrainSettings
-from ..train import config_hash, train_run
+from ..train import as_input, config_hash, train_run
+from ..transforms import Affine
 
 
 def input_spec(dataset: str) -> zoo.InputSpec:
@@ -24,26 +27,28 @@ def input_spec(dataset: str) -> zoo.InputSpec:
     return zoo.InputSpec(channels=d.channels, size=d.size, classes=d.classes, pool_after_st=d.pool_after_st)
 
 
-def build_data(name: str, mnist_path: Path, seed: int, limits: dict, out: Path) -> None:
-    """results/data/<name>.npz and its sidecar <name>.json (sha256, sizes, parameters)."""
+def build_data(name: str, mnist_path: Path, seed: int, limits: dict, out: Path, options: dict | None = None) -> None:
+    """results/data/<name>.npz and its sidecar <name>.json (sha256, sizes, options, parameters)."""
     from ..data import mnist as mnist_data
     from ..io import save_npz, sha256_file
 
-    arrays = distort.generate(name, mnist_data.load(mnist_path), seed, limits, progress=lambda s: print(s, flush=True))
+    arrays = distort.generate(name, mnist_data.load(mnist_path), seed, limits, progress=lambda s: print(s, flush=True),
+                              options=options)
     save_npz(out, **arrays)
-    info = {"name": name, "seed": seed, "limits": limits, "sha256": sha256_file(out),
+    info = {"name": name, "seed": seed, "limits": limits, "options": options or {}, "sha256": sha256_file(out),
             "sizes": {s: int(arrays[f"y_{s}"].shape[0]) for s in distort.SPLITS},
             "image_size": registry.DATASETS[name].size, "param_names": [str(p) for p in arrays["param_names"]]}
     write_json(out.with_suffix(".json"), info)
 
 
-def param_table(datasets: list[str], models: list[str], cap: int) -> dict:
-    """Per data set: the matched parameter target and every model's widths and count."""
+def param_table(datasets: list[str], models: list[str], cap: int, net: dict | None = None) -> dict:
+    """Per data set: the matched parameter target, every model's widths and count, and the `net`
+    (initialisation, standardisation) every model of the experiment is built with."""
     table = {}
     for ds in datasets:
         target, built = zoo.build_experiment(models, input_spec(ds), cap)
         table[ds] = {
-            "target": target,
+            "target": target, "net": asdict(zoo.Net.from_dict(net)),
             "models": {m: {"params": b.params, "widths": b.widths, "in_paper_range": b.in_paper_range} for m, b in built.items()},
         }
     return table
@@ -59,7 +64,7 @@ def build_model(dataset: str, model: str, table: dict, seed: int | None = None) 
         raise KeyError(f"the parameter table has no entry for {dataset}/{model}; regenerate it") from None
     if seed is not None:
         torch.manual_seed(seed)
-    built = zoo.build(model, input_spec(dataset), entry["target"])
+    built = zoo.build(model, input_spec(dataset), entry["target"], zoo.Net.from_dict(entry.get("net")))
     if built.params != expected:
         raise RuntimeError(f"{dataset}/{model}: built {built.params} parameters but the table says {expected}; regenerate it")
     return built
@@ -79,6 +84,30 @@ def test_inputs(path: Path, count: int) -> tuple[torch.Tensor, torch.Tensor]:
     return (x if x.dim() == 4 else x.unsqueeze(1)), torch.from_numpy(data["y_test"][:count])
 
 
+def pixel_stats(x: np.ndarray, sample: int = 10_000) -> tuple[float, float]:
+    """Mean and std of the training images' pixels in [0, 1] (over the first `sample` images)."""
+    v = torch.from_numpy(np.asarray(x[:sample])).double().div(255)
+    return float(v.mean()), float(v.std())
+
+
+@torch.no_grad()
+def transform_stats(model: torch.nn.Module, x, batch: int = 500) -> dict[str, float]:
+    """For a model whose transformers are affine: the mean zoom √|det A| (1 = the identity's
+    scale, below 1 = zoomed in) and the mean length of the translation (in units of half the
+    canvas) over the images `x` (uint8, (N, [C,] H, W)); {} for other models."""
+    sts = getattr(model, "sts", None)
+    if not sts or not all(isinstance(st.transform, Affine) for st in sts):
+        return {}
+    model.eval()
+    device = next(model.parameters()).device
+    thetas = []
+    for start in range(0, len(x), batch):
+        thetas.append(model.transform(as_input(torch.as_tensor(x[start:start + batch]), device, False))[1].reshape(-1, 6).cpu())
+    theta = torch.cat(thetas).double()
+    det = theta[:, 0] * theta[:, 4] - theta[:, 1] * theta[:, 3]
+    return {"zoom": float(det.abs().sqrt().mean()), "shift": float(theta[:, [2, 5]].norm(dim=1).mean())}
+
+
 def run_job(job: dict, inputs: dict[str, Path], out_dir: Path) -> dict:
     """One training job: build, train (resuming if a checkpoint exists), evaluate, write metrics.json.
     Inputs: data (the data set), params (the parameter table), experiments (MLflow ids).
@@ -87,6 +116,8 @@ def run_job(job: dict, inputs: dict[str, Path], out_dir: Path) -> dict:
     dataset, model, seed = job["dataset"], job["model"], job["seed"]
     built = build_model(dataset, model, read_json(inputs["params"]), seed)
     data = load_npz(inputs["data"])
+    stats = pixel_stats(data["x_train"])
+    standardised = zoo.set_standardisation(built.model, *stats) > 0
     pairings = job["extra"].get("pairings")
     if pairings is not None:
         pairs = distort.RepairedAddition(data["x_train"], data["y_train"], data["params_train"], pairings, seed)
@@ -94,7 +125,8 @@ def run_job(job: dict, inputs: dict[str, Path], out_dir: Path) -> dict:
     data_info = read_json(Path(inputs["data"]).with_suffix(".json"))
     settings = TrainSettings.from_dict(job["settings"])
     describe = {"experiment": job["experiment"], "dataset": dataset, "model": model, "params": built.params,
-                "widths": built.widths, "in_paper_range": built.in_paper_range, **job["extra"]}
+                "widths": built.widths, "in_paper_range": built.in_paper_range, **job["extra"],
+                **({"pixel_mean": stats[0], "pixel_std": stats[1]} if standardised else {})}
     tags = {"config_hash": config_hash({"settings": job["settings"], "describe": describe}),
             "data_sha256": data_info["sha256"], "dataset": dataset, "model": model, "seed": str(seed)}
 
@@ -108,6 +140,7 @@ def run_job(job: dict, inputs: dict[str, Path], out_dir: Path) -> dict:
 
     metrics = train_run(built.model, data, settings, seed, out_dir, tracker(job, inputs["experiments"], tags),
                         describe, artifacts)
+    metrics.update(transform_stats(built.model, data["x_test"]))
     metrics["data_sha256"] = data_info["sha256"]
     write_json(out_dir / "metrics.json", metrics)
     return metrics
@@ -120,9 +153,13 @@ def render(spec: dict, results: Path) -> list[Path]:
     grid = registry.Grid(**spec["grid"])
     caption = tables.protocol_caption(e.title, spec["config_name"], spec["settings"], len(grid.seeds),
                                       section["param_target"], spec["overrides"], grid.datasets, e.protocol)
-    paths = tables.render_table(run_records(results, name, grid), grid.datasets, grid.models, caption,
-                                Path(results) / "tables", name)
-    return list(paths.values()) + FIGURES[name](spec, Path(results), grid)
+    caption += tables.net_phrase(section["net"])
+    records = run_records(results, name, grid)
+    paths = list(tables.render_table(records, grid.datasets, grid.models, caption, Path(results) / "tables", name).values())
+    paths.append(tables.render_transform_table(
+        records, grid.datasets, grid.models, f"What the affine transformers of {e.title.split(':')[0]} learnt, "
+        f"{spec['config_name']} config: mean zoom / mean shift over the test set", Path(results) / "tables", name))
+    return paths + FIGURES[name](spec, Path(results), grid)
 
 
 def _table1_figures(spec: dict, results: Path, grid: registry.Grid) -> list[Path]:

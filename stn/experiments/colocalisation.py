@@ -193,17 +193,43 @@ build_data = make_images
 build_model = localiser
 
 
+def train_encoder(job: dict, inputs: dict[str, Path], out_dir: Path) -> dict:
+    """e(): the Table 1 CNN architecture trained on the job's data set with its own data reading and
+    inputs (job extra `encoder`). Inputs: mnist, params (Table 1's parameter table, for the widths),
+    experiments. Writes model.pt, params.json (the table e() is built from) and metrics.json."""
+    from . import classification
+
+    dataset, encoder, extra = job["dataset"], job["extra"]["encoder"], job["extra"]
+    keys = [key for key, _ in registry.DATASETS[dataset].options]
+    data = out_dir / "data.npz"
+    classification.build_data(dataset, inputs["mnist"], extra["data_seed"], extra["limits"], data,
+                              {k: encoder[k] for k in keys})
+    table = read_json(inputs["params"])
+    table = {dataset: {**table[dataset], "net": {"init": extra["init"], "standardise": encoder["standardise"]}}}
+    write_json(out_dir / "params.json", table)
+    try:
+        return classification.run_job({**job, "model": "CNN", "extra": {}},
+                                      {"data": data, "params": out_dir / "params.json",
+                                       "experiments": inputs["experiments"]}, out_dir)
+    finally:
+        data.unlink(missing_ok=True)
+        data.with_suffix(".json").unlink(missing_ok=True)
+
+
 def run_job(job: dict, inputs: dict[str, Path], out_dir: Path) -> dict:
-    """One class of one variant (the job's data set T or TC, its model the digit). Inputs: mnist, encoder
-    (the Table 1 CNN's model.pt), encoder_params (Table 1's parameter table), experiments (MLflow ids)."""
+    """One class of one variant (the job's data set T or TC, its model the digit), or (model "encoder")
+    the training of e(). Inputs: mnist, encoder (e()'s model.pt), encoder_params (its parameter table),
+    experiments (MLflow ids)."""
     from ..data import mnist as mnist_data
     from .classification import build_model as build_classifier
 
+    if job["model"] == "encoder":
+        return train_encoder(job, inputs, out_dir)
     variant, digit, seed, settings = job["dataset"], int(job["model"]), job["seed"], job["settings"]
     data = make_images(mnist_data.load(inputs["mnist"]), digit, variant, settings["images"], seed)
     save_npz(out_dir / "images.npz", **data)
     built = build_classifier(job["extra"]["encoder_dataset"], "CNN", read_json(inputs["encoder_params"]))
-    load_weights(built.model, inputs["encoder"], f"the Table 1 CNN on {job['extra']['encoder_dataset']}")
+    load_weights(built.model, inputs["encoder"], f"e(), the CNN on {job['extra']['encoder_dataset']}")
     run = tracker(job, inputs["experiments"], {"variant": variant, "digit": str(digit), "encoder": str(inputs["encoder"]),
                                                "torch_version": torch.__version__,
                                                "sampler_impl": ops.resolve_impl("auto", torch.device("cpu"))})()
@@ -235,7 +261,7 @@ def render(spec: dict, results: Path) -> list[Path]:
     s = spec["settings"]
     caption = (f"{e.title}, {spec['config_name']} config "
                f"({s['steps']} {OPTIMIZER_NAMES[s['optimizer']]} steps per class, {s['images']} images each, "
-               f"e() the Table 1 {section['encoder_dataset']} CNN; "
+               f"e() a Table 1 CNN trained on {section['encoder_dataset']}{_encoder_words(section)}; "
                f"the window shrinks from the whole canvas and the crops' mean stays centred, see docs/CHOICES.md).")
     paths = tables.render_table(run_records(results, "table5", grid), list(e.datasets), list(e.models), caption,
                                 results / "tables", "table5")
@@ -250,3 +276,11 @@ def render(spec: dict, results: Path) -> list[Path]:
 
 
 OPTIMIZER_NAMES = {"adam": "Adam", "sgd": "SGD"}  # as the caption spells them
+
+
+def _encoder_words(section: dict) -> str:
+    enc, words = section["encoder"], []
+    if section["encoder_dataset"] == "P":
+        words.append(f"{enc['projective_corners']} corner moves")
+    words.append("standardised inputs" if enc["standardise"] else "raw inputs")
+    return " (" + ", ".join(words) + ")"

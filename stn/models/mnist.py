@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from ..modules import SpatialTransformer
+from ..modules import SpatialTransformer, Standardise, initialise
 from ..transforms import make_transform
 from .conv import InputGradConv2d
 
@@ -151,6 +151,26 @@ class STClassifier(nn.Module):
         return self.classifier(self.pool(out))
 
 
+@dataclass(frozen=True)
+class Net:
+    """How a model starts and what its layers see (the paper says neither; docs/CHOICES.md)."""
+
+    init: str = "default"  # "default" (PyTorch's) or "he" (stn.modules.initialise)
+    standardise: bool = False  # the classifier and the localisation nets see (x − mean) / std of the training set
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "Net":
+        return cls(**(d or {}))
+
+
+def set_standardisation(model: nn.Module, mean: float, std: float) -> int:
+    """Fill every Standardise layer of `model` with the training set's pixel statistics; returns how many."""
+    layers = [m for m in model.modules() if isinstance(m, Standardise)]
+    for m in layers:
+        m.set_(mean, std)
+    return len(layers)
+
+
 @dataclass
 class Built:
     model: nn.Module
@@ -159,11 +179,13 @@ class Built:
     in_paper_range: bool = True
 
 
-def _sts(spec: ModelSpec, inp: InputSpec) -> list[SpatialTransformer]:
+def _sts(spec: ModelSpec, inp: InputSpec, standardise: bool = False) -> list[SpatialTransformer]:
     name, kwargs = TRANSFORMS[spec.transform]
     sts = []
     for _ in range(spec.transformers):
         loc, features = (loc_fcn if spec.base == "FCN" else loc_cnn)(inp.channels, inp.size)
+        if standardise:
+            loc = nn.Sequential(Standardise(), *loc)
         sts.append(SpatialTransformer(loc, features, make_transform(name, **kwargs), (inp.size, inp.size)))
     return sts
 
@@ -211,9 +233,11 @@ def feasible_target(models: list[str], inp: InputSpec, cap: int) -> int:
     return min(cap, min(maxima))
 
 
-def build(name: str, inp: InputSpec, target: int) -> Built:
+def build(name: str, inp: InputSpec, target: int, net: Net = Net()) -> Built:
     """Model `name` with widths whose parameter count is closest to `target`, preferring the
-    paper's ranges; fails if no width within WIDEN× of the range gets within ±5%."""
+    paper's ranges; fails if no width within WIDEN× of the range gets within ±5%. `net` chooses the
+    initialisation and whether the layers after the sampler (and the localisation nets) see
+    standardised inputs; the transformers always sample the image as it is."""
     spec = ModelSpec.parse(name)
     cands = _candidates(spec, inp, WIDEN)
     in_range = [c for c in cands if c[2] and abs(c[1] - target) <= TOLERANCE * target]
@@ -226,7 +250,10 @@ def build(name: str, inp: InputSpec, target: int) -> Built:
         head = fcn(ch * side * side, widths["hidden"], inp.classes)
     else:
         head = cnn(ch, side, widths["c1"], widths["c2"], inp.classes)
-    model = head if not spec.transformers else STClassifier(_sts(spec, inp), inp.pool_after_st, head)
+    if net.standardise:
+        head = nn.Sequential(Standardise(), *head)
+    model = head if not spec.transformers else STClassifier(_sts(spec, inp, net.standardise), inp.pool_after_st, head)
+    initialise(model, net.init)
     actual = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert actual == count, (name, actual, count)  # the analytic counts above must describe the built model
     return Built(model, actual, widths, ok)

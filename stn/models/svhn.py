@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ..modules import SpatialTransformer
+from ..modules import SpatialTransformer, initialise
 
 PAPER_WIDTHS = (48, 64, 128, 160, 192, 192, 192, 192)
 PAPER_FC = 3072
@@ -95,13 +95,4 @@ def build(name: str, channels: int, size: int, width: float = 1.0, fc: int = PAP
     if name not in kinds:
         raise ValueError(f"unknown Table 2 model {name!r}; choose one of {list(MODELS)}")
     widths = tuple(max(4, round(w * width)) for w in PAPER_WIDTHS)
-    model = SequenceNet(channels, size, widths, fc, kinds[name], loc_filters, dropout)
-    if init == "he":
-        regressors = {id(st.regressor) for st in model.sts.values()}
-        for m in model.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)) and id(m) not in regressors:
-                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-                nn.init.zeros_(m.bias)
-    elif init != "default":
-        raise ValueError(f"init must be default or he, not {init!r}")
-    return model
+    return initialise(SequenceNet(channels, size, widths, fc, kinds[name], loc_filters, dropout), init)

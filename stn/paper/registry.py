@@ -28,6 +28,13 @@ def run_dir(results: str | Path, experiment: str, dataset: str, model: str, seed
     return Path(results) / RUN_DIR.format(experiment=experiment, dataset=dataset, model=model, seed=seed)
 
 
+AUX_DIR = "runs/{experiment}/{name}"  # a run that an experiment needs besides its grid
+
+
+def aux_dir(results: str | Path, experiment: str, name: str) -> Path:
+    return Path(results) / AUX_DIR.format(experiment=experiment, name=name)
+
+
 def data_path(results: str | Path, name: str) -> Path:
     return Path(results) / DATA_FILE.format(name=name)
 
@@ -50,13 +57,15 @@ class Dataset:
     pool_after_st: bool = False  # appendix A.4: 2x average pooling after the transformer (RTS and TC)
     paper_column: str | None = None  # the column of the paper's table that this data set is (or stands in for)
     stands_in_for: str | None = None  # a synthetic stand-in's original; its table never puts the paper's number beside ours
+    options: tuple[tuple[str, str], ...] = ()  # (key of the config's `data` section, keyword of the generator)
 
 
 DATASETS: dict[str, Dataset] = {d.name: d for d in [
     Dataset("R", "distort", "rotated", 28, "rotated: U(-90°, 90°)"),
     Dataset("RTS", "distort", "rotated_translated_scaled", 42,
             "rotated U(-45°, 45°), scaled U(0.7, 1.2), translated in a 42×42 canvas", pool_after_st=True),
-    Dataset("P", "distort", "projective", 28, "projective: scale U(0.75, 1), corners moved by N(0, 5 px)"),
+    Dataset("P", "distort", "projective", 28, "projective: scale U(0.75, 1), each corner stretched by N(0, 5 px)",
+            options=(("projective_corners", "corners"),)),
     Dataset("E", "distort", "elastic", 28, "elastic: scale U(0.75, 1), 16 TPS points moved by N(0, 1.5 px)"),
     Dataset("TC", "distort", "translated_cluttered", 60, "translated in a 60×60 canvas with six 6×6 clutter patches",
             pool_after_st=True),
@@ -120,10 +129,12 @@ class Experiment:
     references: Callable[[dict], list[tuple[str, list, list]]] = lambda config: []
     problems: Callable[[dict], list[str]] = lambda config: []  # other checks of the config, as messages
     paper_rows: dict = field(default_factory=dict)  # model -> the paper's row name, where it is not display_name's
+    auxiliary: tuple[str, ...] = ()  # runs it needs besides its grid, each in AUX_DIR (Table 5: its encoder e())
 
     @property
     def tables(self) -> list[str]:
-        return [f"tables/{self.name}.{ext}" for ext in TABLE_FORMATS]
+        extra = [f"tables/{self.name}_transforms.md"] if self.module == "classification" else []
+        return [f"tables/{self.name}.{ext}" for ext in TABLE_FORMATS] + extra
 
 
 TABLE_FORMATS = ("csv", "md", "tex", "html")
@@ -227,6 +238,7 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
                            f"figures/table5_{c['figure_variant']}_{c['figure_digit']}.gif"],
         metric="localised", metric_words="percent localised", row_label="Class", column_label="variant",
         settings_key="optimise", job_keys=("encoder_dataset",),
+        auxiliary=("encoder",),
         references=lambda cfg: [
             ("table5.encoder_dataset (its Table 1 CNN is e())", [cfg["table5"]["encoder_dataset"]], cfg["table1"]["datasets"]),
             ("table5.encoder_dataset (e() is Table 1's CNN)", ["CNN"], cfg["table1"]["models"]),

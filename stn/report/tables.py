@@ -134,6 +134,32 @@ def _tex_escape(s: str) -> str:
     return s
 
 
+def net_phrase(net: dict) -> str:
+    """The caption's words for a classification table's `net` where it differs from PyTorch's defaults."""
+    words = (["He initialisation"] if net["init"] == "he" else []) + (
+        ["standardised inputs to the classifier and localisation nets"] if net["standardise"] else [])
+    return f" {', '.join(words).capitalize()} (the paper names neither)." if words else ""
+
+
+def render_transform_table(records: list[dict], datasets: list[str], models: list[str], caption: str, out_dir: Path,
+                           name: str) -> Path | None:
+    """results/tables/<name>_transforms.md: per affine-ST model and data set, the mean zoom √|det A| and the
+    mean translation |t| of its transformers over the test set (means over seeds), from the runs' metrics."""
+    zoom, shift = summarize([r for r in records if "zoom" in r], "zoom"), summarize([r for r in records if "zoom" in r], "shift")
+    rows = [m for m in models if any((m, d) in zoom for d in datasets)]
+    lines = [f"**{caption}**", "", "| Model | " + " | ".join(datasets) + " |", "|---|" + "---|" * len(datasets)]
+    for m in rows:
+        cells = [f"{zoom[m, d][0]:.2f} / {shift[m, d][0]:.2f}" if (m, d) in zoom else "—" for d in datasets]
+        lines.append(f"| {display_name(m)} | " + " | ".join(cells) + " |")
+    lines += ["", "Cells: zoom / shift. Zoom is √|det A| of the affine transform from output to input coordinates "
+              "(1 = the identity's scale; below 1 the transformer zooms in; a window that frames a 28 px digit exactly "
+              "has 28/42 ≈ 0.67 on RTS's 42 px canvas at scale 1 and 28/60 ≈ 0.47 on TC's 60 px canvas). Shift is the "
+              "length of the translation in half-canvas units (0 = centred)."]
+    path = Path(out_dir) / f"{name}_transforms.md"
+    write_text(path, "\n".join(lines) + "\n")
+    return path
+
+
 def render_param_table(table: dict, models: list[str], out_dir: Path, name: str) -> Path:
     """Markdown table of parameter counts and widths per data set (out-of-range widths marked *)."""
     datasets = list(table)
@@ -148,6 +174,10 @@ def render_param_table(table: dict, models: list[str], out_dir: Path, name: str)
             cells.append(f"{e['params']:,} [{widths}]{'' if e['in_paper_range'] else '*'}")
         lines.append(f"| {display_name(m)} | " + " | ".join(cells) + " |")
     lines += ["", "Widths in brackets: hidden units (FCN) or conv1/conv2 filters (CNN)."]
+    nets = {str(t.get("net")) for t in table.values()}
+    if len(nets) == 1 and next(iter(table.values())).get("net"):
+        net = next(iter(table.values()))["net"]
+        lines.append(f"Initialisation: {net['init']}; inputs standardised: {'yes' if net['standardise'] else 'no'}.")
     path = Path(out_dir) / f"{name}.md"
     write_text(path, "\n".join(lines) + "\n")
     return path

@@ -13,12 +13,13 @@ rule classification_params:
         datasets=lambda wc: grid(wc.experiment).datasets,
         models=lambda wc: grid(wc.experiment).models,
         cap=lambda wc: config[wc.experiment]["param_target"],
+        net=lambda wc: net_options(config[wc.experiment]["net"]),
     log:
         log_file("{experiment}_params"),
     benchmark:
         benchmark_file("{experiment}_params")
     shell:
-        "stn params --datasets {params.datasets} --models {params.models} --cap {params.cap} "
+        "stn params --datasets {params.datasets} --models {params.models} --cap {params.cap} {params.net} "
         "--out {output.json} > {log} 2>&1"
 
 

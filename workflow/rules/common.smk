@@ -68,6 +68,17 @@ def data_limits():
     return " ".join(f"--limit-{k} {limits[k]}" for k in ("train", "val", "test") if limits.get(k))
 
 
+def data_options(wildcards):
+    """--option KEY=VALUE for each key of the config's data section that the data set's generator takes."""
+    keys = [key for key, _ in registry.DATASETS[wildcards.name].options]
+    return "--option " + " ".join(f"{k}={config['data'][k]}" for k in keys) if keys else ""
+
+
+def net_options(net):
+    """`stn params` options of a classification table's `net` section."""
+    return f"--init {net['init']}" + (" --standardise" if net["standardise"] else "")
+
+
 def grid(experiment):
     return EXPERIMENTS[experiment].grid(config[experiment], config)
 
@@ -86,6 +97,11 @@ def job_spec(wildcards):
     """One run's resolved settings (stn.settings.resolve_job): Snakemake tracks this params value, so a
     changed setting rewrites job.json, and with it reruns exactly the runs it changes."""
     return stn_settings.resolve_job(config, wildcards.experiment, wildcards.dataset, wildcards.model, int(wildcards.seed))
+
+
+def aux_file(experiment, name, file):
+    """A file of an auxiliary run (registry.AUX_DIR), e.g. Table 5's encoder."""
+    return str(registry.aux_dir(RESULTS, experiment, name) / file)
 
 
 def experiment_spec(wildcards):

@@ -14,6 +14,7 @@ rule distort:
     params:
         seed=config["data"]["seed"],
         limits=data_limits(),
+        options=data_options,
     log:
         log_file("distort_{name}"),
     benchmark:
@@ -21,4 +22,4 @@ rule distort:
     priority: 20  # before any training: Table 1's jobs must not wait behind the appendix experiments
     shell:
         "stn distort --mnist {input.mnist} --name {wildcards.name} --seed {params.seed} "
-        "{params.limits} --out {output.npz} > {log} 2>&1"
+        "{params.limits} {params.options} --out {output.npz} > {log} 2>&1"

@@ -1,5 +1,56 @@
 # Table 5 and Fig. 4: co-localisation (appendix A.2), one optimisation per (variant, digit class).
-# e() is the Table 1 CNN of table5.encoder_dataset, first seed.
+# e() is a CNN trained as Table 1's on table5.encoder_dataset (first seed), with table5.encoder's data
+# reading and inputs, in its own run directory.
+
+
+def encoder_job():
+    """Table 5's e(): a Table 1 CNN run (the first seed, the settings Table 1 gives that data set's CNN)
+    trained on its own data reading and inputs (table5.encoder)."""
+    section, dataset = config["table5"], config["table5"]["encoder_dataset"]
+    seed = grid("table1").seeds[0]
+    job = stn_settings.resolve_job(config, "table1", dataset, "CNN", seed)
+    extra = {"encoder": section["encoder"], "init": config["table1"]["net"]["init"], "data_seed": config["data"]["seed"],
+             "limits": config["data"].get("limits") or {}}
+    return stn_settings.canonical({**job, "experiment": "table5", "model": "encoder", "extra": extra})
+
+
+rule table5_encoder_spec:
+    """job.json of e()'s training run."""
+    output:
+        aux_file("table5", "encoder", "job.json"),
+    params:
+        job=encoder_job(),
+    log:
+        log_file("table5/encoder_job"),
+    localrule: True
+    run:
+        from stn.io import write_json, write_text
+
+        write_json(output[0], params.job)
+        write_text(log[0], f"wrote {output[0]}\n")
+
+
+rule table5_encoder:
+    """Train e(): the Table 1 CNN architecture on the encoder's data set."""
+    input:
+        job=rules.table5_encoder_spec.output[0],
+        mnist=data_file("mnist"),
+        params=params_file("table1"),
+        experiments=mlflow_file("table5"),
+        ext=rules.build_extension.output[0],
+    output:
+        model=aux_file("table5", "encoder", "model.pt"),
+        params=aux_file("table5", "encoder", "params.json"),
+        metrics=aux_file("table5", "encoder", "metrics.json"),
+    threads: 1
+    priority: 5  # every Table 5 run waits for it
+    log:
+        log_file("table5/encoder"),
+    benchmark:
+        benchmark_file("table5/encoder")
+    shell:
+        "stn run --job {input.job} --threads {threads} --input mnist={input.mnist} params={input.params} "
+        "experiments={input.experiments} > {log} 2>&1"
 
 
 rule table5_run:
@@ -7,9 +58,8 @@ rule table5_run:
     input:
         job=run_file("job.json", "table5"),
         mnist=data_file("mnist"),
-        encoder=registry.run_dir(RESULTS, "table1", config["table5"]["encoder_dataset"], "CNN",
-                                 config["table1"]["seeds"][0]) / "model.pt",
-        encoder_params=params_file("table1"),
+        encoder=rules.table5_encoder.output.model,
+        encoder_params=rules.table5_encoder.output.params,
         experiments=mlflow_file("table5"),
         ext=rules.build_extension.output[0],
     output:
