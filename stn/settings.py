@@ -130,6 +130,16 @@ def resolve_job(config: dict, name: str, dataset: str, model: str, seed: int) ->
             "extra": extra, "results": config["results"]})
 
 
+def encoder_job(config: dict) -> dict:
+    """The job of Table 5's e(): a Table 1 CNN run (its first seed, the settings Table 1 gives that data
+    set's CNN) trained on its own data reading and inputs (table5.encoder), in runs/table5/encoder/."""
+    section, dataset = config["table5"], config["table5"]["encoder_dataset"]
+    job = resolve_job(config, "table1", dataset, "CNN", registry.experiment("table1").grid(config["table1"], config).seeds[0])
+    extra = {"encoder": section["encoder"], "init": config["table1"]["net"]["init"], "data_seed": config["data"]["seed"],
+             "limits": config["data"].get("limits") or {}}
+    return canonical({**job, "experiment": "table5", "model": "encoder", "extra": extra})
+
+
 def canonical(obj):
     """`obj` with every mapping's keys sorted: Snakemake compares a params value's text, so the same
     settings written in another key order (a re-dumped YAML) must not rerun a job."""

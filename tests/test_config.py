@@ -68,3 +68,14 @@ def test_an_override_must_select_runs_the_table_has(tmp_path):
                            "--config", f"results={tmp_path / 'results'}"], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode != 0
     assert "table4.train_overrides names model CNN, which is not in table4.models" in proc.stdout + proc.stderr
+
+
+def test_table5_encoder_job_trains_table1s_cnn_with_its_own_data_and_inputs():
+    from stn import settings
+
+    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    job = settings.encoder_job(cfg)
+    assert (job["experiment"], job["dataset"], job["model"], job["seed"]) == ("table5", "P", "encoder", cfg["table1"]["seeds"][0])
+    assert job["settings"] == settings.resolve_job(cfg, "table1", "P", "CNN", cfg["table1"]["seeds"][0])["settings"]
+    assert job["extra"]["encoder"] == {"projective_corners": "independent", "standardise": False}
+    assert list(job) == sorted(job)  # canonical, so a re-dumped YAML reruns nothing

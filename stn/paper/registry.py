@@ -129,7 +129,6 @@ class Experiment:
     references: Callable[[dict], list[tuple[str, list, list]]] = lambda config: []
     problems: Callable[[dict], list[str]] = lambda config: []  # other checks of the config, as messages
     paper_rows: dict = field(default_factory=dict)  # model -> the paper's row name, where it is not display_name's
-    auxiliary: tuple[str, ...] = ()  # runs it needs besides its grid, each in AUX_DIR (Table 5: its encoder e())
 
     @property
     def tables(self) -> list[str]:
@@ -238,7 +237,6 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
                            f"figures/table5_{c['figure_variant']}_{c['figure_digit']}.gif"],
         metric="localised", metric_words="percent localised", row_label="Class", column_label="variant",
         settings_key="optimise", job_keys=("encoder_dataset",),
-        auxiliary=("encoder",),
         references=lambda cfg: [
             ("table5.encoder_dataset (its Table 1 CNN is e())", [cfg["table5"]["encoder_dataset"]], cfg["table1"]["datasets"]),
             ("table5.encoder_dataset (e() is Table 1's CNN)", ["CNN"], cfg["table1"]["models"]),

@@ -3,23 +3,12 @@
 # reading and inputs, in its own run directory.
 
 
-def encoder_job():
-    """Table 5's e(): a Table 1 CNN run (the first seed, the settings Table 1 gives that data set's CNN)
-    trained on its own data reading and inputs (table5.encoder)."""
-    section, dataset = config["table5"], config["table5"]["encoder_dataset"]
-    seed = grid("table1").seeds[0]
-    job = stn_settings.resolve_job(config, "table1", dataset, "CNN", seed)
-    extra = {"encoder": section["encoder"], "init": config["table1"]["net"]["init"], "data_seed": config["data"]["seed"],
-             "limits": config["data"].get("limits") or {}}
-    return stn_settings.canonical({**job, "experiment": "table5", "model": "encoder", "extra": extra})
-
-
 rule table5_encoder_spec:
     """job.json of e()'s training run."""
     output:
         aux_file("table5", "encoder", "job.json"),
     params:
-        job=encoder_job(),
+        job=stn_settings.encoder_job(config),
     log:
         log_file("table5/encoder_job"),
     localrule: True
