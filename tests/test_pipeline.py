@@ -14,6 +14,7 @@ from stn import tracking
 from stn.paper import registry
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # `pytest -m "not slow"` leaves these out of a quick run
 
 
 @pytest.fixture(scope="module")
