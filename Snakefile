@@ -8,13 +8,15 @@
 import sys
 from pathlib import Path
 
-from stn.config import ConfigError, validate
+from stn.config import ConfigError, check_named_files, validate
 from stn.paper.registry import EXPERIMENTS
 
 configfile: "config/config.yaml"
 
+SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.json"
 try:
-    validate(config, Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.json")
+    check_named_files(workflow.overwrite_configfiles, workflow.config_settings.overwrite_config, SCHEMA)
+    validate(config, SCHEMA)
 except ConfigError as exc:
     sys.exit(f"{exc}\n(fix the config file or --config override; the schema is workflow/schemas/*.schema.json)")
 

@@ -84,6 +84,30 @@ def validate(config: dict, schema_path: str | Path) -> dict:
     return config
 
 
+def _merged(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def check_named_files(paths, overrides: dict, schema_path: str | Path) -> None:
+    """Snakemake layers a --configfile on the Snakefile's default config, so a key the user's file lacks
+    would silently come from config/config.yaml. Each named file, with the --config overrides, must be a
+    complete config on its own; the error names the file and every missing or bad key."""
+    for path in paths:
+        path = Path(path)
+        try:
+            named = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+        try:
+            validate(_merged(named, overrides or {}), schema_path)
+        except ConfigError as exc:
+            raise ConfigError(f"{path} is not a complete config on its own (no key is taken from config/config.yaml): "
+                              f"{exc}") from None
+
+
 def load(path: str | Path, schema_path: str | Path) -> dict:
     path = Path(path)
     try:

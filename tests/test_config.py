@@ -79,3 +79,19 @@ def test_table5_encoder_job_trains_table1s_cnn_with_its_own_data_and_inputs():
     assert job["settings"] == settings.resolve_job(cfg, "table1", "P", "CNN", cfg["table1"]["seeds"][0])["settings"]
     assert job["extra"]["encoder"] == {"projective_corners": "independent", "standardise": False}
     assert list(job) == sorted(job)  # canonical, so a re-dumped YAML reruns nothing
+
+
+def test_a_named_config_file_missing_a_key_is_refused_by_name(tmp_path):
+    """--configfile is layered on config/config.yaml: a key missing from the user's file must not come from it."""
+    cfg = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
+    del cfg["table1"]["train"]["eval_every"]
+    partial = tmp_path / "partial.yaml"
+    partial.write_text(yaml.safe_dump(cfg))
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--configfile", str(partial),
+                           "--config", f"results={tmp_path / 'r'}"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert f"{partial} is not a complete config on its own" in proc.stderr + proc.stdout
+    assert "table1.train: 'eval_every' is a required property" in proc.stderr + proc.stdout
+    ok = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--configfile", "config/smoke.yaml",
+                         "--config", f"results={tmp_path / 'r'}"], cwd=ROOT, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr[-2000:]

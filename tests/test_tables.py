@@ -97,3 +97,23 @@ def test_transform_table_shows_zoom_and_shift_means_of_affine_models_only(tmp_pa
     text = render_transform_table(records, ["TC"], ["CNN", "ST-CNN-Aff"], "What they learnt", tmp_path, "table1").read_text()
     assert "| ST-CNN Aff | 0.60 / 0.20 |" in text and "CNN |" not in text.replace("ST-CNN", "")
     assert text.startswith("**What they learnt**")
+
+
+def test_a_table_reads_only_the_runs_its_config_declares(tmp_path):
+    """A leftover seed-2 run of an earlier config never enters a cell of a one-seed table (#18)."""
+    import json
+
+    from stn.experiments import run_records
+    from stn.paper import registry
+    from stn.report.tables import render_table
+
+    for seed, err in ((1, 10.0), (2, 30.0)):
+        d = registry.run_dir(tmp_path, "table1", "R", "CNN", seed)
+        d.mkdir(parents=True)
+        (d / "metrics.json").write_text(json.dumps({"dataset": "R", "model": "CNN", "seed": seed, "test_error": err}))
+    records = run_records(tmp_path, "table1", registry.Grid(["R"], ["CNN"], [1]))
+    assert [r["seed"] for r in records] == [1]
+    csv_text = render_table(records, ["R"], ["CNN"], "c", tmp_path, "table1")["csv"].read_text()
+    assert "CNN,R,10.0000,,1," in csv_text
+    with pytest.raises(FileNotFoundError, match="1 run\\(s\\) of this config have not finished"):
+        run_records(tmp_path, "table1", registry.Grid(["R"], ["CNN"], [1, 3]))
