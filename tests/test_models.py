@@ -100,7 +100,7 @@ def test_standardise_normalises_and_rejects_a_zero_std():
 
 
 def test_transform_stats_reads_zoom_and_shift_of_affine_transformers():
-    from stn.experiments.classification import transform_stats
+    from stn.experiments import transform_stats
 
     built = zoo.build("ST-FCN-Aff", input_spec("TC"), 120_000)
     with torch.no_grad():
@@ -109,3 +109,15 @@ def test_transform_stats_reads_zoom_and_shift_of_affine_transformers():
     assert stats["zoom"] == pytest.approx(0.5) and stats["shift"] == pytest.approx(0.5)
     assert transform_stats(zoo.build("CNN", input_spec("TC"), 120_000).model, torch.zeros(2, 60, 60).numpy()) == {}
     assert transform_stats(zoo.build("ST-FCN-TPS", input_spec("TC"), 120_000).model, torch.zeros(2, 60, 60).numpy()) == {}
+
+
+def test_transform_stats_reads_the_first_transformer_of_a_sequence_net():
+    from stn.experiments import transform_stats
+    from stn.models import svhn
+
+    net = svhn.build("ST-CNN-Multi", 1, 64, width=0.1667, fc=16, loc_filters=4, dropout=0.0)
+    with torch.no_grad():
+        net.sts["0"].regressor.bias.copy_(torch.tensor([0.25, 0.0, 0.0, 0.0, 0.25, 0.6]))
+    stats = transform_stats(net, torch.zeros(3, 1, 64, 64, dtype=torch.uint8).numpy())
+    assert stats["zoom"] == pytest.approx(0.25) and stats["shift"] == pytest.approx(0.6)
+    assert transform_stats(svhn.build("CNN", 1, 64, width=0.1667, fc=16), torch.zeros(2, 1, 64, 64).numpy()) == {}

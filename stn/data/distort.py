@@ -7,7 +7,6 @@ classic validation split, held out of training), test = the 10,000 test digits.
 """
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -248,9 +247,7 @@ def generate(name: str, mnist: dict[str, np.ndarray], seed: int, limits: dict[st
     if unknown:
         raise ValueError(f"data set {name} takes no option {sorted(unknown)}; it takes {sorted(known) or 'none'}")
     fn = globals()[spec.generator]
-    if options:
-        fn = functools.partial(fn, **{known[k]: v for k, v in options.items()})
-        fn.param_names, fn.whole_split = fn.func.param_names, getattr(fn.func, "whole_split", False)
+    kwargs = {known[k]: v for k, v in (options or {}).items()}
     out: dict[str, np.ndarray] = {"param_names": np.array(fn.param_names)}
     for index, (split, (x, y)) in enumerate(split_mnist(mnist).items()):
         limit = (limits or {}).get(split)
@@ -258,7 +255,7 @@ def generate(name: str, mnist: dict[str, np.ndarray], seed: int, limits: dict[st
             x, y = x[:limit], y[:limit]
         gen = torch.Generator().manual_seed(seed * 1000 + index)
         if getattr(fn, "whole_split", False):
-            pairs = fn(x, y, gen)
+            pairs = fn(x, y, gen, **kwargs)
             progress(f"{name}/{split}: {x.shape[0]}/{x.shape[0]}")
             for key in ("x", "y", "params", "theta"):
                 out[f"{key}_{split}"] = pairs[key].astype(np.float32) if key in ("params", "theta") else pairs[key]
@@ -266,7 +263,7 @@ def generate(name: str, mnist: dict[str, np.ndarray], seed: int, limits: dict[st
         parts = []
         for start in range(0, x.shape[0], BATCH):
             digits = torch.from_numpy(x[start : start + BATCH]).float().div(255).unsqueeze(1)
-            parts.append(fn(digits, gen, others=x))
+            parts.append(fn(digits, gen, others=x, **kwargs))
             progress(f"{name}/{split}: {min(start + BATCH, x.shape[0])}/{x.shape[0]}")
         out[f"x_{split}"] = np.concatenate([p.images for p in parts])
         out[f"y_{split}"] = y.astype(np.int64)

@@ -45,6 +45,30 @@ def load_weights(model, path: str | Path, what: str):
     return model.eval()
 
 
+def transform_stats(model, x, batch: int = 500) -> dict[str, float]:
+    """Whether a model's affine transformers learnt anything: over the images `x` (uint8, (N, [C,] H, W)),
+    the mean zoom √|det A| (1 = the identity's scale, below 1 = zoomed in) and the mean length of the
+    translation (half-canvas units) of the θ that `model.transform` returns (every transformer of a
+    parallel pair, the first of a chain); {} for a model without transformers or with non-affine ones."""
+    import torch
+    from torch import nn
+
+    from ..train import as_input
+    from ..transforms import Affine
+
+    sts = getattr(model, "sts", None)
+    sts = list(sts.values()) if isinstance(sts, nn.ModuleDict) else list(sts or [])
+    if not sts or not all(isinstance(st.transform, Affine) for st in sts):
+        return {}
+    model.eval()
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        theta = torch.cat([model.transform(as_input(torch.as_tensor(x[s:s + batch]), device, False))[1].reshape(-1, 6).cpu()
+                           for s in range(0, len(x), batch)]).double()
+    det = theta[:, 0] * theta[:, 4] - theta[:, 1] * theta[:, 3]
+    return {"zoom": float(det.abs().sqrt().mean()), "shift": float(theta[:, [2, 5]].norm(dim=1).mean())}
+
+
 def tracker(job: dict, experiments_file: Path, tags: dict):
     """A factory of the job's MLflow run (resumed by id after a restart), for stn.train.train_run."""
     from .. import tracking

@@ -11,15 +11,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import load_weights, run_records, tracker
+from . import load_weights, run_records, tracker, transform_stats
 from ..data import distort
 from ..io import load_npz, read_json, write_json
 from ..models import mnist as zoo
 from ..paper import registry
 from ..report import figures, tables
 from ..settings import TrainSettings
-from ..train import as_input, config_hash, train_run
-from ..transforms import Affine
+from ..train import config_hash, train_run
 
 
 def input_spec(dataset: str) -> zoo.InputSpec:
@@ -90,24 +89,6 @@ def pixel_stats(x: np.ndarray, sample: int = 10_000) -> tuple[float, float]:
     return float(v.mean()), float(v.std())
 
 
-@torch.no_grad()
-def transform_stats(model: torch.nn.Module, x, batch: int = 500) -> dict[str, float]:
-    """For a model whose transformers are affine: the mean zoom √|det A| (1 = the identity's
-    scale, below 1 = zoomed in) and the mean length of the translation (in units of half the
-    canvas) over the images `x` (uint8, (N, [C,] H, W)); {} for other models."""
-    sts = getattr(model, "sts", None)
-    if not sts or not all(isinstance(st.transform, Affine) for st in sts):
-        return {}
-    model.eval()
-    device = next(model.parameters()).device
-    thetas = []
-    for start in range(0, len(x), batch):
-        thetas.append(model.transform(as_input(torch.as_tensor(x[start:start + batch]), device, False))[1].reshape(-1, 6).cpu())
-    theta = torch.cat(thetas).double()
-    det = theta[:, 0] * theta[:, 4] - theta[:, 1] * theta[:, 3]
-    return {"zoom": float(det.abs().sqrt().mean()), "shift": float(theta[:, [2, 5]].norm(dim=1).mean())}
-
-
 def run_job(job: dict, inputs: dict[str, Path], out_dir: Path) -> dict:
     """One training job: build, train (resuming if a checkpoint exists), evaluate, write metrics.json.
     Inputs: data (the data set), params (the parameter table), experiments (MLflow ids).
@@ -116,8 +97,10 @@ def run_job(job: dict, inputs: dict[str, Path], out_dir: Path) -> dict:
     dataset, model, seed = job["dataset"], job["model"], job["seed"]
     built = build_model(dataset, model, read_json(inputs["params"]), seed)
     data = load_npz(inputs["data"])
-    stats = pixel_stats(data["x_train"])
-    standardised = zoo.set_standardisation(built.model, *stats) > 0
+    standardised = zoo.has_standardisation(built.model)
+    if standardised:
+        stats = pixel_stats(data["x_train"])
+        zoo.set_standardisation(built.model, *stats)
     pairings = job["extra"].get("pairings")
     if pairings is not None:
         pairs = distort.RepairedAddition(data["x_train"], data["y_train"], data["params_train"], pairings, seed)

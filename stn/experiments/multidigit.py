@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import load_weights, run_records, tracker
+from . import load_weights, run_records, tracker, transform_stats
 from ..io import load_npz, read_json, save_npz, sha256_file, write_json
 from ..models import svhn as zoo
 from ..paper import registry
@@ -82,17 +82,6 @@ def run_job(job: dict, inputs: dict[str, Path], out_dir: Path) -> dict:
 def _images(x: np.ndarray) -> torch.Tensor:
     t = torch.from_numpy(x).float().div(255)
     return t if t.dim() == 4 else t.unsqueeze(1)
-
-
-@torch.no_grad()
-def transform_stats(model: torch.nn.Module, x: np.ndarray) -> dict:
-    """Whether the first transformer learnt anything: mean √|det A| (zoom; 1 = none) and mean |t| over test images."""
-    if not model.sts:
-        return {}
-    model = model.cpu().eval()
-    _, theta = model.transform(_images(x).contiguous())
-    a = theta.view(-1, 2, 3)
-    return {"zoom": float(a[:, :, :2].det().abs().sqrt().mean()), "shift": float(a[:, :, 2].norm(dim=1).mean())}
 
 
 def load_model(results: Path, spec: dict, dataset: str, model: str, seed: int) -> torch.nn.Module:

@@ -163,6 +163,10 @@ class Net:
         return cls(**(d or {}))
 
 
+def has_standardisation(model: nn.Module) -> bool:
+    return any(isinstance(m, Standardise) for m in model.modules())
+
+
 def set_standardisation(model: nn.Module, mean: float, std: float) -> int:
     """Fill every Standardise layer of `model` with the training set's pixel statistics; returns how many."""
     layers = [m for m in model.modules() if isinstance(m, Standardise)]

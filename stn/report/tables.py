@@ -142,10 +142,11 @@ def net_phrase(net: dict) -> str:
 
 
 def render_transform_table(records: list[dict], datasets: list[str], models: list[str], caption: str, out_dir: Path,
-                           name: str) -> Path | None:
+                           name: str) -> Path:
     """results/tables/<name>_transforms.md: per affine-ST model and data set, the mean zoom √|det A| and the
     mean translation |t| of its transformers over the test set (means over seeds), from the runs' metrics."""
-    zoom, shift = summarize([r for r in records if "zoom" in r], "zoom"), summarize([r for r in records if "zoom" in r], "shift")
+    affine = [r for r in records if "zoom" in r]
+    zoom, shift = summarize(affine, "zoom"), summarize(affine, "shift")
     rows = [m for m in models if any((m, d) in zoom for d in datasets)]
     lines = [f"**{caption}**", "", "| Model | " + " | ".join(datasets) + " |", "|---|" + "---|" * len(datasets)]
     for m in rows:
@@ -174,9 +175,8 @@ def render_param_table(table: dict, models: list[str], out_dir: Path, name: str)
             cells.append(f"{e['params']:,} [{widths}]{'' if e['in_paper_range'] else '*'}")
         lines.append(f"| {display_name(m)} | " + " | ".join(cells) + " |")
     lines += ["", "Widths in brackets: hidden units (FCN) or conv1/conv2 filters (CNN)."]
-    nets = {str(t.get("net")) for t in table.values()}
-    if len(nets) == 1 and next(iter(table.values())).get("net"):
-        net = next(iter(table.values()))["net"]
+    net = next(iter(table.values())).get("net")  # one per table: `stn params` builds every data set with it
+    if net:
         lines.append(f"Initialisation: {net['init']}; inputs standardised: {'yes' if net['standardise'] else 'no'}.")
     path = Path(out_dir) / f"{name}.md"
     write_text(path, "\n".join(lines) + "\n")
