@@ -38,6 +38,15 @@ def cmd_sequences(a) -> None:
     _log(f"wrote {', '.join(str(p) for p in out.values())}")
 
 
+def cmd_parts(a) -> None:
+    from .experiments.finegrained import build_data
+
+    out = {int(k): Path(v) for k, v in _inputs(a.out).items()}
+    build_data(a.source, out, a.seed, Path(a.mnist) if a.mnist else None,
+               {"train": a.train, "val": a.val, "test": a.test}, {"path": a.cub_path, "validation": a.validation})
+    _log(f"wrote {', '.join(str(p) for p in out.values())}")
+
+
 def cmd_mlflow_init(a) -> None:
     from . import tracking
     from .io import write_json
@@ -168,6 +177,20 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--use-extra", action="store_true", help="svhn: add the 202k extra images to train")
     s.add_argument("--validation", type=int, default=5000, help="svhn: training images held out for validation")
     s.set_defaults(fn=cmd_sequences)
+
+    s = sub.add_parser("parts", help="fine-grained data sets at 224 and 448 px: the MNIST-parts stand-in or CUB's index",
+                       epilog="example: stn parts --source standin --mnist results/data/mnist.npz "
+                              "--out 224=/tmp/p224.npz 448=/tmp/p448.npz --train 2000")
+    s.add_argument("--source", required=True, choices=["standin", "cub"],
+                   help="standin: MNIST parts on a cluttered canvas (synthetic); cub: CUB-200-2011 from --cub-path")
+    s.add_argument("--out", nargs="+", required=True, metavar="SIZE=PATH", help="where each size's npz goes (224 and 448)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--mnist", default=None, help="standin: the MNIST npz")
+    for split, n in (("train", 16000), ("val", 1000), ("test", 2000)):
+        s.add_argument(f"--{split}", type=int, default=n, help=f"standin: {split} canvases")
+    s.add_argument("--cub-path", default=None, help="cub: the CUB_200_2011 folder, the folder holding it, or the .tgz")
+    s.add_argument("--validation", type=int, default=500, help="cub: training images held out for validation")
+    s.set_defaults(fn=cmd_parts)
 
     s = sub.add_parser("mlflow-init", help="create the MLflow experiments before training starts")
     s.add_argument("--results", required=True)

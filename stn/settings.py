@@ -40,6 +40,9 @@ class TrainSettings:
     checkpoint_every: int = _key(POSITIVE_INT, "iterations between checkpoints (a killed job resumes from the last)")
     channels_last: bool = _key({"type": "boolean"}, "channels-last memory layout for 2-D inputs")
     optimizer: str = _key({"enum": list(OPTIMIZER_NAMES)}, "sgd (the paper's) or adam, whose beta1 is momentum", "sgd")
+    lr_milestones: list[int] | None = _key(
+        {"type": ["array", "null"], "items": POSITIVE_INT, "uniqueItems": True},
+        "iterations at which the rate drops by lr_gamma, in place of every lr_step (CUB: 10k, 20k, 25k)", None)
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda; the config's top-level device"})
 
     @classmethod
@@ -56,7 +59,9 @@ class TrainSettings:
         return cls(**d)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The settings as a mapping; an unset optional schedule (lr_milestones None) is left out, so a job
+        spec written before the key existed still reads as the same settings."""
+        return {k: v for k, v in asdict(self).items() if not (k == "lr_milestones" and v is None)}
 
 
 def _config_keys() -> list:
@@ -116,9 +121,9 @@ def resolve_job(config: dict, name: str, dataset: str, model: str, seed: int) ->
     """The job spec of one run: what it is, its resolved settings and its experiment's extras."""
     e = registry.experiment(name)
     grid = e.grid(config[name], config)
-    if dataset not in grid.datasets or model not in grid.models or int(seed) not in grid.seeds:
+    if not grid.has(dataset, model) or int(seed) not in grid.seeds:
         raise SettingsError(f"{name} has no run {dataset}/{model}/seed{seed} in this config "
-                            f"(data sets {grid.datasets}, models {grid.models}, seeds {grid.seeds})")
+                            f"(data sets {grid.datasets}, models {grid.models}, seeds {grid.seeds}, not {grid.exclude})")
     settings = dict(config[name][e.settings_key])
     run = {"dataset": dataset, "model": model}
     for o in overrides(config, name):

@@ -160,7 +160,8 @@ def train_run(
     y_val = torch.from_numpy(data["y_val"][: settings.eval_samples])
     groups = param_groups(model, settings.lr, settings.loc_lr_mult)
     opt = make_optimizer(settings.optimizer, groups, settings.lr, settings.momentum, settings.weight_decay)
-    sched = torch.optim.lr_scheduler.StepLR(opt, settings.lr_step, settings.lr_gamma)
+    sched = (torch.optim.lr_scheduler.MultiStepLR(opt, sorted(settings.lr_milestones), settings.lr_gamma)
+             if settings.lr_milestones else torch.optim.lr_scheduler.StepLR(opt, settings.lr_step, settings.lr_gamma))
     batches = Batches(len(y_train), min(settings.batch_size, len(y_train)), seed)
     eval_batch = 500 if isinstance(data["x_val"], np.ndarray) else 64  # rendered 3-D inputs are large
     start_it, curve, run_id, elapsed = 0, [], None, 0.0

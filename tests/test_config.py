@@ -26,7 +26,33 @@ def test_the_paper_config_needs_the_real_svhn_and_says_so(tmp_path):
     with pytest.raises(ConfigError, match="nowhere is not a directory"):
         validate(cfg, SCHEMA)
     cfg["table2"]["svhn"]["path"] = str(tmp_path)
+    cfg["table3"]["source"] = "standin"
+    cfg["table3"]["net"]["backbone"] = "small"
     validate(cfg, SCHEMA)
+
+
+def test_the_paper_config_needs_cub_and_imagenet_weights_and_says_so(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # an empty hub cache
+    cfg = yaml.safe_load((ROOT / "config" / "paper.yaml").read_text())
+    cfg["table2"]["svhn"]["path"] = str(tmp_path)
+    with pytest.raises(ConfigError) as err:
+        validate(cfg, SCHEMA)
+    assert "table3.cub.path: table3.source is cub but no path is set" in str(err.value)
+    assert "table3.cub.weights: hub, but torch's hub cache has no googlenet-1378be20.pth" in str(err.value)
+    cfg["table3"]["cub"]["path"] = str(tmp_path / "nowhere")
+    cfg["table3"]["cub"]["weights"] = str(tmp_path / "missing.pth")
+    with pytest.raises(ConfigError) as err:
+        validate(cfg, SCHEMA)
+    assert "nowhere does not exist" in str(err.value) and "missing.pth is not a file" in str(err.value)
+    checkpoints = tmp_path / "torch" / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    (checkpoints / "googlenet-1378be20.pth").write_bytes(b"")
+    cfg["table3"]["cub"].update(path=str(tmp_path), weights="hub")
+    validate(cfg, SCHEMA)
+    smoke = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
+    smoke["table3"]["net"]["backbone"] = "googlenet"
+    with pytest.raises(ConfigError, match="googlenet takes RGB images; the stand-in .* is grey"):
+        validate(smoke, SCHEMA)
 
 
 def test_unknown_key_is_named():

@@ -26,8 +26,10 @@ def paper_number(table: str, model: str, dataset: str) -> tuple[float | None, bo
     e = experiment(table)
     rows = results().get(e.paper, {}).get("rows", {})
     name = e.paper_rows.get(model, display_name(model))
-    row = rows.get(name, rows.get(int(model)) if str(model).isdigit() else None)
     column = DATASETS[dataset].paper_column if dataset in DATASETS and DATASETS[dataset].paper_column else dataset
+    if f"{name} {column}" in rows:  # Table 3 names the input size in the row: "2xST-CNN 448px"
+        return rows[f"{name} {column}"], False
+    row = rows.get(name, rows.get(int(model)) if str(model).isdigit() else None)
     return (row.get(column) if isinstance(row, dict) else row), False
 
 

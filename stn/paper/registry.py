@@ -80,6 +80,14 @@ DATASETS: dict[str, Dataset] = {d.name: d for d in [
             paper_column="64px"),
     Dataset("SVHN128", "svhn", None, 128, "SVHN's numbers, inflated crops with more background resized to 128×128",
             channels=3, classes=11, paper_column="128px"),
+    Dataset("PARTS48", "parts", None, 48, "the PARTS96 canvas downscaled 2×", classes=25, paper_column="224px",
+            stands_in_for="CUB 224px"),
+    Dataset("PARTS96", "parts", None, 96, "two small digits (an ordered pair: 25 classes) on a cluttered 96×96 canvas",
+            classes=25, paper_column="448px", stands_in_for="CUB 448px"),
+    Dataset("CUB224", "cub", None, 224, "CUB-200-2011, random 224 crops of the image resized to 256 on its shorter side",
+            channels=3, classes=200, paper_column="224px"),
+    Dataset("CUB448", "cub", None, 448, "CUB-200-2011, random 448 crops of the image resized to 512 on its shorter side",
+            channels=3, classes=200, paper_column="448px"),
 ]}
 
 
@@ -89,14 +97,19 @@ def datasets(builder: str) -> list[str]:
 
 @dataclass(frozen=True)
 class Grid:
-    """The runs an experiment's config section asks for: data sets × models × seeds."""
+    """The runs an experiment's config section asks for: data sets × models × seeds, less the (data set,
+    model) pairs in `exclude` (Table 3 has no 4×ST at 224 px)."""
 
     datasets: list[str]
     models: list[str]
     seeds: list[int]
+    exclude: list[tuple[str, str]] = field(default_factory=list)
+
+    def has(self, dataset: str, model: str) -> bool:
+        return dataset in self.datasets and model in self.models and [dataset, model] not in [list(c) for c in self.exclude]
 
     def cells(self) -> list[tuple[str, str, int]]:
-        return [(d, m, s) for d in self.datasets for m in self.models for s in self.seeds]
+        return [(d, m, s) for d in self.datasets for m in self.models for s in self.seeds if self.has(d, m)]
 
 
 @dataclass(frozen=True)
@@ -129,11 +142,12 @@ class Experiment:
     references: Callable[[dict], list[tuple[str, list, list]]] = lambda config: []
     problems: Callable[[dict], list[str]] = lambda config: []  # other checks of the config, as messages
     paper_rows: dict = field(default_factory=dict)  # model -> the paper's row name, where it is not display_name's
+    extra_tables: tuple[str, ...] = ()  # tables/<name>_<extra>.md rendered beside the main table
 
     @property
     def tables(self) -> list[str]:
-        extra = [f"tables/{self.name}_transforms.md"] if self.module == "classification" else []
-        return [f"tables/{self.name}.{ext}" for ext in TABLE_FORMATS] + extra
+        return ([f"tables/{self.name}.{ext}" for ext in TABLE_FORMATS]
+                + [f"tables/{self.name}_{extra}.md" for extra in self.extra_tables])
 
 
 TABLE_FORMATS = ("csv", "md", "tex", "html")
@@ -166,6 +180,18 @@ SVHN_PROTOCOL = {
     "seeds": 2,
 }
 
+# Appendix A.6: the CUB protocol (lr ÷10 at 10k, 20k and 25k; localisation nets at 1e-4× the base rate).
+CUB_PROTOCOL = {
+    "iterations": 30_000,
+    "batch_size": 256,
+    "lr": 0.1,
+    "optimizer": "sgd",  # momentum: the appendix does not say
+    "lr_milestones": [10_000, 20_000, 25_000],
+    "lr_gamma": 0.1,
+    "weight_decay": 0.00001,
+    "loc_lr_mult": 0.0001,
+}
+
 TABLE1_MODELS = ("FCN", "CNN", "ST-FCN-Aff", "ST-FCN-Proj", "ST-FCN-TPS", "ST-CNN-Aff", "ST-CNN-Proj", "ST-CNN-TPS")
 TABLE4_MODELS = ("FCN", "CNN", "ST-FCN-Aff", "ST-FCN-Proj", "ST-FCN-TPS", "2xST-FCN-Aff", "2xST-FCN-Proj", "2xST-FCN-TPS")
 
@@ -188,6 +214,50 @@ def _svhn_problems(c: dict) -> list[str]:
     return []
 
 
+def sized(builder: str, size: int) -> str:
+    """The data set of a builder that is the paper's `size` px column (Tables 2 and 3 name sets by it)."""
+    for d in DATASETS.values():
+        if d.builder == builder and d.paper_column == f"{size}px":
+            return d.name
+    raise KeyError(f"no {builder} data set is the paper's {size}px column")
+
+
+def _table3_grid(c: dict, cfg: dict) -> Grid:
+    """Table 3's runs: the config's sizes × models × seeds, less its `skip` entries (the paper has no 4xST at 224 px)."""
+    builder = "cub" if c["source"] == "cub" else "parts"
+    return Grid([sized(builder, s) for s in c["sizes"]], list(c["models"]), list(c["seeds"]),
+                [[sized(builder, k["size"]), k["model"]] for k in c["skip"] if k["size"] in c["sizes"]])
+
+
+def _cub_problems(config: dict) -> list[str]:
+    c = config["table3"]
+    out = []
+    if c["source"] == "cub":
+        where = "the CUB_200_2011 folder, the folder holding it, or CUB_200_2011.tgz"
+        if not c["cub"].get("path"):
+            out.append(f"table3.cub.path: table3.source is cub but no path is set; point it at {where}, "
+                       f"or set table3.source: standin")
+        elif not Path(c["cub"]["path"]).exists():
+            out.append(f"table3.cub.path: {c['cub']['path']} does not exist; point it at {where}")
+    elif c["net"]["backbone"] == "googlenet":
+        out.append("table3.net.backbone: googlenet takes RGB images; the stand-in (table3.source: standin) is grey, "
+                   "use backbone: small")
+    weights = c["cub"]["weights"]
+    if weights not in ("auto", "hub", "none") and not Path(weights).is_file():
+        out.append(f"table3.cub.weights: {weights} is not a file; give torchvision's googlenet ImageNet weights "
+                   f"(googlenet-1378be20.pth), or auto, hub or none")
+    if weights == "hub" and c["net"]["backbone"] == "googlenet":
+        from torch.hub import get_dir  # only here: the registry is otherwise torch-free
+
+        if not (Path(get_dir()) / "checkpoints" / GOOGLENET_WEIGHTS).is_file():
+            out.append(f"table3.cub.weights: hub, but torch's hub cache has no {GOOGLENET_WEIGHTS} (the paper's protocol "
+                       f"starts from ImageNet weights); put the file there, name it in table3.cub.weights, or use auto "
+                       f"to train from scratch")
+    return out
+
+
+GOOGLENET_WEIGHTS = "googlenet-1378be20.pth"  # torchvision's ImageNet weights of googlenet, as its hub cache names them
+
 EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
     Experiment(
         name="table1", module="classification", title="Table 1: test error (%) on distorted MNIST",
@@ -195,7 +265,7 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
         summary="Sect. 4.1: every ST model beats its plain counterpart on every distortion (R, RTS, P, E, TC).",
         datasets=("R", "RTS", "P", "E", "TC"), models=TABLE1_MODELS,
         grid=lambda c, cfg: Grid(list(c["datasets"]), list(c["models"]), list(c["seeds"])),
-        figures=_table1_figures, protocol=MNIST_PROTOCOL, priority=10,
+        figures=_table1_figures, protocol=MNIST_PROTOCOL, priority=10, extra_tables=("transforms",),
         references=lambda cfg: [
             ("table1.figure_datasets", cfg["table1"]["figure_datasets"], cfg["table1"]["datasets"]),
             ("table1.figure_model", [cfg["table1"]["figure_model"]], cfg["table1"]["models"]),
@@ -210,12 +280,24 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
                 "the first four conv layers) lower the sequence error, most on the 128 px crops with more background "
                 "(CNN 5.6, ST-CNN 3.9).",
         datasets=("SEQ64", "SEQ128", "SVHN64", "SVHN128"), models=("CNN", "ST-CNN-Single", "ST-CNN-Multi"),
-        grid=lambda c, cfg: Grid([f"{'SVHN' if c['source'] == 'svhn' else 'SEQ'}{s}" for s in c["sizes"]],
+        grid=lambda c, cfg: Grid([sized("svhn" if c["source"] == "svhn" else "sequences", s) for s in c["sizes"]],
                                  list(c["models"]), list(c["seeds"])),
         figures=lambda c: ["figures/table2_transformers.png"], metric_words="sequence error", protocol=SVHN_PROTOCOL,
         job_keys=("net",), paper_rows={"CNN": "CNN (ours)"},
         references=lambda cfg: [("table2.figure_model", [cfg["table2"]["figure_model"]], cfg["table2"]["models"])],
         problems=lambda cfg: _svhn_problems(cfg["table2"]),
+    ),
+    Experiment(
+        name="table3", module="finegrained",
+        title="Table 3: accuracy (%) of fine-grained classification", paper="table3_cub",
+        summary="Sect. 4.3: on CUB-200-2011, 2 or 4 parallel attention transformers find bird parts (head, body) from "
+                "class labels alone and beat the CNN (82.3%); 448 px inputs help (4xST-CNN 448px: 84.1%).",
+        datasets=("PARTS48", "PARTS96", "CUB224", "CUB448"), models=("CNN", "2xST-CNN", "4xST-CNN"),
+        grid=_table3_grid,
+        figures=lambda c: ["figures/table3_attention.png"], metric="accuracy", metric_words="accuracy",
+        protocol=CUB_PROTOCOL, job_keys=("net", "cub"), paper_rows={"CNN": "CNN (ours)"}, extra_tables=("parts",),
+        references=lambda cfg: [("table3.figure_model", [cfg["table3"]["figure_model"]], cfg["table3"]["models"])],
+        problems=_cub_problems,
     ),
     Experiment(
         name="table4", module="classification", title="Table 4: test error (%) on two-digit MNIST addition (RTS)",
@@ -224,6 +306,7 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
         datasets=("ADD",), models=TABLE4_MODELS,
         grid=lambda c, cfg: Grid(["ADD"], list(c["models"]), list(c["seeds"])),
         figures=lambda c: ["figures/table4_transformers.png"], protocol=MNIST_PROTOCOL, job_keys=("pairings",),
+        extra_tables=("transforms",),
         references=lambda cfg: [("table4.figure_model", [cfg["table4"]["figure_model"]], cfg["table4"]["models"])],
     ),
     Experiment(

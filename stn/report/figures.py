@@ -283,3 +283,46 @@ def sequence_transformers(panels: list, out: Path, title: str) -> Path:
         axes[2 * r + 1, 0].set_ylabel("transformer\noutput", fontsize=8)
     fig.suptitle(f"{title} (label → prediction; green: whole sequence right)", fontsize=9)
     return save(fig, out)
+
+
+WINDOW_COLOURS = ("tab:red", "tab:green", "tab:blue", "tab:orange")
+
+
+def _show(ax, image: torch.Tensor) -> None:
+    """One image (C, H, W): grey in [0, 1], or ImageNet-normalised RGB."""
+    if image.shape[0] == 3:
+        mean, std = torch.tensor((0.485, 0.456, 0.406)).view(3, 1, 1), torch.tensor((0.229, 0.224, 0.225)).view(3, 1, 1)
+        ax.imshow((image * std + mean).clamp(0, 1).permute(1, 2, 0).numpy())
+    else:
+        ax.imshow(image[0].numpy(), cmap="gray", vmin=0, vmax=1)
+
+
+def attention_windows(panels: list, out: Path, title: str) -> Path:
+    """Table 3 (right): per set, test images with each transformer's attention window in its own colour
+    (window 1 red, 2 green, 3 blue, 4 orange) and, where known, the parts as dotted white boxes.
+    `panels`: (name, x (N, C, H, W), windows (N, k, 4) px, parts (N, P, 4) px or None, labels, predictions)."""
+    n = max(len(p[1]) for p in panels)
+    fig, axes = plt.subplots(len(panels), n, figsize=(1.7 * n, 1.9 * len(panels)), squeeze=False)
+    for r, (name, x, boxes, parts, labels, preds) in enumerate(panels):
+        for i in range(n):
+            ax = axes[r, i]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i >= len(x):
+                ax.axis("off")
+                continue
+            _show(ax, x[i])
+            for j, (x0, y0, x1, y1) in enumerate(boxes[i].tolist()):
+                ax.add_patch(plt.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, lw=1.4,
+                                           color=WINDOW_COLOURS[j % len(WINDOW_COLOURS)]))
+            for x0, y0, x1, y1 in ([] if parts is None else parts[i].tolist()):
+                ax.add_patch(plt.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, lw=0.8, ls=":",
+                                           color="white"))
+            h, w = x.shape[-2:]
+            ax.set_xlim(-0.5, w - 0.5)
+            ax.set_ylim(h - 0.5, -0.5)
+            ok = int(labels[i]) == int(preds[i])
+            ax.set_xlabel(f"{int(labels[i])} → {int(preds[i])}", fontsize=7, color="tab:green" if ok else "tab:red")
+        axes[r, 0].set_ylabel(name, fontsize=8)
+    fig.suptitle(f"{title}\n(window 1 red, 2 green, 3 blue, 4 orange; dotted: the parts; label → prediction)", fontsize=9)
+    return save(fig, out)

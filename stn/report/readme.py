@@ -37,9 +37,10 @@ def generated_section(results: Path, command: str) -> str:
     parts = [f"Produced by `{command}`, copied from `{results}/tables/*.md` by `stn readme`.", "",
              run_timing(results)]
     for name in TABLES:
-        path = results / "tables" / f"{name}.md"
-        if path.exists():
-            parts += ["", path.read_text().strip()]
+        for stem in [name, *(f"{name}_{extra}" for extra in EXPERIMENTS[name].extra_tables)]:
+            path = results / "tables" / f"{stem}.md"
+            if path.exists():
+                parts += ["", path.read_text().strip()]
     return "\n".join(parts)
 
 

@@ -110,7 +110,7 @@ def experiment_spec(wildcards):
     g = grid(name)
     return stn_settings.canonical({
         "experiment": name, "config_name": config["name"], "results": RESULTS, "section": config[name],
-        "grid": {"datasets": g.datasets, "models": g.models, "seeds": g.seeds},
+        "grid": {"datasets": g.datasets, "models": g.models, "seeds": g.seeds, "exclude": g.exclude},
         "settings": stn_settings.table_settings(config, name), "overrides": stn_settings.overrides(config, name)})
 
 
