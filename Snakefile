@@ -8,13 +8,14 @@
 import sys
 from pathlib import Path
 
-from stn.config import ConfigError, check_named_files, validate
+from stn.config import ConfigError, check_named_files, validate, with_default
 from stn.paper.registry import EXPERIMENTS
 
-configfile: "config/config.yaml"
-
+# The default config (config/config.yaml) is read here rather than by a `configfile:` directive, so that
+# a --configfile replaces it instead of being layered on it, and a YAML error names the file and line.
 SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.json"
 try:
+    config.update(with_default(config, workflow.overwrite_configfiles, Path(workflow.basedir) / "config" / "config.yaml"))
     check_named_files(workflow.overwrite_configfiles, workflow.config_settings.overwrite_config, SCHEMA)
     validate(config, SCHEMA)
 except ConfigError as exc:

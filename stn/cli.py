@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("KINETO_LOG_LEVEL", "5")
     try:
         args.fn(args)
-    except (FileNotFoundError, KeyError, ValueError, RuntimeError) as exc:
+    except (FileNotFoundError, KeyError, ValueError, RuntimeError, ArithmeticError, PermissionError) as exc:
         print(f"stn {args.step}: error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -9,6 +9,7 @@ not train stops the run before any job starts, with a message that names the key
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import jsonschema
@@ -64,6 +65,16 @@ def references(config: dict) -> list[str]:
     return problems
 
 
+def _results_problems(results: str) -> list[str]:
+    """The results directory must be one this user can write (or not exist yet)."""
+    path = Path(results)
+    if path.exists() and not path.is_dir():
+        return [f"results: {path} is a file, not a directory; point results at a directory (it is created if missing)"]
+    if path.is_dir() and not os.access(path, os.W_OK | os.X_OK):
+        return [f"results: {path} is not writable by this user; fix its permissions or point results elsewhere"]
+    return []
+
+
 def validate(config: dict, schema_path: str | Path) -> dict:
     """Validate against the assembled schema, then the references between sections; raises ConfigError
     naming every offending key."""
@@ -78,7 +89,7 @@ def validate(config: dict, schema_path: str | Path) -> dict:
             else:
                 lines.append(f"  {_where(e)}: {e.message}")
         raise ConfigError("invalid config:\n" + "\n".join(lines))
-    problems = references(config)
+    problems = references(config) + _results_problems(config["results"])
     if problems:
         raise ConfigError("invalid config:\n" + "\n".join(f"  {p}" for p in problems))
     return config
@@ -91,16 +102,35 @@ def _merged(base: dict, over: dict) -> dict:
     return out
 
 
+def read_config(path: str | Path) -> dict:
+    """A YAML config file as a mapping; a syntax error names the file and the line."""
+    path = Path(path)
+    try:
+        with open(path) as fh:
+            config = yaml.safe_load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {' '.join(str(exc).split())}") from None
+    if config is not None and not isinstance(config, dict):
+        raise ConfigError(f"{path} must be a YAML mapping of config keys, not a {type(config).__name__}")
+    return config or {}
+
+
+def with_default(config: dict, named_files, default_path: str | Path) -> dict:
+    """The config Snakemake will run: without --configfile, the default file under the --config overrides
+    that `config` holds so far; with --configfile, `config` as Snakemake built it (each named file is
+    checked as complete on its own by check_named_files). The Snakefile loads the default itself, so that
+    a YAML error in it names the file and line."""
+    return config if named_files else _merged(read_config(default_path), config)
+
+
 def check_named_files(paths, overrides: dict, schema_path: str | Path) -> None:
-    """Snakemake layers a --configfile on the Snakefile's default config, so a key the user's file lacks
-    would silently come from config/config.yaml. Each named file, with the --config overrides, must be a
-    complete config on its own; the error names the file and every missing or bad key."""
+    """A --configfile must be a complete config on its own, so that no key reaches a run from a file the
+    user did not name; the error names the file and every missing or bad key."""
     for path in paths:
         path = Path(path)
-        try:
-            named = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+        named = read_config(path)
         try:
             validate(_merged(named, overrides or {}), schema_path)
         except ConfigError as exc:
@@ -109,11 +139,4 @@ def check_named_files(paths, overrides: dict, schema_path: str | Path) -> None:
 
 
 def load(path: str | Path, schema_path: str | Path) -> dict:
-    path = Path(path)
-    try:
-        config = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
-    return validate(config or {}, schema_path)
+    return validate(read_config(path), schema_path)

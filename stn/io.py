@@ -5,6 +5,7 @@ import hashlib
 import json
 import os
 import tempfile
+import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -79,11 +80,33 @@ def load_npz(path: str | Path) -> dict[str, np.ndarray]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist; generate it first (snakemake {path})")
+    fix = "delete it and re-run the rule that writes it"
+    sidecar = path.with_suffix(".json")
+    if sidecar.exists():  # generated data sets record their sha256 beside them
+        expected = read_json(sidecar).get("sha256")
+        if expected and sha256_file(path) != expected:
+            raise ValueError(f"{path} does not match the sha256 in {sidecar.name} (changed or damaged since it was "
+                             f"written); {fix}")
     try:
         with np.load(path, allow_pickle=False) as data:
             return {k: data[k] for k in data.files}
-    except (ValueError, OSError, EOFError) as exc:
-        raise ValueError(f"{path} is corrupt or truncated ({exc}); delete it and re-run the rule that writes it") from None
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"{path} is corrupt or truncated ({exc}); {fix}") from None
+
+
+def load_torch(path: str | Path, what: str, map_location="cpu"):
+    """A checkpoint or model file written by this pipeline, loaded without running code from it; a missing,
+    truncated or foreign file is one error naming it and the fix."""
+    import torch
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist; train {what} first")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises RuntimeError, pickle's UnpicklingError, EOFError, zipfile errors ...
+        raise ValueError(f"{path} is corrupt or not a file this pipeline wrote ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); delete it and re-run {what}") from None
 
 
 def sha256_bytes(data: bytes) -> str:

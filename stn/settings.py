@@ -91,12 +91,15 @@ class SettingsError(ValueError):
 def overrides(config: dict, name: str) -> list[dict]:
     """The section's `train_overrides` as [{"select": {dataset and/or model}, "settings": {...}}], checked."""
     section, out, seen = config[name], [], set()
-    models = registry.experiment(name).grid(section, config).models
+    grid = registry.experiment(name).grid(section, config)
     for entry in section.get("train_overrides") or []:
         entry = dict(entry)
         select = {k: entry.pop(k) for k in ("dataset", "model") if k in entry}
-        if "model" in select and select["model"] not in models:
+        if "model" in select and select["model"] not in grid.models:
             raise SettingsError(f"{name}.train_overrides names model {select['model']}, which is not in {name}.models")
+        if "dataset" in select and select["dataset"] not in grid.datasets:
+            raise SettingsError(f"{name}.train_overrides names data set {select['dataset']}, which {name} does not train "
+                                f"(it trains {grid.datasets}); remove the entry or fix its data set")
         key = tuple(sorted(select.items()))
         if key in seen:
             raise SettingsError(f"{name}.train_overrides names {'/'.join(select.values())} twice; merge the two entries")

@@ -21,9 +21,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import ops
-from .io import atomic_path, write_json
+from .io import atomic_path, load_torch, write_json
 from .modules import param_groups
 from .settings import OPTIMIZER_NAMES, TrainSettings  # noqa: F401  (TrainSettings is re-exported)
+
+
+EXPLODE = 100.0  # a loss above EXPLODE × max(first loss, 1) counts as divergence
+
+
+class Diverged(FloatingPointError):
+    """Training diverged: a non-finite loss, or one that exploded past EXPLODE times its first value."""
 
 
 def _sgd(params, lr: float, momentum: float, weight_decay: float):
@@ -164,13 +171,10 @@ def train_run(
              if settings.lr_milestones else torch.optim.lr_scheduler.StepLR(opt, settings.lr_step, settings.lr_gamma))
     batches = Batches(len(y_train), min(settings.batch_size, len(y_train)), seed)
     eval_batch = 500 if isinstance(data["x_val"], np.ndarray) else 64  # rendered 3-D inputs are large
-    start_it, curve, run_id, elapsed = 0, [], None, 0.0
+    start_it, curve, run_id, elapsed, first_loss = 0, [], None, 0.0, None
     ckpt_path = out_dir / "checkpoint.pt"
     if ckpt_path.exists():
-        try:
-            ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
-        except Exception as exc:
-            raise RuntimeError(f"{ckpt_path} is corrupt ({exc}); delete it to restart this run from scratch") from None
+        ckpt = load_torch(ckpt_path, "this run from scratch (the checkpoint only saves time)", device)
         if ckpt.get("settings") != asdict(settings) or ckpt.get("seed") != seed:
             log(f"{ckpt_path} was written with other settings or seed; starting afresh")
             ckpt = None
@@ -183,6 +187,7 @@ def train_run(
         batches.load_state_dict(ckpt["batches"])
         torch.set_rng_state(ckpt["torch_rng"])
         start_it, curve, run_id, elapsed = ckpt["iteration"], ckpt["curve"], ckpt.get("run_id"), ckpt.get("elapsed", 0.0)
+        first_loss = ckpt.get("first_loss")
         log(f"resuming from iteration {start_it} ({ckpt_path})")
 
     run = tracker_factory(run_id) if tracker_factory else None
@@ -205,8 +210,11 @@ def train_run(
             opt.step()
             sched.step()
             loss_value = loss.item()
-            if not math.isfinite(loss_value):
-                raise FloatingPointError(f"training diverged at iteration {it} (loss {loss_value}); lower the learning rate")
+            first_loss = loss_value if first_loss is None else first_loss
+            if not math.isfinite(loss_value) or loss_value > EXPLODE * max(first_loss, 1.0):
+                raise Diverged(f"training diverged at iteration {it}: loss {loss_value:.4g} (first {first_loss:.4g}) at "
+                               f"learning rate {opt.param_groups[0]['lr']:g}; lower the learning rate (the table's "
+                               f"train.lr, or a train_overrides entry for this run)")
             running += loss_value
             seen += 1
             if it % settings.eval_every == 0 or it == settings.iterations:
@@ -228,7 +236,8 @@ def train_run(
             if it % settings.checkpoint_every == 0 and it != settings.iterations:
                 _save({"settings": asdict(settings), "seed": seed, "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                        "batches": batches.state_dict(), "torch_rng": torch.get_rng_state(), "iteration": it,
-                       "curve": curve, "run_id": run.run_id if run else None, "elapsed": time.time() - t0}, ckpt_path)
+                       "curve": curve, "run_id": run.run_id if run else None, "elapsed": time.time() - t0,
+                       "first_loss": first_loss}, ckpt_path)
         seconds = time.time() - t0
         test_err = error_rate(model, _source(data["x_test"]), torch.from_numpy(data["y_test"]), device,
                               settings.channels_last, eval_batch)

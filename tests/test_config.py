@@ -121,3 +121,49 @@ def test_a_named_config_file_missing_a_key_is_refused_by_name(tmp_path):
     ok = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--configfile", "config/smoke.yaml",
                          "--config", f"results={tmp_path / 'r'}"], cwd=ROOT, capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr[-2000:]
+
+
+def test_results_that_is_a_file_or_read_only_is_named(tmp_path):
+    import os
+
+    cfg = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
+    (tmp_path / "afile").write_text("x")
+    cfg["results"] = str(tmp_path / "afile")
+    with pytest.raises(ConfigError, match="results: .*afile is a file, not a directory"):
+        validate(cfg, SCHEMA)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    cfg["results"] = str(locked)
+    try:
+        if os.access(locked, os.W_OK):  # root may write anywhere: nothing to check
+            pytest.skip("this user can write a 0500 directory (root)")
+        with pytest.raises(ConfigError, match="locked is not writable by this user"):
+            validate(cfg, SCHEMA)
+    finally:
+        locked.chmod(0o700)
+
+
+def test_yaml_errors_name_the_file_and_line_and_the_default_is_only_read_without_configfile(tmp_path):
+    from stn.config import read_config, with_default
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nresults: [oops\ndevice: cpu\n")
+    with pytest.raises(ConfigError, match=r'bad.yaml is not valid YAML: .*bad.yaml", line 3'):
+        read_config(bad)
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="must be a YAML mapping"):
+        read_config(tmp_path / "list.yaml")
+    default = ROOT / "config" / "config.yaml"
+    merged = with_default({"results": "/tmp/elsewhere", "table3": {"seeds": [7]}}, [], default)
+    assert merged["results"] == "/tmp/elsewhere" and merged["table3"]["seeds"] == [7]
+    assert merged["table3"]["models"] == read_config(default)["table3"]["models"]  # the rest from the default
+    assert with_default({"name": "mine"}, ["mine.yaml"], default) == {"name": "mine"}  # a named file replaces it
+
+
+def test_an_override_of_a_data_set_the_table_does_not_train_is_named():
+    cfg = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
+    cfg["table1"]["train_overrides"] = [{"dataset": "E", "iterations": 3}]
+    cfg["table1"]["datasets"] = [d for d in cfg["table1"]["datasets"] if d != "E"]
+    with pytest.raises(ConfigError, match=r"table1.train_overrides names data set E, which table1 does not train"):
+        validate(cfg, SCHEMA)

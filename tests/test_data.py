@@ -148,3 +148,34 @@ def test_data_options_reach_the_generator_and_unknown_ones_are_refused():
         distort.generate("R", m, 0, LIMITS, progress=lambda s: None, options={"projective_corners": "radial"})
     with pytest.raises(ValueError, match="corners must be one of"):
         distort.generate("P", m, 0, LIMITS, progress=lambda s: None, options={"projective_corners": "sideways"})
+
+
+def test_damaged_data_and_model_files_are_one_line_naming_them(tmp_path):
+    import torch
+
+    from stn.experiments import load_weights
+    from stn.io import load_npz, load_torch, save_npz, sha256_file, write_json
+
+    path = tmp_path / "d.npz"
+    save_npz(path, x=np.arange(1000))
+    write_json(tmp_path / "d.json", {"sha256": sha256_file(path)})
+    assert load_npz(path)["x"].sum() == 499500
+    blob = bytearray(path.read_bytes())
+    blob[200] ^= 0xFF  # one flipped byte
+    path.write_bytes(bytes(blob))
+    with pytest.raises(ValueError, match=r"d.npz does not match the sha256 in d.json .* delete it and re-run"):
+        load_npz(path)
+    (tmp_path / "d.json").unlink()
+    path.write_bytes(bytes(blob[:300]))  # truncated, no sidecar to compare with
+    with pytest.raises(ValueError, match=r"d.npz is corrupt or truncated"):
+        load_npz(path)
+    model = torch.nn.Linear(2, 2)
+    torch.save({"state_dict": model.state_dict()}, tmp_path / "model.pt")
+    (tmp_path / "model.pt").write_bytes((tmp_path / "model.pt").read_bytes()[:100])
+    with pytest.raises(ValueError, match=r"model.pt is corrupt or not a file this pipeline wrote .* re-run table1/R"):
+        load_weights(model, tmp_path / "model.pt", "table1/R")
+    torch.save({"state_dict": torch.nn.Linear(3, 3).state_dict()}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="other.pt does not fit this config's model"):
+        load_weights(model, tmp_path / "other.pt", "table1/R")
+    with pytest.raises(FileNotFoundError, match="missing.pt does not exist; train x first"):
+        load_torch(tmp_path / "missing.pt", "x")

@@ -106,3 +106,12 @@ def test_initial_weights_follow_the_seed_across_processes():
     first = digest(1)
     assert first == digest(1)
     assert first != digest(2)
+
+
+def test_an_exploding_loss_stops_naming_the_step_and_the_rate(tmp_path):
+    from stn.train import Diverged
+
+    settings = TrainSettings(**{**SETTINGS, "lr": 1e6, "momentum": 0.9})
+    with pytest.raises(Diverged, match=r"training diverged at iteration \d+: loss .* at learning rate 1e\+06; lower"):
+        train_run(model(), tiny_data(), settings, seed=0, out_dir=tmp_path, log=lambda s: None)
+    assert not (tmp_path / "metrics.json").exists()

@@ -36,12 +36,15 @@ def run_records(results: str | Path, name: str, grid: registry.Grid) -> list[dic
 
 def load_weights(model, path: str | Path, what: str):
     """`model` with the weights a finished run saved at `path` (model.pt), in eval mode on the CPU."""
-    import torch
+    from ..io import load_torch
 
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist; train {what} first")
-    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=False)["state_dict"])
+    saved = load_torch(path, what)
+    if not isinstance(saved, dict) or "state_dict" not in saved:
+        raise ValueError(f"{path} holds no state_dict; it is not a model.pt this pipeline wrote (re-run {what})")
+    try:
+        model.load_state_dict(saved["state_dict"])
+    except RuntimeError as exc:
+        raise ValueError(f"{path} does not fit this config's model ({str(exc).splitlines()[0]}); re-run {what}") from None
     return model.eval()
 
 
