@@ -51,10 +51,16 @@ def cmd_mlflow_init(a) -> None:
     from . import tracking
     from .io import write_json
 
-    uri = tracking.tracking_uri(a.results)
-    ids = tracking.ensure_experiments(uri, a.experiments, tracking.artifact_root(a.results))
+    ids = tracking.init_experiments(a.results, a.experiments, _log)
     write_json(a.out, ids)
-    _log(f"MLflow experiments {ids} at {uri}")
+    _log(f"MLflow experiments {ids} at {tracking.tracking_uri(a.results)}")
+
+
+def cmd_mlflow_sync(a) -> None:
+    from . import tracking
+
+    n = tracking.sync_pending(tracking.tracking_uri(a.results), a.results, _log)
+    _log(f"uploaded {n} run(s) to {tracking.tracking_uri(a.results)}")
 
 
 def cmd_params(a) -> None:
@@ -198,6 +204,11 @@ def parser() -> argparse.ArgumentParser:
                    help="the experiments to create (none: only set up the store)")
     s.add_argument("--out", required=True)
     s.set_defaults(fn=cmd_mlflow_init)
+
+    s = sub.add_parser("mlflow-sync", help="upload the tracking that runs kept offline while MLflow was unreachable",
+                       epilog="example: MLFLOW_TRACKING_URI=http://server:5000 stn mlflow-sync --results results")
+    s.add_argument("--results", required=True, help="the results directory whose runs/ hold mlflow_pending.jsonl files")
+    s.set_defaults(fn=cmd_mlflow_sync)
 
     s = sub.add_parser("params", help="choose widths so every model of a data set has the same parameter count")
     s.add_argument("--datasets", nargs="+", required=True)

@@ -4,16 +4,28 @@ Default store: a SQLite file under the results directory addressed by an absolut
 artifacts beside it; MLFLOW_TRACKING_URI overrides both (e.g. an `mlflow server`). Several
 training processes write to the same SQLite file at once, so every call retries while the
 database is locked instead of losing the run.
+
+Training never waits on tracking: HTTP calls time out after HTTP_TIMEOUT seconds with HTTP_RETRIES
+retries, and once a call fails for any other reason than a locked database the run goes offline: it
+warns once, naming the URI, keeps training, and appends what it would have sent to a PENDING file in
+its run directory, which `stn mlflow-sync` uploads later.
 """
 from __future__ import annotations
 
+import json
 import os
 import random
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 T = TypeVar("T")
+
+HTTP_TIMEOUT, HTTP_RETRIES = "10", "2"  # seconds per MLflow HTTP request, retries (MLflow's own: 120 s, 7)
+PENDING = "mlflow_pending.jsonl"  # a run's tracking calls that could not be sent, one JSON record per line
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", HTTP_TIMEOUT)
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", HTTP_RETRIES)
 
 
 def default_uri(results: str | Path) -> str:
@@ -26,6 +38,31 @@ def tracking_uri(results: str | Path) -> str:
 
 def artifact_root(results: str | Path) -> str:
     return (Path(results) / "mlflow" / "artifacts").resolve().as_uri()
+
+
+def experiment_name(name: str, results: str | Path) -> str:
+    """The MLflow experiment of table `name` for a results directory: the plain name in the directory's own
+    store, "<name> [<results, absolute>]" on a shared server, so two result trees never mix there."""
+    if tracking_uri(results) == default_uri(results):
+        return name
+    return f"{name} [{Path(results).resolve()}]"
+
+
+def init_experiments(results: str | Path, names: list[str], log: Callable[[str], None] = print) -> dict[str, str | None]:
+    """Set up the store and the experiments of `names` for a results directory: name -> experiment id. A
+    tracking server that cannot be reached gives None ids and a warning (the runs then track offline); a
+    local store that fails is an error."""
+    uri = tracking_uri(results)
+    try:
+        ids = ensure_experiments(uri, [experiment_name(n, results) for n in names], artifact_root(results))
+    except Exception as exc:
+        if uri == default_uri(results):
+            raise
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        log(f"warning: MLflow at {uri} is unreachable ({first}); the runs will keep their tracking in "
+            f"{PENDING} files for `stn mlflow-sync`")
+        return {n: None for n in names}
+    return {n: ids[experiment_name(n, results)] for n in names}
 
 
 def _retry(fn: Callable[[], T], attempts: int = 30) -> T:
@@ -64,44 +101,140 @@ def ensure_experiments(uri: str, names: list[str], artifacts: str | None) -> dic
 
 
 class Run:
-    """One MLflow run, resumable by id; every call retries on a locked database."""
+    """One MLflow run, resumable by id; every call retries on a locked database. With `pending` (a file in
+    the run's directory) an unreachable store does not stop training: the run goes offline and records
+    its calls there for `sync_pending`; with `experiment_id` None it starts offline."""
 
-    def __init__(self, uri: str, experiment_id: str, name: str, run_id: str | None = None,
-                 tags: dict[str, str] | None = None) -> None:
-        self.client = client(uri)
-        if run_id is None:
-            run = _retry(lambda: self.client.create_run(experiment_id, run_name=name, tags=tags or {}))
-            run_id = run.info.run_id
-        else:
-            _retry(lambda: self.client.update_run(run_id, status="RUNNING"))
-        self.run_id = run_id
+    def __init__(self, uri: str, experiment_id: str | None, name: str, run_id: str | None = None,
+                 tags: dict[str, str] | None = None, pending: Path | None = None, experiment: str = "") -> None:
+        self.uri, self.pending, self.run_id, self.offline = uri, pending, run_id, False
+        start = {"kind": "start", "experiment": experiment, "name": name, "tags": tags or {}}
+        try:
+            if experiment_id is None:
+                raise ConnectionError("the pipeline could not reach it when the experiments were created")
+            self.client = client(uri)
+            if run_id is None:
+                self._close_orphans(experiment_id, name)
+                run = _retry(lambda: self.client.create_run(experiment_id, run_name=name, tags=tags or {}))
+                self.run_id = run.info.run_id
+            else:
+                _retry(lambda: self.client.update_run(run_id, status="RUNNING"))
+        except Exception as exc:
+            self._go_offline(exc)
+            self._record(start)
+
+    def _close_orphans(self, experiment_id: str, name: str) -> None:
+        """A job killed before its first checkpoint left its run RUNNING; its rerun starts afresh, so
+        that run is marked KILLED."""
+        runs = _retry(lambda: self.client.search_runs(
+            [experiment_id], f"attributes.run_name = '{name}' and attributes.status = 'RUNNING'", max_results=100))
+        for r in runs:
+            _retry(lambda: self.client.set_terminated(r.info.run_id, status="KILLED"))
+
+    def _go_offline(self, exc: Exception) -> None:
+        if self.pending is None:
+            raise exc
+        if not self.offline:
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            warnings.warn(f"MLflow at {self.uri} is unreachable ({first}); training goes on and this run's tracking "
+                          f"is kept in {self.pending}; upload it later with `stn mlflow-sync`", RuntimeWarning, stacklevel=3)
+        self.offline = True
+
+    def _record(self, record: dict) -> None:
+        self.pending.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.pending, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+    def _send(self, fn: Callable[[], Any], record: dict) -> None:
+        if not self.offline:
+            try:
+                _retry(fn)
+                return
+            except Exception as exc:
+                self._go_offline(exc)
+                if self.run_id is not None:  # the run exists on the server: the sync resumes it
+                    self._record({"kind": "resume", "run_id": self.run_id})
+        self._record(record)
 
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
-        flat = [Param(k, str(v)[:6000]) for k, v in _flatten(params).items()]
-        existing = _retry(lambda: self.client.get_run(self.run_id)).data.params
-        flat = [p for p in flat if p.key not in existing]  # a resumed run keeps its params
-        if flat:
-            _retry(lambda: self.client.log_batch(self.run_id, params=flat))
+        flat = {k: str(v)[:6000] for k, v in _flatten(params).items()}
+
+        def send():
+            existing = _retry(lambda: self.client.get_run(self.run_id)).data.params
+            fresh = [Param(k, v) for k, v in flat.items() if k not in existing]  # a resumed run keeps its params
+            if fresh:
+                _retry(lambda: self.client.log_batch(self.run_id, params=fresh))
+
+        self._send(send, {"kind": "params", "params": flat})
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
-        _retry(lambda: self.client.log_batch(self.run_id, metrics=batch))
+        self._send(lambda: self.client.log_batch(self.run_id, metrics=batch),
+                   {"kind": "metrics", "metrics": {k: float(v) for k, v in metrics.items()}, "step": step, "time": now})
 
     def set_tags(self, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag
 
-        _retry(lambda: self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()]))
+        self._send(lambda: self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()]),
+                   {"kind": "tags", "tags": {k: str(v) for k, v in tags.items()}})
 
     def log_artifact(self, path: str | Path) -> None:
-        _retry(lambda: self.client.log_artifact(self.run_id, str(path)))
+        self._send(lambda: self.client.log_artifact(self.run_id, str(path)),
+                   {"kind": "artifact", "path": str(Path(path).resolve())})
 
     def end(self, status: str = "FINISHED") -> None:
-        _retry(lambda: self.client.set_terminated(self.run_id, status=status))
+        self._send(lambda: self.client.set_terminated(self.run_id, status=status), {"kind": "end", "status": status})
+
+
+def sync_pending(uri: str, results: str | Path, log: Callable[[str], None] = print) -> int:
+    """Upload every run's PENDING file under `results` to `uri` (creating experiments and runs where needed);
+    each file is removed once its run is complete on the server. Returns the number of runs uploaded."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    files = sorted(Path(results).rglob(PENDING))
+    if not files:
+        log(f"nothing to upload: no {PENDING} under {results}")
+        return 0
+    c = client(uri)
+    done = 0
+    for path in files:
+        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        start = next((r for r in records if r["kind"] == "start"), None)
+        resume = next((r for r in records if r["kind"] == "resume"), None)
+        if resume:
+            run_id = resume["run_id"]
+        elif start:
+            exp_id = ensure_experiments(uri, [start["experiment"]], artifact_root(results))[start["experiment"]]
+            run_id = _retry(lambda: c.create_run(exp_id, run_name=start["name"], tags=start["tags"])).info.run_id
+        else:
+            raise ValueError(f"{path} has neither a start nor a resume record; it was not written by stn")
+        status = None
+        for r in records:
+            if r["kind"] == "params":
+                existing = _retry(lambda: c.get_run(run_id)).data.params
+                fresh = [Param(k, v) for k, v in r["params"].items() if k not in existing]
+                if fresh:
+                    _retry(lambda: c.log_batch(run_id, params=fresh))
+            elif r["kind"] == "metrics":
+                batch = [Metric(k, v, r["time"], r["step"]) for k, v in r["metrics"].items()]
+                _retry(lambda: c.log_batch(run_id, metrics=batch))
+            elif r["kind"] == "tags":
+                _retry(lambda: c.log_batch(run_id, tags=[RunTag(k, v) for k, v in r["tags"].items()]))
+            elif r["kind"] == "artifact" and Path(r["path"]).exists():
+                _retry(lambda: c.log_artifact(run_id, r["path"]))
+            elif r["kind"] == "end":
+                status = r["status"]
+        if status:
+            _retry(lambda: c.set_terminated(run_id, status=status))
+        path.unlink()
+        done += 1
+        log(f"uploaded {path.parent} as run {run_id}")
+    return done
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:

@@ -7,6 +7,7 @@ is the file the pipeline treats as "done". Every write is atomic.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import subprocess
@@ -140,8 +141,12 @@ def config_hash(obj) -> str:
 
 
 def _save(obj, path: Path) -> None:
+    """torch.save through a buffer: saved to a path, the zip's entries would be named after the temporary
+    file, and two identical runs would give different model.pt bytes."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        tmp.write_bytes(buf.getvalue())
 
 
 def train_run(
@@ -198,7 +203,8 @@ def train_run(
     status = "FAILED"
     try:
         t0 = time.time() - elapsed
-        running, seen, last_log = 0.0, 0, time.time()
+        running, seen = (ckpt["running"], ckpt["seen"]) if ckpt is not None and "running" in ckpt else (0.0, 0)
+        last_log = time.time()
         model.train()
         for it in range(start_it + 1, settings.iterations + 1):
             idx = batches.next()
@@ -237,7 +243,7 @@ def train_run(
                 _save({"settings": asdict(settings), "seed": seed, "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                        "batches": batches.state_dict(), "torch_rng": torch.get_rng_state(), "iteration": it,
                        "curve": curve, "run_id": run.run_id if run else None, "elapsed": time.time() - t0,
-                       "first_loss": first_loss}, ckpt_path)
+                       "first_loss": first_loss, "running": running, "seen": seen}, ckpt_path)
         seconds = time.time() - t0
         test_err = error_rate(model, _source(data["x_test"]), torch.from_numpy(data["y_test"]), device,
                               settings.channels_last, eval_batch)

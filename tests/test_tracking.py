@@ -47,3 +47,88 @@ def test_env_var_overrides_store(tmp_path, monkeypatch):
     assert tracking.tracking_uri("results") == "sqlite:///" + str(tmp_path / "other.db")
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     assert tracking.tracking_uri(tmp_path).startswith("sqlite:////")
+
+
+def _dead_port():
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens there now
+    return port
+
+
+def test_an_unreachable_server_costs_no_training_and_the_sync_uploads_it_later(tmp_path, monkeypatch):
+    import time
+
+    import numpy as np
+    import torch
+
+    from stn.experiments import tracker
+    from stn.io import write_json
+    from stn.models import mnist as zoo
+    from stn.train import TrainSettings, train_run
+
+    results = tmp_path / "results"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{_dead_port()}")
+    t0 = time.time()
+    ids = tracking.init_experiments(results, ["table1"], log=lambda s: None)
+    assert ids == {"table1": None} and time.time() - t0 < 60
+    assert tracking.experiment_name("table1", results) == f"table1 [{results.resolve()}]"  # one per results tree
+    write_json(tmp_path / "ids.json", ids)
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 10, 32)
+    x = rng.integers(0, 255, (32, 28, 28)).astype(np.uint8)
+    data = {"x_train": x, "y_train": y, "x_val": x[:8], "y_val": y[:8], "x_test": x[:8], "y_test": y[:8]}
+    settings = TrainSettings(iterations=4, batch_size=8, lr=0.01, momentum=0.9, lr_step=100, lr_gamma=0.1,
+                             weight_decay=0.0, loc_lr_mult=1.0, eval_every=2, eval_samples=8, checkpoint_every=2,
+                             channels_last=False, device="cpu")
+    job = {"experiment": "table1", "dataset": "R", "model": "FCN", "seed": 1, "results": str(results)}
+    out = results / "runs" / "table1" / "R" / "FCN" / "seed1"
+    torch.manual_seed(0)
+    model = zoo.build("FCN", zoo.InputSpec(1, 28, 10, False), 30_000).model
+    with pytest.warns(RuntimeWarning, match="MLflow at http://127.0.0.1:.* is unreachable"):
+        metrics = train_run(model, data, settings, 1, out, tracker(job, tmp_path / "ids.json", {"dataset": "R"}, out),
+                            log=lambda s: None)
+    assert metrics["run_id"] is None and (out / "model.pt").exists()
+    kinds = [r.split('"kind": "')[1].split('"')[0] for r in (out / tracking.PENDING).read_text().splitlines()]
+    assert kinds[0] == "start" and kinds.count("metrics") == 3 and kinds[-1] == "end"
+    # the server is back (here: a local store): the sync creates the experiment and the run
+    store = tracking.default_uri(tmp_path / "server")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    assert tracking.sync_pending(store, results, log=lambda s: None) == 1
+    assert not (out / tracking.PENDING).exists()
+    (run,) = tracking.find_runs(store, f"table1 [{results.resolve()}]")
+    assert run.info.status == "FINISHED" and run.data.tags["dataset"] == "R"
+    assert run.data.params["settings.lr"] == "0.01" and "test_error" in run.data.metrics
+
+
+def test_a_store_lost_mid_run_is_resumed_by_the_sync(tmp_path):
+    uri = tracking.default_uri(tmp_path)
+    exp = tracking.ensure_experiments(uri, ["table1"], None)["table1"]
+    run = tracking.Run(uri, exp, "R/CNN/seed1", pending=tmp_path / tracking.PENDING, experiment="table1")
+    run.log_metrics({"loss": 1.0}, step=1)
+
+    def down(*a, **k):
+        raise ConnectionError("connection refused")
+
+    run.client.log_batch = down
+    with pytest.warns(RuntimeWarning, match="unreachable \\(connection refused\\)"):
+        run.log_metrics({"loss": 0.5}, step=2)
+    run.end("FINISHED")  # offline now: recorded, not sent
+    assert tracking.find_runs(uri, "table1")[0].info.status == "RUNNING"
+    assert tracking.sync_pending(uri, tmp_path, log=lambda s: None) == 1
+    (synced,) = tracking.find_runs(uri, "table1")
+    assert synced.info.run_id == run.run_id and synced.info.status == "FINISHED"
+    assert synced.data.metrics["loss"] == 0.5
+
+
+def test_a_run_left_running_by_a_killed_job_is_closed_when_the_job_reruns(tmp_path):
+    uri = tracking.default_uri(tmp_path)
+    exp = tracking.ensure_experiments(uri, ["table1"], None)["table1"]
+    orphan = tracking.Run(uri, exp, "R/CNN/seed1")  # killed before its first checkpoint: never ended
+    other = tracking.Run(uri, exp, "R/CNN/seed2")
+    fresh = tracking.Run(uri, exp, "R/CNN/seed1")
+    status = {r.info.run_id: r.info.status for r in tracking.find_runs(uri, "table1")}
+    assert status == {orphan.run_id: "KILLED", other.run_id: "RUNNING", fresh.run_id: "RUNNING"}

@@ -1,4 +1,6 @@
 """Training: a killed run resumes to the same result; a failing run ends FAILED in MLflow."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -30,7 +32,7 @@ def model():
 
 def test_killed_run_resumes_to_identical_weights(tmp_path, monkeypatch):
     data = tiny_data()
-    settings = TrainSettings(**SETTINGS)
+    settings = TrainSettings(**{**SETTINGS, "eval_every": 4})  # the checkpoint at 10 falls between evaluations
     full = train_run(model(), data, settings, seed=1, out_dir=tmp_path / "full", log=lambda s: None)
 
     calls = {"n": 0}
@@ -56,6 +58,10 @@ def test_killed_run_resumes_to_identical_weights(tmp_path, monkeypatch):
     for k in a:
         torch.testing.assert_close(a[k], b[k])
     assert not (tmp_path / "resumed" / "checkpoint.pt").exists()
+    # the logged curve (its running training loss included) and the model file are the uninterrupted run's
+    curve = lambda d: [{k: v for k, v in p.items() if k != "seconds"} for p in json.loads((d / "curve.json").read_text())]  # noqa: E731
+    assert curve(tmp_path / "resumed") == curve(tmp_path / "full")
+    assert (tmp_path / "resumed" / "model.pt").read_bytes() == (tmp_path / "full" / "model.pt").read_bytes()
 
 
 def test_learns_the_toy_task(tmp_path):

@@ -72,15 +72,17 @@ def transform_stats(model, x, batch: int = 500) -> dict[str, float]:
     return {"zoom": float(det.abs().sqrt().mean()), "shift": float(theta[:, [2, 5]].norm(dim=1).mean())}
 
 
-def tracker(job: dict, experiments_file: Path, tags: dict):
-    """A factory of the job's MLflow run (resumed by id after a restart), for stn.train.train_run."""
+def tracker(job: dict, experiments_file: Path, tags: dict, out_dir: Path):
+    """A factory of the job's MLflow run (resumed by id after a restart), for stn.train.train_run; if the
+    store is unreachable the run keeps its tracking in out_dir/mlflow_pending.jsonl (stn.tracking)."""
     from .. import tracking
     from ..io import read_json
 
     ids = read_json(experiments_file)
     name = job["experiment"]
     if name not in ids:
-        raise KeyError(f"MLflow experiment {name!r} is not in {experiments_file}; re-run the mlflow_experiments rule")
+        raise KeyError(f"MLflow experiment {name!r} is not in {experiments_file}; re-run the mlflow_experiment rule")
     label = f"{job['dataset']}/{job['model']}/seed{job['seed']}"
     uri = tracking.tracking_uri(job["results"])
-    return lambda run_id=None: tracking.Run(uri, ids[name], label, run_id, tags)
+    return lambda run_id=None: tracking.Run(uri, ids[name], label, run_id, tags, Path(out_dir) / tracking.PENDING,
+                                            tracking.experiment_name(name, job["results"]))

@@ -232,7 +232,7 @@ def run_job(job: dict, inputs: dict[str, Path], out_dir: Path) -> dict:
     load_weights(built.model, inputs["encoder"], f"e(), the CNN on {job['extra']['encoder_dataset']}")
     run = tracker(job, inputs["experiments"], {"variant": variant, "digit": str(digit), "encoder": str(inputs["encoder"]),
                                                "torch_version": torch.__version__,
-                                               "sampler_impl": ops.resolve_impl("auto", torch.device("cpu"))})()
+                                               "sampler_impl": ops.resolve_impl("auto", torch.device("cpu"))}, out_dir)()
     status = "FAILED"
     try:
         run.log_params({"settings": settings, "seed": seed})
