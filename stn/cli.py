@@ -207,7 +207,7 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("mlflow-sync", help="upload the tracking that runs kept offline while MLflow was unreachable",
                        epilog="example: MLFLOW_TRACKING_URI=http://server:5000 stn mlflow-sync --results results")
-    s.add_argument("--results", required=True, help="the results directory whose runs/ hold mlflow_pending.jsonl files")
+    s.add_argument("--results", required=True, help="the results directory; every run of it that kept its tracking offline is uploaded")
     s.set_defaults(fn=cmd_mlflow_sync)
 
     s = sub.add_parser("params", help="choose widths so every model of a data set has the same parameter count")
