@@ -28,23 +28,22 @@ def cmd_distort(a) -> None:
     _log(f"wrote {a.out}")
 
 
-def cmd_sequences(a) -> None:
-    from .experiments.multidigit import build_data
+def _build_sized(a, module: str, real: dict) -> None:
+    """The body of `stn sequences` and `stn parts`: an experiment's sets at two sizes (stand-in or real data)."""
+    import importlib
 
     out = {int(k): Path(v) for k, v in _inputs(a.out).items()}
-    build_data(a.source, out, a.seed, Path(a.mnist) if a.mnist else None,
-               {"train": a.train, "val": a.val, "test": a.test},
-               {"path": a.svhn_path, "use_extra": a.use_extra, "validation": a.validation})
+    importlib.import_module(f"stn.experiments.{module}").build_data(
+        a.source, out, a.seed, Path(a.mnist) if a.mnist else None, {"train": a.train, "val": a.val, "test": a.test}, real)
     _log(f"wrote {', '.join(str(p) for p in out.values())}")
+
+
+def cmd_sequences(a) -> None:
+    _build_sized(a, "multidigit", {"path": a.svhn_path, "use_extra": a.use_extra, "validation": a.validation})
 
 
 def cmd_parts(a) -> None:
-    from .experiments.finegrained import build_data
-
-    out = {int(k): Path(v) for k, v in _inputs(a.out).items()}
-    build_data(a.source, out, a.seed, Path(a.mnist) if a.mnist else None,
-               {"train": a.train, "val": a.val, "test": a.test}, {"path": a.cub_path, "validation": a.validation})
-    _log(f"wrote {', '.join(str(p) for p in out.values())}")
+    _build_sized(a, "finegrained", {"path": a.cub_path, "validation": a.validation})
 
 
 def cmd_mlflow_init(a) -> None:
@@ -143,6 +142,22 @@ def cmd_readme(a) -> None:
     _log(f"copied the tables of {a.results} into {a.readme}")
 
 
+def _sized_sets(sub, step: str, help: str, sizes: tuple[int, int], real: str, real_help: str, item: str, fn):
+    """A data command of an experiment with sets at two sizes: its options shared by the stand-in and the real data."""
+    s = sub.add_parser(step, help=help, epilog=f"example: stn {step} --source standin --mnist results/data/mnist.npz --out "
+                       + " ".join(f"{z}=/tmp/{step}{z}.npz" for z in sizes) + " --train 2000")
+    s.add_argument("--source", required=True, choices=["standin", real],
+                   help=f"standin: {item} made from MNIST (synthetic); {real}: {real_help}")
+    s.add_argument("--out", nargs="+", required=True, metavar="SIZE=PATH",
+                   help=f"where each size's npz goes ({' and '.join(map(str, sizes))})")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--mnist", default=None, help="standin: the MNIST npz")
+    for split, n in (("train", 16000), ("val", 1000), ("test", 2000)):
+        s.add_argument(f"--{split}", type=int, default=n, help=f"standin: {split} {item}")
+    s.set_defaults(fn=fn)
+    return s
+
+
 def parser() -> argparse.ArgumentParser:
     from .paper import registry
     from .settings import INITS
@@ -169,34 +184,16 @@ def parser() -> argparse.ArgumentParser:
                    help="a key of the config's data section that this data set takes (P: projective_corners=radial)")
     s.set_defaults(fn=cmd_distort)
 
-    s = sub.add_parser("sequences", help="multi-digit data sets at 64 and 128 px: the MNIST stand-in or SVHN",
-                       epilog="example: stn sequences --source standin --mnist results/data/mnist.npz "
-                              "--out 64=/tmp/s64.npz 128=/tmp/s128.npz --train 2000")
-    s.add_argument("--source", required=True, choices=["standin", "svhn"],
-                   help="standin: MNIST digit sequences (synthetic); svhn: SVHN format 1 from --svhn-path")
-    s.add_argument("--out", nargs="+", required=True, metavar="SIZE=PATH", help="where each size's npz goes (64 and 128)")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--mnist", default=None, help="standin: the MNIST npz")
-    for split, n in (("train", 20000), ("val", 1000), ("test", 2000)):
-        s.add_argument(f"--{split}", type=int, default=n, help=f"standin: {split} sequences")
+    s = _sized_sets(sub, "sequences", "multi-digit data sets at 64 and 128 px: the MNIST stand-in or SVHN", (64, 128),
+                    "svhn", "SVHN format 1 from --svhn-path", "sequences", cmd_sequences)
     s.add_argument("--svhn-path", default=None, help="svhn: folder with train/, test/ (and extra/) or their .tar.gz")
     s.add_argument("--use-extra", action="store_true", help="svhn: add the 202k extra images to train")
     s.add_argument("--validation", type=int, default=5000, help="svhn: training images held out for validation")
-    s.set_defaults(fn=cmd_sequences)
 
-    s = sub.add_parser("parts", help="fine-grained data sets at 224 and 448 px: the MNIST-parts stand-in or CUB's index",
-                       epilog="example: stn parts --source standin --mnist results/data/mnist.npz "
-                              "--out 224=/tmp/p224.npz 448=/tmp/p448.npz --train 2000")
-    s.add_argument("--source", required=True, choices=["standin", "cub"],
-                   help="standin: MNIST parts on a cluttered canvas (synthetic); cub: CUB-200-2011 from --cub-path")
-    s.add_argument("--out", nargs="+", required=True, metavar="SIZE=PATH", help="where each size's npz goes (224 and 448)")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--mnist", default=None, help="standin: the MNIST npz")
-    for split, n in (("train", 16000), ("val", 1000), ("test", 2000)):
-        s.add_argument(f"--{split}", type=int, default=n, help=f"standin: {split} canvases")
+    s = _sized_sets(sub, "parts", "fine-grained data sets at 224 and 448 px: the MNIST-parts stand-in or CUB's index",
+                    (224, 448), "cub", "CUB-200-2011 from --cub-path", "canvases", cmd_parts)
     s.add_argument("--cub-path", default=None, help="cub: the CUB_200_2011 folder, the folder holding it, or the .tgz")
     s.add_argument("--validation", type=int, default=500, help="cub: training images held out for validation")
-    s.set_defaults(fn=cmd_parts)
 
     s = sub.add_parser("mlflow-init", help="create the MLflow experiments before training starts")
     s.add_argument("--results", required=True)
