@@ -142,6 +142,19 @@ def cmd_readme(a) -> None:
     _log(f"copied the tables of {a.results} into {a.readme}")
 
 
+def _version() -> str:
+    """`stn --version`: the package version and the checkout's commit (pyproject.toml and git)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from .train import git_commit
+
+    try:
+        number = version("stn")
+    except PackageNotFoundError:
+        number = "not installed"
+    return f"stn {number} (git {git_commit()[:12]}, Python {sys.version.split()[0]})"
+
+
 def _sized_sets(sub, step: str, help: str, sizes: tuple[int, int], real: str, real_help: str, item: str, fn):
     """A data command of an experiment with sets at two sizes: its options shared by the stand-in and the real data."""
     s = sub.add_parser(step, help=help, epilog=f"example: stn {step} --source standin --mnist results/data/mnist.npz --out "
@@ -164,7 +177,10 @@ def parser() -> argparse.ArgumentParser:
 
     ex = next(iter(registry.EXPERIMENTS.values()))  # the examples in the help texts
     example = registry.run_dir("results", ex.name, ex.datasets[0], ex.models[0], 1)
-    p = argparse.ArgumentParser(prog="stn", description="Spatial Transformer Networks reproduction pipeline steps")
+    p = argparse.ArgumentParser(prog="stn", description="Spatial Transformer Networks reproduction pipeline steps",
+                                epilog="every rule of the Snakemake pipeline runs one of these steps; "
+                                       "`stn STEP --help` shows its options and an example")
+    p.add_argument("--version", action="version", version=_version())
     sub = p.add_subparsers(dest="step", required=True, metavar="STEP")
 
     s = sub.add_parser("mnist", help="obtain and verify MNIST")

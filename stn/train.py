@@ -235,8 +235,8 @@ def train_run(
                 done = it - start_it
                 rate = done / max(time.time() - t0 - elapsed, 1e-9)
                 eta = (settings.iterations - it) / max(rate, 1e-9)
-                last = curve[-1]["val_error"] if curve else float("nan")
-                log(f"iteration {it}/{settings.iterations}  loss {loss_value:.4f}  val error {last:.2f}%  "
+                last = f"{curve[-1]['val_error']:.2f}%" if curve else "not yet measured"
+                log(f"[{time.strftime('%H:%M:%S')}] iteration {it}/{settings.iterations}  loss {loss_value:.4f}  val error {last}  "
                     f"{rate:.1f} it/s  eta {eta / 60:.1f} min")
                 last_log = time.time()
             if it % settings.checkpoint_every == 0 and it != settings.iterations:
@@ -247,7 +247,7 @@ def train_run(
         seconds = time.time() - t0
         test_err = error_rate(model, _source(data["x_test"]), torch.from_numpy(data["y_test"]), device,
                               settings.channels_last, eval_batch)
-        log(f"test error {test_err:.2f}%  ({seconds / 60:.1f} min)")
+        log(f"[{time.strftime('%H:%M:%S')}] test error {test_err:.2f}%  ({seconds / 60:.1f} min)")
         _save({"state_dict": model.state_dict(), "describe": describe or {}}, out_dir / "model.pt")
         write_json(out_dir / "curve.json", curve)
         metrics = {"test_error": test_err, "val_error": curve[-1]["val_error"] if curve else None,

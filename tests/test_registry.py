@@ -120,7 +120,19 @@ def test_outputs_follow_the_config():
     cfg = smoke()
     assert registry.outputs(cfg, "table1") == [
         "tables/table1.csv", "tables/table1.md", "tables/table1.tex", "tables/table1.html",
-        "tables/table1_transforms.md", "figures/table1_data.png", "figures/table1_curves.png", "figures/table1_RTS_st_vs_cnn.png", "figures/figure1.png"]
+        "tables/table1_transforms.md", "figures/table1_data.png", "figures/table1_curves.png", "figures/table1_RTS_st_vs_cnn.png", "figures/figure1.png",
+        "figures/table1_data.pdf", "figures/table1_curves.pdf", "figures/table1_RTS_st_vs_cnn.pdf", "figures/figure1.pdf"]
+    assert registry.outputs(cfg, "table5")[-2:] == ["figures/table5_TC_8.gif", "figures/table5_TC_8_steps.pdf"]  # no gif twin
     cfg["table1"]["datasets"] = ["R", "RTS"]
     assert "figures/figure1.png" not in registry.outputs(cfg, "table1")
     assert str(registry.run_dir("res", "table5", "TC", "8", 0)) == "res/runs/table5/TC/8/seed0"
+
+
+def test_version_names_the_package_and_commit(capsys):
+    from stn.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("stn 0.1.0 (git ") and "Python 3." in out

@@ -347,6 +347,8 @@ def experiment(name: str) -> Experiment:
 
 
 def outputs(config: dict, name: str) -> list[str]:
-    """Every table and figure the experiment renders for this config, relative to results/."""
+    """Every table and figure the experiment renders for this config, relative to results/ (each PNG figure
+    with its PDF twin, for LaTeX)."""
     e = experiment(name)
-    return e.tables + e.figures(config[name])
+    figures = e.figures(config[name])
+    return e.tables + figures + [f"{f[:-4]}.pdf" for f in figures if f.endswith(".png")]

@@ -14,8 +14,12 @@ from ..io import atomic_path, load_npz  # noqa: E402
 
 
 def save(fig, path: Path, dpi: int = 110) -> Path:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=dpi, format="png", bbox_inches="tight")
+    """The figure as `path` (PNG) and, beside it, the same figure as a PDF (vector, for LaTeX)."""
+    path = Path(path)
+    for target, kind in ((path, "png"), (path.with_suffix(".pdf"), "pdf")):
+        with atomic_path(target) as tmp:
+            fig.savefig(tmp, dpi=dpi, format=kind, bbox_inches="tight",
+                        metadata={"CreationDate": None} if kind == "pdf" else None)  # the same figure, the same bytes
     plt.close(fig)
     return path
 
