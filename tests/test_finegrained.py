@@ -209,3 +209,28 @@ def test_table3_grid_skips_4x_at_224_and_its_table_keeps_cub_numbers_apart(tmp_p
     md = render_table(recs, ["PARTS96"], ["CNN", "2xST-CNN"], "cap", tmp_path, "table3")["md"].read_text()
     assert "| Model | PARTS96 | paper: CUB 448px |" in md and "| 2xST-CNN | 90.0 | 83.9 |" in md
     assert "our accuracy in %" in md and "not comparable" in md
+
+
+def test_a_cub_run_trains_on_decoded_batches_end_to_end(tmp_path):
+    """The real-data path: CUB's index built from a fabricated archive, a 2×ST-CNN at 448 px trained two
+    steps on images decoded per batch, its metrics written; no MLflow store is reachable here."""
+    from stn import tracking
+    from stn.io import read_json, write_json
+
+    fabricate(tmp_path / "cub")
+    out = {224: tmp_path / "data" / "CUB224.npz", 448: tmp_path / "data" / "CUB448.npz"}
+    finegrained.build_data("cub", out, 0, cub={"path": str(tmp_path / "cub"), "validation": 1})
+    assert read_json(out[448].with_suffix(".json"))["sizes"] == {"train": 2, "val": 1, "test": 2}
+    write_json(tmp_path / "ids.json", {"table3": None})  # as stn mlflow-init writes it when the store is down
+    job = {"experiment": "table3", "dataset": "CUB448", "model": "2xST-CNN", "seed": 1, "results": str(tmp_path),
+           "extra": {"net": {"backbone": "small", "width": 2, "loc_channels": 4, "loc_fc": 4, "dropout": 0.0},
+                     "cub": {"path": str(tmp_path / "cub"), "validation": 1, "weights": "none"}},
+           "settings": {"iterations": 2, "batch_size": 2, "lr": 0.01, "momentum": 0.9, "lr_step": 10, "lr_gamma": 0.1,
+                        "weight_decay": 0.0, "loc_lr_mult": 1e-4, "eval_every": 1, "eval_samples": 1,
+                        "checkpoint_every": 1, "channels_last": False, "device": "cpu", "lr_milestones": [1]}}
+    run = tmp_path / "run"
+    with pytest.warns(RuntimeWarning, match="unreachable"):
+        metrics = finegrained.run_job(job, {"data": out[448], "experiments": tmp_path / "ids.json"}, run)
+    assert metrics["accuracy"] == 100 - metrics["test_error"] and "separated" not in metrics
+    assert (run / "model.pt").exists() and (run / tracking.PENDING).exists()
+    assert [p["lr"] for p in read_json(run / "curve.json")] == [0.001, 0.001]  # lr_milestones: ÷10 after step 1
