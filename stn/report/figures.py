@@ -43,8 +43,13 @@ def data_samples(paths: dict[str, Path], out: Path, per_row: int = 10) -> Path:
 
 def learning_curves(curves: dict[tuple[str, str], list[list[dict]]], datasets: list[str], models: list[str],
                     out: Path) -> Path:
-    """Validation error against iteration, one panel per data set, mean over seeds.
+    """Validation error against iteration, one panel per data set: the mean over seeds as a line, the
+    seeds' range as a band; percent on a log axis labelled in plain numbers.
     `curves[(dataset, model)]` holds each seed's curve.json."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    from ..paper import display_name
+
     fig, axes = plt.subplots(1, len(datasets), figsize=(3.2 * len(datasets), 3.0), squeeze=False)
     for ax, ds in zip(axes[0], datasets):
         for m in models:
@@ -52,16 +57,23 @@ def learning_curves(curves: dict[tuple[str, str], list[list[dict]]], datasets: l
             if not runs:
                 continue
             its = [p["iteration"] for p in runs[0]]
-            errs = np.mean([[p["val_error"] for p in c[: len(its)]] for c in runs if len(c) >= len(its)], axis=0)
-            ax.plot(its, errs, marker="o", ms=2, label=m.replace("-", " "), lw=1.2,
-                    ls="-" if m.startswith("ST") else "--")
+            errs = np.array([[p["val_error"] for p in c[: len(its)]] for c in runs if len(c) >= len(its)])
+            line, = ax.plot(its, errs.mean(0), marker="o", ms=2, label=display_name(m), lw=1.2,
+                            ls="-" if m.startswith("ST") else "--")
+            if len(errs) > 1:
+                ax.fill_between(its, errs.min(0), errs.max(0), color=line.get_color(), alpha=0.15, lw=0)
         ax.set_title(ds)
         ax.set_xlabel("iteration")
         ax.set_yscale("log")
-        ax.grid(alpha=0.3)
-    axes[0, 0].set_ylabel("validation error (%)")
+        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1, 2, 3, 5)))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
+        ax.grid(alpha=0.3, which="both")
+    axes[0, 0].set_ylabel("validation error (%), log scale")
     handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(8, len(labels)), fontsize=7, bbox_to_anchor=(0.5, -0.08))
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    fig.legend(handles, labels, loc="lower center", ncol=min(8, len(labels)), fontsize=7, bbox_to_anchor=(0.5, 0.0),
+               title="lines: mean over seeds; bands: the seeds' range", title_fontsize=7)
     return save(fig, out)
 
 
