@@ -121,3 +121,20 @@ def test_an_exploding_loss_stops_naming_the_step_and_the_rate(tmp_path):
     with pytest.raises(Diverged, match=r"training diverged at iteration \d+: loss .* at learning rate 1e\+06; lower"):
         train_run(model(), tiny_data(), settings, seed=0, out_dir=tmp_path, log=lambda s: None)
     assert not (tmp_path / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_same_seed_and_threads_give_bitwise_equal_weights(tmp_path, threads):
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        settings = TrainSettings(**{**SETTINGS, "iterations": 12, "batch_size": 32, "channels_last": True})
+        files = []
+        for r in range(2):
+            torch.manual_seed(0)
+            net = zoo.build("ST-CNN-Aff", zoo.InputSpec(1, 28, 10, False), 120_000).model
+            train_run(net, tiny_data(128), settings, 0, tmp_path / str(r), log=lambda s: None)
+            files.append((tmp_path / str(r) / "model.pt").read_bytes())
+        assert files[0] == files[1]
+    finally:
+        torch.set_num_threads(before)
