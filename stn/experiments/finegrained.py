@@ -187,26 +187,26 @@ def render(spec: dict, results: Path) -> list[Path]:
     records = run_records(results, "table3", grid)
     paths = tables.render_table(records, grid.datasets, grid.models, _caption(spec, grid), results / "tables", "table3")
     parts_table = render_parts_table(records, grid, results / "tables")
-    model_name = section["figure_model"]
     panels = []
     for ds in grid.datasets:
-        if (ds, model_name) in {tuple(c) for c in grid.exclude}:
-            continue
-        model = load_model(results, spec, ds, model_name, grid.seeds[0])
         data = load_data(registry.data_path(results, ds), ds)
         n = section["figure_images"]
         x = data["x_test"][:n]
         images = as_input(x if isinstance(x, torch.Tensor) else torch.as_tensor(x), torch.device("cpu"), False)
-        boxes = windows(model, images)
-        with torch.no_grad():
-            pred = model(images).argmax(-1)
         marks = None
         if "boxes_test" in data:  # the stand-in's parts, scaled to this set's pixels
             info = read_json(registry.data_path(results, ds).with_suffix(".json"))
             marks = torch.from_numpy(data["boxes_test"][:n]) * (registry.DATASETS[ds].size / info["large_side"])
-        panels.append((ds, images, boxes, marks, data["y_test"][:n], pred.numpy()))
+        for model_name in grid.models:
+            if not zoo.transformers(model_name) or not grid.has(ds, model_name):
+                continue
+            model = load_model(results, spec, ds, model_name, grid.seeds[0])
+            with torch.no_grad():
+                pred = model(images).argmax(-1)
+            panels.append((f"{display_name(model_name)}\n{ds}", images, windows(model, images), marks,
+                           data["y_test"][:n], pred.numpy()))
     figure = figures.attention_windows(panels, results / "figures" / "table3_attention.png",
-                                       f"Table 3 (right): the attention windows of {display_name(model_name)}")
+                                       "Table 3 (right): the attention windows of each transformer model (first seed)")
     return [*paths.values(), parts_table, figure]
 
 

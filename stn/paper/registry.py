@@ -296,7 +296,6 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
         grid=_table3_grid,
         figures=lambda c: ["figures/table3_attention.png"], metric="accuracy", metric_words="accuracy",
         protocol=CUB_PROTOCOL, job_keys=("net", "cub"), paper_rows={"CNN": "CNN (ours)"}, extra_tables=("parts",),
-        references=lambda cfg: [("table3.figure_model", [cfg["table3"]["figure_model"]], cfg["table3"]["models"])],
         problems=_cub_problems,
     ),
     Experiment(

@@ -335,8 +335,8 @@ def attention_windows(panels: list, out: Path, title: str) -> Path:
                 ax.add_patch(plt.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, lw=0.8, ls=":",
                                            color="white"))
             h, w = x.shape[-2:]
-            ax.set_xlim(-0.5, w - 0.5)
-            ax.set_ylim(h - 0.5, -0.5)
+            ax.set_xlim(-1.5, w + 0.5)  # a window on the image's edge stays visible
+            ax.set_ylim(h + 0.5, -1.5)
             ok = int(labels[i]) == int(preds[i])
             ax.set_xlabel(f"{int(labels[i])} → {int(preds[i])}", fontsize=7, color="tab:green" if ok else "tab:red")
         axes[r, 0].set_ylabel(name, fontsize=8)
