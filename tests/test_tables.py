@@ -71,13 +71,14 @@ def test_readme_gets_the_generated_tables(tmp_path):
     (results / "tables" / "table1.md").write_text("| Model | R |\n|---|---|\n| CNN | 1.2 (1.2) |\n")
     (results / "runs" / "table1" / "R" / "CNN" / "seed1" / "metrics.json").write_text(json.dumps({"seconds": 120.0}))
     os.utime(results / "data" / "mnist.npz", (1000, 1000))
-    os.utime(results / "tables" / "table1.md", (1000 + 46 * 60, 1000 + 46 * 60))
+    os.utime(results / "runs" / "table1" / "R" / "CNN" / "seed1" / "metrics.json", (1000 + 46 * 60, 1000 + 46 * 60))
+    os.utime(results / "tables" / "table1.md", (1000 + 99 * 60, 1000 + 99 * 60))  # re-rendered later: not counted
     readme = tmp_path / "README.md"
     readme.write_text("# T\n\n<!-- results:begin -->\nold\n<!-- results:end -->\n\n## After\n")
     update_readme(readme, results, "snakemake --cores all")
     text = readme.read_text()
     assert "| CNN | 1.2 (1.2) |" in text and "old" not in text and text.endswith("## After\n")
-    assert "from the MNIST download to the last table: 46 min (Table 1 alone: 46 min)" in text
+    assert "from the MNIST download to the last run's end: 46 min (Table 1 alone: 46 min)" in text
     assert "took 2 min summed" in text
     update_readme(readme, results, "snakemake --cores all")  # idempotent
     assert readme.read_text() == text
