@@ -42,7 +42,8 @@ def test_dry_run_shows_the_whole_dag(tmp_path):
         assert counts.get(rule) and counts[rule] >= 1, rule
     assert counts["classification_run"] == 5 * 8 * 2 + 8  # default config: Table 1 (data x models x seeds), Table 4
     assert counts["table5_run"] == 20 and counts["volumetric_run"] == 2 and counts["table2_run"] == 3 * 2
-    assert counts["job_spec"] == 5 * 8 * 2 + 8 + 20 + 2 + 6 and counts["experiment_spec"] == len(registry.EXPERIMENTS)
+    assert counts["table3_run"] == 5 and counts["table3_data"] == 1  # 3 models x 2 sizes, less 4xST at 224 px
+    assert counts["job_spec"] == 5 * 8 * 2 + 8 + 20 + 2 + 6 + 5 and counts["experiment_spec"] == len(registry.EXPERIMENTS)
     # the config's data and net choices reach the commands: P's corner reading, Table 1's standardisation
     assert "--name P --seed 0  --option projective_corners=radial" in proc.stdout
     assert "--cap 120000 --init default --standardise" in proc.stdout and "--cap 240000 --init default --out" in proc.stdout
@@ -117,8 +118,18 @@ def test_smoke_appendix_experiments(smoke):
     metrics = [json.loads(p.read_text()) for p in (smoke / "runs" / "volumetric").rglob("metrics.json")]
     assert {m["model"] for m in metrics} == {"ST3D", "baseline"}
     assert all(m["peak_rss_gib"] < 8 for m in metrics)
-    for fig in ["figure1.png", "table2_transformers.png", "table4_transformers.png", "figure5_3d.png", "table5_TC_8_steps.png"]:
-        assert (smoke / "figures" / fig).read_bytes()[:4] == b"\x89PNG"
+    for fig in ["figure1", "table2_transformers", "table3_attention", "table4_transformers", "figure5_3d", "table5_TC_8_steps"]:
+        assert (smoke / "figures" / f"{fig}.png").read_bytes()[:4] == b"\x89PNG"
+        assert (smoke / "figures" / f"{fig}.pdf").read_bytes()[:5] == b"%PDF-"  # the vector twin
+    t3 = (smoke / "tables" / "table3.md").read_text()
+    assert "synthetic stand-in of MNIST parts, not CUB" in t3 and "| paper: CUB 224px | paper: CUB 448px |" in t3
+    assert "| 4xST-CNN | — |" in t3  # no 4xST at 224 px, as the paper
+    t3_runs = {(m["dataset"], m["model"]): m for m in
+               (json.loads(p.read_text()) for p in (smoke / "runs" / "table3").rglob("metrics.json"))}
+    assert set(t3_runs) == {("PARTS48", "CNN"), ("PARTS48", "2xST-CNN"), ("PARTS96", "CNN"), ("PARTS96", "2xST-CNN"),
+                            ("PARTS96", "4xST-CNN")}
+    assert all(("separated" in m) == (model != "CNN") for (_, model), m in t3_runs.items())
+    assert "| 4xST-CNN | PARTS96 |" in (smoke / "tables" / "table3_parts.md").read_text()
     assert (smoke / "figures" / "table5_TC_8.gif").read_bytes()[:3] == b"GIF"
     t2 = (smoke / "tables" / "table2.md").read_text()
     assert "synthetic stand-in of MNIST digit sequences, not SVHN" in t2 and "| paper: SVHN 64px | paper: SVHN 128px |" in t2
