@@ -177,7 +177,8 @@ def figure1(model, x: torch.Tensor, y: torch.Tensor, out: Path, title: str) -> P
             a.set_yticks([])
     for a, t in zip(axes[0], ["(a) input", "(b) transform", "(c) output", "(d) prediction"]):
         a.set_title(t, fontsize=9)
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(f"{title}\n(b): the region the transformer samples (red); (d): the prediction, green where right, "
+                 f"red where wrong", fontsize=9)
     return save(fig, out)
 
 
