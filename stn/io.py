@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -81,14 +82,15 @@ def load_npz(path: str | Path) -> dict[str, np.ndarray]:
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist; generate it first (snakemake {path})")
     fix = "delete it and re-run the rule that writes it"
+    blob = path.read_bytes()  # read once: hashed and parsed from memory
     sidecar = path.with_suffix(".json")
     if sidecar.exists():  # generated data sets record their sha256 beside them
         expected = read_json(sidecar).get("sha256")
-        if expected and sha256_file(path) != expected:
+        if expected and sha256_bytes(blob) != expected:
             raise ValueError(f"{path} does not match the sha256 in {sidecar.name} (changed or damaged since it was "
                              f"written); {fix}")
     try:
-        with np.load(path, allow_pickle=False) as data:
+        with np.load(io.BytesIO(blob), allow_pickle=False) as data:
             return {k: data[k] for k in data.files}
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
         raise ValueError(f"{path} is corrupt or truncated ({exc}); {fix}") from None
@@ -105,8 +107,14 @@ def load_torch(path: str | Path, what: str, map_location="cpu"):
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises RuntimeError, pickle's UnpicklingError, EOFError, zipfile errors ...
-        raise ValueError(f"{path} is corrupt or not a file this pipeline wrote ({type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); delete it and re-run {what}") from None
+        raise ValueError(f"{path} is corrupt or not a file this pipeline wrote ({type(exc).__name__}: {first_line(exc)}); "
+                         f"delete it and re-run {what}") from None
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception in one short line for an error message: the first line of its text, else its type."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def sha256_bytes(data: bytes) -> str:

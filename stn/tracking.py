@@ -20,6 +20,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
+from .io import first_line
+
 T = TypeVar("T")
 
 HTTP_TIMEOUT, HTTP_RETRIES = "10", "2"  # seconds per MLflow HTTP request, retries (MLflow's own: 120 s, 7)
@@ -58,8 +60,7 @@ def init_experiments(results: str | Path, names: list[str], log: Callable[[str],
     except Exception as exc:
         if uri == default_uri(results):
             raise
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        log(f"warning: MLflow at {uri} is unreachable ({first}); the runs will keep their tracking in "
+        log(f"warning: MLflow at {uri} is unreachable ({first_line(exc)}); the runs will keep their tracking in "
             f"{PENDING} files for `stn mlflow-sync`")
         return {n: None for n in names}
     return {n: ids[experiment_name(n, results)] for n in names}
@@ -135,8 +136,7 @@ class Run:
         if self.pending is None:
             raise exc
         if not self.offline:
-            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-            warnings.warn(f"MLflow at {self.uri} is unreachable ({first}); training goes on and this run's tracking "
+            warnings.warn(f"MLflow at {self.uri} is unreachable ({first_line(exc)}); training goes on and this run's tracking "
                           f"is kept in {self.pending}; upload it later with `stn mlflow-sync`", RuntimeWarning, stacklevel=3)
         self.offline = True
 

@@ -61,16 +61,13 @@ def build_data(source: str, out: dict[int, Path], seed: int, mnist_path: Path | 
                                                "sizes": {s: int(arrays[f"y_{s}"].shape[0]) for s in ("train", "val", "test")}})
 
 
-def weights_for(net: dict, cub: dict) -> tuple[dict | None, str]:
-    """The backbone's starting weights for this config, and the caption's words for them."""
-    if net["backbone"] != "googlenet" or cub["weights"] == "none":
-        return None, "trained from scratch"
-    state = zoo.load_googlenet_weights(None if cub["weights"] in ("hub", "auto") else cub["weights"])
-    if state is None:
-        if cub["weights"] == "hub":
-            raise FileNotFoundError("table3.cub.weights is hub but torch's hub cache has no googlenet weights")
-        return None, "trained from scratch (no ImageNet weights found)"
-    return state, "ImageNet-pretrained"
+def weights_for(net: dict, cub: dict) -> tuple[Path | None, str]:
+    """The file of the backbone's starting weights for this config (None: from scratch), and the caption's words."""
+    path = zoo.googlenet_weights_path(cub["weights"]) if net["backbone"] == "googlenet" else None
+    if path is not None:
+        return path, "ImageNet-pretrained"
+    found = net["backbone"] != "googlenet" or cub["weights"] == "none"
+    return None, "trained from scratch" + ("" if found else " (no ImageNet weights found)")
 
 
 def build_model(dataset: str, model: str, net: dict, seed: int | None = None, weights: dict | None = None) -> torch.nn.Module:
@@ -132,8 +129,8 @@ def run_job(job: dict, inputs: dict[str, Path], out_dir: Path) -> dict:
     """Inputs: data (the set's npz), experiments (MLflow ids)."""
     dataset, model_name, seed = job["dataset"], job["model"], job["seed"]
     net, cub = job["extra"]["net"], job["extra"]["cub"]
-    state, _ = weights_for(net, cub)
-    model = build_model(dataset, model_name, net, seed, state)
+    path, _ = weights_for(net, cub)
+    model = build_model(dataset, model_name, net, seed, zoo.load_googlenet_weights(path) if path else None)
     data = load_data(inputs["data"], dataset)
     info = read_json(Path(inputs["data"]).with_suffix(".json"))
     describe = {"experiment": job["experiment"], "dataset": dataset, "model": model_name,

@@ -81,7 +81,7 @@ class GoogLeNetBackbone(nn.Module):
             raise ValueError(f"the googlenet backbone takes RGB images (3 channels), not {channels}")
         net = googlenet(weights=None, aux_logits=False, init_weights=state is None, transform_input=False)
         if state is not None:
-            missing, unexpected = net.load_state_dict({k: v for k, v in state.items() if not k.startswith("aux")},
+            missing, _ = net.load_state_dict({k: v for k, v in state.items() if not k.startswith("aux")},
                                                       strict=False)
             if missing:
                 raise ValueError(f"the googlenet weights lack {len(missing)} tensors, e.g. {missing[:3]}; "
@@ -169,20 +169,29 @@ def window_boxes(theta: Tensor, size: int) -> Tensor:
     return torch.cat([centre - half, centre + half], -1)
 
 
-def load_googlenet_weights(path: str | Path | None) -> dict | None:
-    """torchvision's ImageNet googlenet weights from `path`, or from torch's hub cache when `path` is None
-    and the user has them there (never downloaded); None where there are none."""
-    from torchvision.models import GoogLeNet_Weights
+def googlenet_weights_path(setting: str) -> Path | None:
+    """The file that table3.cub.weights names: a path, or torch's hub cache for "hub" and "auto" (None where the
+    cache has none: "auto" then trains from scratch; "hub" is an error); None for "none". Nothing is downloaded."""
+    from ..paper.registry import googlenet_hub_path
 
-    if path is None:
-        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(GoogLeNet_Weights.IMAGENET1K_V1.url).name
-        if not cached.exists():
-            return None
-        path = cached
+    if setting == "none":
+        return None
+    if setting not in ("hub", "auto"):
+        return Path(setting)
+    cached = googlenet_hub_path()
+    if cached.exists():
+        return cached
+    if setting == "hub":
+        raise FileNotFoundError(f"table3.cub.weights is hub but torch's hub cache has no {cached.name}")
+    return None
+
+
+def load_googlenet_weights(path: str | Path) -> dict:
+    """torchvision's ImageNet googlenet weights from `path`, loaded without running code from it."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"googlenet weights {path} do not exist; set table3.cub.weights to torchvision's "
-                                f"googlenet-1378be20.pth, or to null to train the backbone from scratch")
+                                f"googlenet-1378be20.pth, or to auto or none to train the backbone from scratch")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:

@@ -247,9 +247,7 @@ def _cub_problems(config: dict) -> list[str]:
         out.append(f"table3.cub.weights: {weights} is not a file; give torchvision's googlenet ImageNet weights "
                    f"(googlenet-1378be20.pth), or auto, hub or none")
     if weights == "hub" and c["net"]["backbone"] == "googlenet":
-        from torch.hub import get_dir  # only here: the registry is otherwise torch-free
-
-        if not (Path(get_dir()) / "checkpoints" / GOOGLENET_WEIGHTS).is_file():
+        if not googlenet_hub_path().is_file():
             out.append(f"table3.cub.weights: hub, but torch's hub cache has no {GOOGLENET_WEIGHTS} (the paper's protocol "
                        f"starts from ImageNet weights); put the file there, name it in table3.cub.weights, or use auto "
                        f"to train from scratch")
@@ -257,6 +255,13 @@ def _cub_problems(config: dict) -> list[str]:
 
 
 GOOGLENET_WEIGHTS = "googlenet-1378be20.pth"  # torchvision's ImageNet weights of googlenet, as its hub cache names them
+
+
+def googlenet_hub_path() -> Path:
+    """Where torch's hub cache keeps googlenet's ImageNet weights (a user who ran torchvision's googlenet has them)."""
+    from torch.hub import get_dir  # only here: the registry is otherwise torch-free
+
+    return Path(get_dir()) / "checkpoints" / GOOGLENET_WEIGHTS
 
 EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
     Experiment(
