@@ -122,7 +122,7 @@ class Run:
                 _retry(lambda: self.client.update_run(run_id, status="RUNNING"))
         except Exception as exc:
             self._go_offline(exc)
-            self._record(start)
+            self._record(start if self.run_id is None else {"kind": "resume", "run_id": self.run_id})
 
     def _close_orphans(self, experiment_id: str, name: str) -> None:
         """A job killed before its first checkpoint left its run RUNNING; its rerun starts afresh, so

@@ -132,3 +132,25 @@ def test_a_run_left_running_by_a_killed_job_is_closed_when_the_job_reruns(tmp_pa
     fresh = tracking.Run(uri, exp, "R/CNN/seed1")
     status = {r.info.run_id: r.info.status for r in tracking.find_runs(uri, "table1")}
     assert status == {orphan.run_id: "KILLED", other.run_id: "RUNNING", fresh.run_id: "RUNNING"}
+
+
+def test_a_run_resumed_while_the_store_is_down_is_synced_into_the_same_run(tmp_path, monkeypatch):
+    uri = tracking.default_uri(tmp_path)
+    exp = tracking.ensure_experiments(uri, ["table1"], None)["table1"]
+    first = tracking.Run(uri, exp, "R/CNN/seed1", pending=tmp_path / tracking.PENDING, experiment="table1")
+    first.log_metrics({"loss": 1.0}, step=1)
+    real = tracking.client
+
+    def down(u):
+        raise ConnectionError("connection refused")
+
+    monkeypatch.setattr(tracking, "client", down)
+    with pytest.warns(RuntimeWarning, match="unreachable"):
+        resumed = tracking.Run(uri, exp, "R/CNN/seed1", run_id=first.run_id, pending=tmp_path / tracking.PENDING,
+                               experiment="table1")  # a restart from the checkpoint
+    resumed.log_metrics({"loss": 0.25}, step=2)
+    resumed.end("FINISHED")
+    monkeypatch.setattr(tracking, "client", real)
+    assert tracking.sync_pending(uri, tmp_path, log=lambda s: None) == 1
+    (run,) = tracking.find_runs(uri, "table1")
+    assert run.info.run_id == first.run_id and run.info.status == "FINISHED" and run.data.metrics["loss"] == 0.25
