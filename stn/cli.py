@@ -99,6 +99,13 @@ def cmd_run(a) -> None:
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(SystemExit("terminated (SIGTERM)")))
     torch.set_num_threads(a.threads)
     job = read_json(a.job)
+    if job["settings"].get("device", "auto") != "cpu" and torch.cuda.is_available() and torch.cuda.device_count() > 1:
+        from . import gpus
+
+        # `--resources gpu=N` lets N jobs run at once; spread them over the node's GPUs (stn/gpus.py).
+        index, lock = gpus.claim(Path(job["results"]) / "gpus", torch.cuda.device_count())  # noqa: F841 (held while the job runs)
+        torch.cuda.set_device(index)
+        _log(f"using GPU {index} of {torch.cuda.device_count()}")
     metrics = module(job["experiment"]).run_job(job, _inputs(a.input), Path(a.job).parent)
     from .paper import registry
 

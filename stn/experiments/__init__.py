@@ -34,6 +34,24 @@ def run_records(results: str | Path, name: str, grid: registry.Grid) -> list[dic
     return [read_json(p) for p in paths]
 
 
+def scheduler() -> dict[str, str]:
+    """The batch system's ids of the job running this process ({} outside one): a run under Slurm records
+    its SLURM_JOB_ID in metrics.json and as an MLflow tag, so a result can be traced to its cluster job."""
+    import os
+
+    return {"slurm_job_id": os.environ["SLURM_JOB_ID"]} if os.environ.get("SLURM_JOB_ID") else {}
+
+
+def write_metrics(out_dir: str | Path, metrics: dict) -> dict:
+    """Write a run's metrics.json (its last file: the run counts as finished once it exists), with the
+    batch job that ran it; returns what was written."""
+    from ..io import write_json
+
+    metrics = {**metrics, **scheduler()}
+    write_json(Path(out_dir) / "metrics.json", metrics)
+    return metrics
+
+
 def load_weights(model, path: str | Path, what: str):
     """`model` with the weights a finished run saved at `path` (model.pt), in eval mode on the CPU."""
     from ..io import load_torch
@@ -83,6 +101,7 @@ def tracker(job: dict, experiments_file: Path, tags: dict, out_dir: Path):
     if name not in ids:
         raise KeyError(f"MLflow experiment {name!r} is not in {experiments_file}; re-run the mlflow_experiment rule")
     label = f"{job['dataset']}/{job['model']}/seed{job['seed']}"
+    tags = {**tags, **scheduler()}
     uri = tracking.tracking_uri(job["results"])
     return lambda run_id=None: tracking.Run(uri, ids[name], label, run_id, tags, Path(out_dir) / tracking.PENDING,
                                             tracking.experiment_name(name, job["results"]))

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import load_weights, run_records, tracker, transform_stats
+from . import load_weights, run_records, tracker, transform_stats, write_metrics
 from ..data import distort
 from ..io import load_npz, read_json, write_json
 from ..models import mnist as zoo
@@ -125,7 +125,7 @@ def run_job(job: dict, inputs: dict[str, Path], out_dir: Path) -> dict:
                         describe, artifacts)
     metrics.update(transform_stats(built.model, data["x_test"]))
     metrics["data_sha256"] = data_info["sha256"]
-    write_json(out_dir / "metrics.json", metrics)
+    metrics = write_metrics(out_dir, metrics)
     return metrics
 
 

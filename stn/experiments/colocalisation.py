@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from . import load_weights, run_records, tracker
+from . import load_weights, run_records, tracker, write_metrics
 from .. import ops
 from ..data import distort
 from ..io import read_json, save_npz, write_json
@@ -243,7 +243,7 @@ def run_job(job: dict, inputs: dict[str, Path], out_dir: Path) -> dict:
         metrics = {"experiment": job["experiment"], "model": job["model"], "dataset": variant, "seed": seed,
                    "localised": result["localised"], "seconds": time.time() - t0, "run_id": run.run_id}
         write_json(out_dir / "trajectory.json", {**result, "true_boxes": data["boxes"].tolist()})
-        write_json(out_dir / "metrics.json", metrics)
+        metrics = write_metrics(out_dir, metrics)
         status = "FINISHED"
         return metrics
     finally:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import load_weights, run_records, tracker
+from . import load_weights, run_records, tracker, write_metrics
 from ..io import load_npz, read_json, save_npz, sha256_file, write_json, write_text
 from ..models import cub as zoo
 from ..paper import display_name, registry
@@ -143,7 +143,7 @@ def run_job(job: dict, inputs: dict[str, Path], out_dir: Path) -> dict:
     if model.k and "boxes_test" in data:
         boxes = torch.from_numpy(data["boxes_test"]).double() * (model.size / info["large_side"])  # to this set's px
         metrics.update(part_stats(windows(model, data["x_test"]), boxes))
-    write_json(out_dir / "metrics.json", metrics)
+    metrics = write_metrics(out_dir, metrics)
     return metrics
 
 

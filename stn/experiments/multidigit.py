@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import load_weights, run_records, tracker, transform_stats
+from . import load_weights, run_records, tracker, transform_stats, write_metrics
 from ..io import load_npz, read_json, save_npz, sha256_file, write_json
 from ..models import svhn as zoo
 from ..paper import registry
@@ -77,7 +77,7 @@ def run_job(job: dict, inputs: dict[str, Path], out_dir: Path) -> dict:
     metrics = train_run(model, data, TrainSettings.from_dict(job["settings"]), seed, out_dir,
                         tracker(job, inputs["experiments"], tags, out_dir), describe, artifacts)
     metrics.update(data_sha256=info["sha256"], **transform_stats(model, data["x_test"][:500]))
-    write_json(out_dir / "metrics.json", metrics)
+    metrics = write_metrics(out_dir, metrics)
     return metrics
 
 

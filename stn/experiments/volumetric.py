@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from . import load_weights, run_records, tracker
+from . import load_weights, run_records, tracker, write_metrics
 from ..data import volumes
 from ..io import load_npz, read_json, write_json
 from ..models import mnist as zoo
@@ -132,7 +132,7 @@ def run_job(job: dict, inputs: dict[str, Path], out_dir: Path) -> dict:
     metrics = train_run(model, data, TrainSettings.from_dict(job["settings"]), seed, out_dir,
                         tracker(job, inputs["experiments"], tags, out_dir), describe)
     metrics["peak_rss_gib"] = peak_rss_gib()
-    write_json(out_dir / "metrics.json", metrics)
+    metrics = write_metrics(out_dir, metrics)
     return metrics
 
 

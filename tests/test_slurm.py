@@ -1,0 +1,67 @@
+"""The pipeline under a real Slurm (issue #19): scripts/slurm_local.sh starts a one-node Slurm on
+localhost, runs the smoke config through profiles/slurm and compares it with a local smoke run.
+
+It installs packages and starts daemons as root, and takes ~10 minutes on two cores, so it runs only
+when asked: STN_SLURM_TEST=1 (and root, and apt-get or Slurm already installed)."""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+import compare_results  # noqa: E402
+
+PROFILE = ROOT / "profiles" / "slurm" / "config.yaml"
+
+
+def test_slurm_profile_covers_every_job_rule_and_fits_one_small_node():
+    from stn.paper import registry
+
+    profile = yaml.safe_load(PROFILE.read_text())
+    assert profile["executor"] == "slurm" and profile["rerun-incomplete"] is True and profile["retries"] >= 1
+    rules = set(profile["set-resources"])
+    runs = {f"{name}_run" for name in registry.EXPERIMENTS if name not in ("table1", "table4")} | {"classification_run"}
+    assert runs <= rules, runs - rules
+    assert set(registry.EXPERIMENTS) <= rules  # every render rule
+    for rule, res in profile["set-resources"].items():  # the local check's node: 2 CPUs, ~20 GB
+        assert res.get("cpus_per_task", 1) <= 2 and res.get("mem_mb", 0) <= 16000, rule
+        assert res["runtime"] >= 15, rule
+
+
+def _results(tmp_path, name, cells, extra=None):
+    d = tmp_path / name
+    (d / "tables").mkdir(parents=True)
+    (d / "tables" / "table1.csv").write_text("model,R\n" + "".join(f"{m},{v}\n" for m, v in cells))
+    run = d / "runs" / "table1" / "R" / "CNN" / "seed1"
+    run.mkdir(parents=True)
+    (run / "metrics.json").write_text(__import__("json").dumps({"test_error": 1.0, **(extra or {})}))
+    return d
+
+
+def test_compare_results_finds_a_changed_cell_and_an_unlabelled_run(tmp_path, capsys):
+    ref = _results(tmp_path, "ref", [("CNN", "3.4")])
+    same = _results(tmp_path, "same", [("CNN", "3.4")], {"slurm_job_id": "12"})
+    assert compare_results.differences(same, ref, slurm=False) == []
+    changed = _results(tmp_path, "changed", [("CNN", "3.5")])
+    problems = compare_results.differences(changed, ref, slurm=True)
+    assert any("table1.csv differs" in p and "3.5" in p for p in problems)
+    assert any("1 of 1 runs recorded no Slurm job" in p for p in problems)
+    assert compare_results.main([str(changed), str(ref)]) == 1
+    assert "DIFFERENT" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("STN_SLURM_TEST") != "1", reason="set STN_SLURM_TEST=1 to start a local Slurm (root)")
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="starting slurmctld/slurmd needs root")
+@pytest.mark.skipif(shutil.which("slurmctld") is None and shutil.which("apt-get") is None,
+                    reason="no Slurm and no apt-get to install it")
+def test_smoke_run_under_a_local_slurm_equals_the_local_run(tmp_path):
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "slurm_local.sh"), "check"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=3600, env={**os.environ, "WORK": str(tmp_path), "PYTHON": sys.executable})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "every run was a Slurm job and every table equals the local run's" in proc.stdout
