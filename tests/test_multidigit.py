@@ -142,6 +142,11 @@ def test_standin_sequences_are_labelled_in_reading_order_and_deterministic():
     assert a[64]["x_train"][0].max() > 200
     inside = img[int(box[1]):int(box[3]) + 1, int(box[0]):int(box[2]) + 1].sum()
     assert inside > 0.5 * img.sum() or sequences.CLUTTER > 0
+    # as SVHN's inflated crops: the number's square is about half the canvas, near its middle
+    boxes = a[128]["params_train"][:, 1:]
+    side, centre = boxes[:, 2] - boxes[:, 0], (boxes[:, :2] + boxes[:, 2:]) / 2
+    assert (side >= 52 - 1e-3).all() and (side <= 76 + 1e-3).all() and 56 < side.mean() < 72
+    assert np.abs(centre - 64).max() <= 6.4 + 1e-3 and np.abs(centre - 64).max() > 2
 
 
 def test_sequence_models_shapes_identity_start_and_losses():

@@ -5,8 +5,10 @@ U(-10°, 10°), jittered vertically by U(-3, 3) px and spaced 16-22 px apart (in
 labels in reading order, class 10 for an empty position. Two sets, as SVHN's:
 - 64px: the digits' union box expanded by 30% in x and y, resized to 64×64 (aspect not kept, as in
   SVHN's preprocessing);
-- 128px: the same 64px picture shrunk to a square of side U(40, 64) px at a uniform place in a
-  128×128 canvas, with ten 8×8 patches of other digits as clutter.
+- 128px: as SVHN's "inflated" crops (stn/data/svhn.py: a square of twice the 64px region's side around
+  its centre), the same 64px picture shrunk to a square of side U(52, 76) px (64 on average, half the
+  canvas) near the middle of a 128×128 canvas (its centre jittered by up to ±6.4 px in x and y), with
+  ten 8×8 patches of other digits as clutter around it.
 Rendered with the library's own affine grid and sampler, one warp per digit position. It is a
 stand-in: its numbers say nothing about SVHN and are never printed as if comparable.
 """
@@ -26,6 +28,8 @@ MAX_DIGITS = 5
 BLANK = 10
 HALF_INK = 10.0  # half the side of the box an MNIST digit's ink occupies, in pixels
 CLUTTER, PATCH = 10, 8
+SIDE_128 = (52.0, 76.0)  # px: the range of the number's square in the 128px canvas
+JITTER_128 = 0.1  # the square's centre moves by up to this fraction of the half-canvas from the middle
 # How often a sequence has 1, 2, 3, 4, 5 digits: SVHN's training set (5,137 / 18,130 / 8,691 / 1,434 / 9
 # images, ../shared/DATA.md), with 5 digits raised to 1% so that the fifth classifier sees some.
 LENGTHS = torch.tensor([5137, 18130, 8691, 1434, 334], dtype=torch.float64)
@@ -93,9 +97,9 @@ def sequences(x: np.ndarray, y: np.ndarray, count: int, gen: torch.Generator) ->
         length, centre, scale, angle = _layout(n, gen)
         whole = torch.zeros(n, 2, dtype=torch.float64)
         out[64].append(_to_uint8(_render(digits, length, centre, scale, angle, whole, torch.ones(n, dtype=torch.float64), 64)))
-        side = 40 + 24 * torch.rand(n, generator=gen, dtype=torch.float64)  # px of the 128 canvas
+        side = SIDE_128[0] + (SIDE_128[1] - SIDE_128[0]) * torch.rand(n, generator=gen, dtype=torch.float64)
         half = side / 128
-        place = (torch.rand(n, 2, generator=gen, dtype=torch.float64) * 2 - 1) * (1 - half[:, None])
+        place = (torch.rand(n, 2, generator=gen, dtype=torch.float64) * 2 - 1) * JITTER_128
         canvas = _to_uint8(_render(digits, length, centre, scale, angle, place, half, 128))
         _clutter(canvas, x, gen)
         out[128].append(canvas)

@@ -74,7 +74,7 @@ DATASETS: dict[str, Dataset] = {d.name: d for d in [
     Dataset("MNIST3D", "volumes", None, 60, "a digit extruded into a slab, rotated and translated in a 60³ volume"),
     Dataset("SEQ64", "sequences", None, 64, "1-5 MNIST digits in a row, their 30%-expanded box resized to 64×64",
             classes=11, paper_column="64px", stands_in_for="SVHN 64px"),
-    Dataset("SEQ128", "sequences", None, 128, "the SEQ64 picture shrunk into a cluttered 128×128 canvas",
+    Dataset("SEQ128", "sequences", None, 128, "the SEQ64 picture at about half size in the middle of a cluttered 128×128 canvas",
             classes=11, paper_column="128px", stands_in_for="SVHN 128px"),
     Dataset("SVHN64", "svhn", None, 64, "SVHN's numbers, 30%-expanded box resized to 64×64", channels=3, classes=11,
             paper_column="64px"),
