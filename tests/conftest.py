@@ -1,7 +1,12 @@
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
+
+ROOT = Path(__file__).resolve().parents[1]
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
@@ -21,3 +26,19 @@ def impls():
     from stn import ops
 
     return [i for i, why in ops.available_impls("cpu").items() if why is None]
+
+
+@pytest.fixture(scope="session")
+def smoke(tmp_path_factory):
+    """The smoke config run locally through Snakemake into a temporary results directory (once per session:
+    tests/test_pipeline.py checks it, tests/test_slurm.py compares a Slurm run with it)."""
+    results = tmp_path_factory.mktemp("smoke") / "results"
+    env = {**os.environ}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", "config/smoke.yaml",
+         "--config", f"results={results}"],
+        cwd=ROOT, capture_output=True, text=True, env=env, timeout=1800, preexec_fn=lambda: os.umask(0o022),
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return results

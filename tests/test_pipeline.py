@@ -17,20 +17,6 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow  # `pytest -m "not slow"` leaves these out of a quick run
 
 
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    results = tmp_path_factory.mktemp("smoke") / "results"
-    env = {**os.environ}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    proc = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", "config/smoke.yaml",
-         "--config", f"results={results}"],
-        cwd=ROOT, capture_output=True, text=True, env=env, timeout=1800, preexec_fn=lambda: os.umask(0o022),
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return results
-
-
 def test_dry_run_shows_the_whole_dag(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-p", "--cores", "1", "--config", f"results={tmp_path}"],
                           cwd=ROOT, capture_output=True, text=True)

@@ -60,8 +60,8 @@ def test_compare_results_finds_a_changed_cell_and_an_unlabelled_run(tmp_path, ca
 @pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="starting slurmctld/slurmd needs root")
 @pytest.mark.skipif(shutil.which("slurmctld") is None and shutil.which("apt-get") is None,
                     reason="no Slurm and no apt-get to install it")
-def test_smoke_run_under_a_local_slurm_equals_the_local_run(tmp_path):
-    proc = subprocess.run(["bash", str(ROOT / "scripts" / "slurm_local.sh"), "check"], cwd=ROOT, capture_output=True,
+def test_smoke_run_under_a_local_slurm_equals_the_local_run(smoke, tmp_path):
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "slurm_local.sh"), "check", str(smoke)], cwd=ROOT, capture_output=True,
                           text=True, timeout=3600, env={**os.environ, "WORK": str(tmp_path), "PYTHON": sys.executable})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "every run was a Slurm job and every table equals the local run's" in proc.stdout

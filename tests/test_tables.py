@@ -60,28 +60,41 @@ def test_table4_paper_numbers(tmp_path):
     assert "| 2xST-FCN TPS | 7.0 (5.8) |" in md and "†" not in md
 
 
-def test_readme_gets_the_generated_tables(tmp_path):
+def _benchmark(results, name, seconds, end):
+    path = results / "benchmarks" / f"{name}.tsv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"s\th:m:s\tmax_rss\n{seconds}\t0:00:00\t10\n")
+    os.utime(path, (end, end))
+
+
+def test_readme_gets_the_generated_tables_and_the_run_time_from_benchmark_files(tmp_path):
     from stn.report.readme import update_readme
 
     results = tmp_path / "results"
-    (results / "data").mkdir(parents=True)
-    (results / "tables").mkdir()
-    (results / "runs" / "table1" / "R" / "CNN" / "seed1").mkdir(parents=True)
-    (results / "data" / "mnist.npz").write_bytes(b"x")
+    (results / "tables").mkdir(parents=True)
     (results / "tables" / "table1.md").write_text("| Model | R |\n|---|---|\n| CNN | 1.2 (1.2) |\n")
-    (results / "runs" / "table1" / "R" / "CNN" / "seed1" / "metrics.json").write_text(json.dumps({"seconds": 120.0}))
-    os.utime(results / "data" / "mnist.npz", (1000, 1000))
-    os.utime(results / "runs" / "table1" / "R" / "CNN" / "seed1" / "metrics.json", (1000 + 46 * 60, 1000 + 46 * 60))
-    os.utime(results / "tables" / "table1.md", (1000 + 99 * 60, 1000 + 99 * 60))  # re-rendered later: not counted
+    t0 = 1_000_000
+    _benchmark(results, "mnist", 60, t0 + 60)                      # the run starts at t0
+    _benchmark(results, "table1/R_CNN_seed1", 45 * 60, t0 + 46 * 60)
+    _benchmark(results, "table1/R_FCN_seed1", 20 * 60, t0 + 30 * 60)  # in parallel with the CNN
+    _benchmark(results, "table1_render", 60, t0 + 47 * 60)
     readme = tmp_path / "README.md"
     readme.write_text("# T\n\n<!-- results:begin -->\nold\n<!-- results:end -->\n\n## After\n")
     update_readme(readme, results, "snakemake --cores all")
     text = readme.read_text()
     assert "| CNN | 1.2 (1.2) |" in text and "old" not in text and text.endswith("## After\n")
-    assert "from the MNIST download to the last run's end: 46 min (Table 1 alone: 46 min)" in text
-    assert "took 2 min summed" in text
+    assert "Wall time of this run: 47 min (Table 1's runs done after 46 min); its training and optimisation jobs " \
+           "took 65 min summed over jobs." in text
     update_readme(readme, results, "snakemake --cores all")  # idempotent
     assert readme.read_text() == text
+    # a table rerun a day later adds its own stretch, and the line says what it was
+    _benchmark(results, "table2/SEQ64_CNN_seed1", 9 * 60, t0 + 86_400 + 9 * 60)
+    _benchmark(results, "table2_render", 30, t0 + 86_400 + 10 * 60)
+    _benchmark(results, "table1_render", 10, t0 + 2 * 86_400)
+    update_readme(readme, results, "snakemake --cores all")
+    # (the re-render replaced the first render's benchmark file, so the first sitting ends with the last run)
+    assert ("Wall time of this run: 46 min for the whole run (Table 1's runs done after 46 min), then 10 min rerunning "
+            "the runs of table2; <1 min re-rendering (56 min with jobs running in all)") in readme.read_text()
     readme.write_text("no markers\n")
     with pytest.raises(ValueError, match="must contain the lines <!-- results:begin -->"):
         update_readme(readme, results, "x")

@@ -6,6 +6,7 @@ timings read from the run's own files.
 """
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 from ..io import read_json, write_text
@@ -15,23 +16,60 @@ BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 TABLES = list(EXPERIMENTS)
 
 
+GAP = 120.0  # s: jobs further apart than this ran in different sittings (a partial rerun)
+
+
+def job_intervals(results: Path) -> list[tuple[float, float, Path]]:
+    """(start, end, file) of every job that recorded a Snakemake benchmark file (results/benchmarks/**.tsv):
+    the file is written when the job ends, and its `s` column is the job's wall time."""
+    out = []
+    for path in sorted((Path(results) / "benchmarks").rglob("*.tsv")):
+        with path.open() as fh:
+            rows = list(csv.DictReader(fh, delimiter="\t"))
+        if rows and rows[0].get("s"):
+            end = path.stat().st_mtime
+            out.append((end - float(rows[0]["s"]), end, path))
+    return out
+
+
+def sittings(intervals: list[tuple[float, float, Path]]) -> list[tuple[float, float]]:
+    """The stretches of time in which some job was running, jobs less than GAP apart joined."""
+    merged: list[list[float]] = []
+    for start, end, _ in sorted(intervals, key=lambda i: i[0]):
+        if merged and start <= merged[-1][1] + GAP:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    return [(a, b) for a, b in merged]
+
+
 def run_timing(results: Path) -> str:
-    """Wall time from the first data file to the last run's metrics.json (file times: a table re-rendered
-    later does not stretch it), Table 1's alone, and the summed job times."""
+    """The run's wall time from its jobs' Snakemake benchmark files (the time some job was running; a part
+    rerun later adds only its own stretch, and the line says what it reran), when Table 1's runs were done,
+    and the summed time of the training and optimisation jobs (benchmarks/<table>/*.tsv)."""
     results = Path(results)
-    first = results / "data" / "mnist.npz"
-    runs = results / RUN_DIR.split("/", 1)[0]
-    metrics = list(runs.rglob("metrics.json"))
-    if not first.exists() or not metrics:
-        raise FileNotFoundError(f"{results} holds no finished run (need data/mnist.npz and finished runs); "
+    intervals = job_intervals(results)
+    runs = [(a, b, path) for a, b, path in intervals if path.parent.name in TABLES]
+    if not runs:
+        raise FileNotFoundError(f"{results} holds no finished run (no benchmarks/<table>/*.tsv); "
                                 f"run `snakemake --cores all` first")
-    start = first.stat().st_mtime
-    wall = max(p.stat().st_mtime for p in metrics) - start
-    job_seconds = sum(read_json(p).get("seconds", 0.0) or 0.0 for p in metrics)
-    table1 = [p.stat().st_mtime for p in (runs / TABLES[0]).rglob("metrics.json")]
-    table1_text = f" (Table 1 alone: {(max(table1) - start) / 60:.0f} min)" if table1 else ""
-    return (f"Wall time of this run, from the MNIST download to the last run's end: {wall / 60:.0f} min{table1_text}; "
-            f"training and optimisation jobs took {job_seconds / 60:.0f} min summed over jobs.")
+    spans = sittings(intervals)
+    wall = sum(b - a for a, b in spans)
+    first = spans[0]
+    table1 = [b for _, b, path in runs if path.parent.name == TABLES[0] and b <= first[1]]
+    minutes = lambda seconds: f"{seconds / 60:.0f} min" if seconds >= 30 else "<1 min"  # noqa: E731
+    table1_text = f" (Table 1's runs done after {minutes(max(table1) - first[0])})" if table1 else ""
+    if len(spans) == 1:
+        text = f"Wall time of this run: {minutes(wall)}{table1_text}"
+    else:
+        parts = []
+        for a, b in spans[1:]:
+            rerun = sorted({path.parent.name for s, _, path in runs if a <= s <= b}, key=TABLES.index)
+            parts.append(f"{minutes(b - a)} " + (f"rerunning the runs of {', '.join(rerun)}" if rerun else "re-rendering"))
+        text = (f"Wall time of this run: {minutes(first[1] - first[0])} for the whole run{table1_text}, then "
+                f"{'; '.join(parts)} ({minutes(wall)} with jobs running in all)")
+    job_seconds = sum(b - a for a, b, _ in runs)
+    return f"{text}; its training and optimisation jobs took {job_seconds / 60:.0f} min summed over jobs."
 
 
 def generated_section(results: Path, command: str) -> str:
