@@ -149,6 +149,16 @@ def cmd_readme(a) -> None:
     _log(f"copied the tables of {a.results} into {a.readme}")
 
 
+def cmd_check_config(a) -> None:
+    from .config import check_named_files
+
+    schema = Path(a.schema)
+    if not schema.exists():
+        raise FileNotFoundError(f"schema {schema} not found; run this from the repository's root or pass --schema")
+    check_named_files(a.configs, {}, schema)
+    _log(f"{', '.join(a.configs)}: valid and complete")
+
+
 def _version() -> str:
     """`stn --version`: the package version and the checkout's commit (pyproject.toml and git)."""
     from importlib.metadata import PackageNotFoundError, version
@@ -269,6 +279,13 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--cpu-only", action="store_true")
     s.add_argument("--stamp", default=None, help="file to write when done (for the pipeline)")
     s.set_defaults(fn=cmd_build_ext)
+
+    s = sub.add_parser("check-config", help="check config files as the pipeline would, naming the file and line of a "
+                       "YAML error (Snakemake's own message for a --configfile names neither)",
+                       epilog="example: stn check-config my.yaml")
+    s.add_argument("configs", nargs="+", help="config files, each complete on its own (copy one of config/*.yaml)")
+    s.add_argument("--schema", default="workflow/schemas/config.schema.json", help="the assembled config schema")
+    s.set_defaults(fn=cmd_check_config)
 
     s = sub.add_parser("readme", help="copy a finished run's tables and timings into the README")
     s.add_argument("--results", default="results")

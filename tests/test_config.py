@@ -1,5 +1,6 @@
 """Config validation stops bad input before any job runs, naming the key."""
 import copy
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -159,6 +160,26 @@ def test_yaml_errors_name_the_file_and_line_and_the_default_is_only_read_without
     assert merged["results"] == "/tmp/elsewhere" and merged["table3"]["seeds"] == [7]
     assert merged["table3"]["models"] == read_config(default)["table3"]["models"]  # the rest from the default
     assert with_default({"name": "mine"}, ["mine.yaml"], default) == {"name": "mine"}  # a named file replaces it
+
+
+def test_check_config_names_the_line_that_snakemake_does_not(tmp_path, capsys):
+    """Snakemake reads a --configfile before the Snakefile and reports a YAML error without file or line;
+    `stn check-config` (which the README points to) names both, and passes the shipped configs."""
+    from stn.cli import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nresults: [oops\ndevice: cpu\n")
+    assert main(["check-config", str(bad), "--schema", str(SCHEMA)]) == 1
+    assert re.search(r'stn check-config: error: .*bad.yaml is not valid YAML: .*bad.yaml", line 3', capsys.readouterr().err)
+    assert main(["check-config", str(ROOT / "config" / "smoke.yaml"), str(ROOT / "config" / "config.yaml"), "--schema", str(SCHEMA)]) == 0
+    partial = tmp_path / "partial.yaml"
+    cfg = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
+    del cfg["table1"]["train"]["eval_every"]
+    partial.write_text(yaml.safe_dump(cfg))
+    assert main(["check-config", str(partial), "--schema", str(SCHEMA)]) == 1
+    assert "partial.yaml is not a complete config on its own" in capsys.readouterr().err
+    assert main(["check-config", str(bad), "--schema", str(tmp_path / "none.json")]) == 1
+    assert "run this from the repository's root or pass --schema" in capsys.readouterr().err
 
 
 def test_an_override_of_a_data_set_the_table_does_not_train_is_named():
