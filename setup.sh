@@ -5,6 +5,12 @@ set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3.11}
 command -v "$PYTHON" >/dev/null || PYTHON=python3
+# The pinned torch==2.14.1 wheels exist here for CPython 3.11 only: check before installing anything.
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null; then
+  echo "setup.sh: needs Python 3.11 (pyproject.toml: requires-python >=3.11,<3.12); $PYTHON is" \
+       "$("$PYTHON" --version 2>/dev/null || echo "not runnable"). Set PYTHON=/path/to/python3.11." >&2
+  exit 1
+fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q torch==2.14.1 torchvision==0.29.1

@@ -159,6 +159,9 @@ def cmd_check_config(a) -> None:
     _log(f"{', '.join(a.configs)}: valid and complete")
 
 
+DISTRIBUTION = "stn-repro"  # pyproject.toml's name: "stn" on PyPI is another project; the import package is stn
+
+
 def _version() -> str:
     """`stn --version`: the package version and the checkout's commit (pyproject.toml and git)."""
     from importlib.metadata import PackageNotFoundError, version
@@ -166,7 +169,7 @@ def _version() -> str:
     from .train import git_commit
 
     try:
-        number = version("stn")
+        number = version(DISTRIBUTION)
     except PackageNotFoundError:
         number = "not installed"
     return f"stn {number} (git {git_commit()[:12]}, Python {sys.version.split()[0]})"
