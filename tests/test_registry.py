@@ -136,3 +136,15 @@ def test_version_names_the_package_and_commit(capsys):
     assert exit_.value.code == 0
     out = capsys.readouterr().out
     assert out.startswith("stn 0.1.0 (git ") and "Python 3." in out
+
+
+def test_every_cli_option_says_what_it_does_and_every_step_shows_an_example():
+    import argparse
+
+    from stn.cli import parser
+
+    steps = next(a for a in parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    undocumented = [f"{name} {'/'.join(a.option_strings) or a.dest}" for name, sp in steps.items() for a in sp._actions
+                    if not isinstance(a, argparse._HelpAction) and not a.help]
+    assert undocumented == []
+    assert [name for name, sp in steps.items() if f"stn {name}" not in (sp.epilog or "")] == []
