@@ -90,6 +90,7 @@ start() {
     chown munge:munge /etc/munge/munge.key && chmod 400 /etc/munge/munge.key
     mkdir -p /run/munge && chown munge:munge /run/munge
     runuser -u munge -- /usr/sbin/munged || die "munged did not start (see /var/log/munge/munged.log)"
+    touch "$STATE/started-munged"  # so that stop ends it too
     wait_for 20 munged bash -c "munge -n | unmunge" || die "munged does not answer (see /var/log/munge/munged.log)"
   fi
   pgrep -x slurmctld >/dev/null || slurmctld || die "slurmctld did not start: $(tail -3 $LOGS/slurmctld.log 2>/dev/null)"
@@ -111,7 +112,13 @@ stop() {
     ((SECONDS < end)) || { pkill -9 -x slurmd || true; pkill -9 -x slurmctld || true; break; }
     sleep 1
   done
-  log "slurmctld and slurmd stopped"
+  if [[ -f $STATE/started-munged ]]; then
+    pkill -x munged 2>/dev/null || true
+    rm -f "$STATE/started-munged"
+    log "slurmctld, slurmd and munged stopped"
+  else
+    log "slurmctld and slurmd stopped (munged was running before: left alone)"
+  fi
 }
 
 smoke() {  # smoke RESULTS [snakemake options...]: the smoke config into RESULTS, bounded in time
