@@ -256,10 +256,11 @@ def train_run(
                    **(describe or {})}
         if run is not None:
             run.log_metrics({"test_error": test_err}, step=settings.iterations)
-            run.log_artifact(out_dir / "model.pt")
         for path in artifacts(model, out_dir) if artifacts else []:
             if run is not None:
                 run.log_artifact(path)
+        if run is not None:  # last: it moves the model to the CPU
+            run.log_model(model, as_input(_source(data["x_test"])[:4], torch.device("cpu"), False), out_dir / "model.pt")
         status = "FINISHED"
         ckpt_path.unlink(missing_ok=True)  # the run is complete; model.pt holds the weights
         return metrics

@@ -79,9 +79,32 @@ def test_smoke_outputs_agree(smoke):
     client = tracking.client(tracking.default_uri(smoke))
     st_run = next(r for r in mlruns if r.data.tags["model"] == "ST-CNN-Aff" and r.data.tags["dataset"] == "RTS")
     names = {a.path for a in client.list_artifacts(st_run.info.run_id)}
-    assert {"model.pt", "transforms.png"} <= names
+    assert "transforms.png" in names and "model.pt" not in names  # the model is an MLflow model, not a bare file
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking.default_uri(smoke))
+    info = mlflow.models.get_model_info(f"runs:/{st_run.info.run_id}/model")
+    assert "pytorch" in info.flavors and info.signature is not None and info.run_id == st_run.info.run_id
+    assert [d.dataset.name for d in st_run.inputs.dataset_inputs] == ["RTS"]
     history = client.get_metric_history(st_run.info.run_id, "val_error")
     assert [h.step for h in sorted(history, key=lambda h: h.step)] == [15, 30]
+
+
+def test_a_model_logged_by_the_smoke_run_loads_through_mlflow_and_gives_its_test_error(smoke):
+    import mlflow.pytorch
+    import numpy as np
+    import torch
+
+    from stn.train import as_input
+
+    m = json.loads((smoke / "runs" / "table1" / "RTS" / "ST-CNN-Aff" / "seed1" / "metrics.json").read_text())
+    mlflow.set_tracking_uri(tracking.default_uri(smoke))
+    model = mlflow.pytorch.load_model(f"runs:/{m['run_id']}/model").eval()
+    data = np.load(smoke / "data" / "RTS.npz")
+    with torch.no_grad():
+        pred = model(as_input(torch.from_numpy(data["x_test"]), torch.device("cpu"), False)).argmax(-1).numpy()
+    error = float((pred != data["y_test"]).mean() * 100)
+    assert abs(error - m["test_error"]) <= 100 / len(pred) + 1e-6  # at most one image apart (memory layout)
 
 
 def test_smoke_appendix_experiments(smoke):

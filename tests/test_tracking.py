@@ -154,3 +154,50 @@ def test_a_run_resumed_while_the_store_is_down_is_synced_into_the_same_run(tmp_p
     assert tracking.sync_pending(uri, tmp_path, log=lambda s: None) == 1
     (run,) = tracking.find_runs(uri, "table1")
     assert run.info.run_id == first.run_id and run.info.status == "FINISHED" and run.data.metrics["loss"] == 0.25
+
+
+def test_a_run_logs_a_loadable_mlflow_model_and_its_dataset(tmp_path):
+    """The run page shows the model (pytorch flavour, with a signature) and the data set: loaded back with
+    mlflow.pytorch.load_model, the model gives model.pt's outputs; offline, model.pt is kept as an artifact."""
+    import mlflow.pytorch
+    import numpy as np
+    import torch
+
+    from stn.experiments import tracker
+    from stn.io import load_torch, write_json
+    from stn.models import mnist as zoo
+    from stn.train import TrainSettings, as_input, train_run
+
+    results = tmp_path / "results"
+    ids = tracking.init_experiments(results, ["table1"], log=lambda s: None)
+    write_json(tmp_path / "ids.json", ids)
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 10, 32)
+    x = rng.integers(0, 255, (32, 28, 28)).astype(np.uint8)
+    data = {"x_train": x, "y_train": y, "x_val": x[:8], "y_val": y[:8], "x_test": x[:8], "y_test": y[:8]}
+    (tmp_path / "R.npz").write_bytes(b"the data set's file")
+    settings = TrainSettings(iterations=4, batch_size=8, lr=0.01, momentum=0.9, lr_step=100, lr_gamma=0.1,
+                             weight_decay=0.0, loc_lr_mult=1.0, eval_every=2, eval_samples=8, checkpoint_every=2,
+                             channels_last=False, device="cpu")
+    job = {"experiment": "table1", "dataset": "R", "model": "ST-FCN-Aff", "seed": 1, "results": str(results)}
+    out = results / "runs" / "table1" / "R" / "ST-FCN-Aff" / "seed1"
+    torch.manual_seed(0)
+    model = zoo.build("ST-FCN-Aff", zoo.InputSpec(1, 28, 10, False), 60_000).model
+    tags = {"dataset": "R", "data_sha256": "ab" * 32}
+    metrics = train_run(model, data, settings, 1, out, tracker(job, tmp_path / "ids.json", tags, out, tmp_path / "R.npz"),
+                        log=lambda s: None)
+    uri = tracking.tracking_uri(results)
+    mlflow.set_tracking_uri(uri)
+    loaded = mlflow.pytorch.load_model(f"runs:/{metrics['run_id']}/model")
+    saved = zoo.build("ST-FCN-Aff", zoo.InputSpec(1, 28, 10, False), 60_000).model
+    saved.load_state_dict(load_torch(out / "model.pt", "the test run")["state_dict"])
+    batch = as_input(torch.from_numpy(x[:8]), torch.device("cpu"), False)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(batch), saved.eval()(batch))
+    run = tracking.client(uri).get_run(metrics["run_id"])
+    assert run.info.status == "FINISHED"
+    (entry,) = run.inputs.dataset_inputs
+    assert entry.dataset.name == "R" and entry.dataset.digest == ("ab" * 32)[:36]
+    assert str((tmp_path / "R.npz").resolve()) in entry.dataset.source
+    info = mlflow.models.get_model_info(f"runs:/{metrics['run_id']}/model")
+    assert list(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, 1, 28, 28]

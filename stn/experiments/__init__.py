@@ -90,9 +90,10 @@ def transform_stats(model, x, batch: int = 500) -> dict[str, float]:
     return {"zoom": float(det.abs().sqrt().mean()), "shift": float(theta[:, [2, 5]].norm(dim=1).mean())}
 
 
-def tracker(job: dict, experiments_file: Path, tags: dict, out_dir: Path):
+def tracker(job: dict, experiments_file: Path, tags: dict, out_dir: Path, data: Path | None = None):
     """A factory of the job's MLflow run (resumed by id after a restart), for stn.train.train_run; if the
-    store is unreachable the run keeps its tracking in out_dir/mlflow_pending.jsonl (stn.tracking)."""
+    store is unreachable the run keeps its tracking in out_dir/mlflow_pending.jsonl (stn.tracking). A new
+    run records `data` (the data set's file, with the sha256 of tags["data_sha256"]) as its dataset input."""
     from .. import tracking
     from ..io import read_json
 
@@ -103,5 +104,12 @@ def tracker(job: dict, experiments_file: Path, tags: dict, out_dir: Path):
     label = f"{job['dataset']}/{job['model']}/seed{job['seed']}"
     tags = {**tags, **scheduler()}
     uri = tracking.tracking_uri(job["results"])
-    return lambda run_id=None: tracking.Run(uri, ids[name], label, run_id, tags, Path(out_dir) / tracking.PENDING,
-                                            tracking.experiment_name(name, job["results"]))
+
+    def make(run_id: str | None = None) -> tracking.Run:
+        run = tracking.Run(uri, ids[name], label, run_id, tags, Path(out_dir) / tracking.PENDING,
+                           tracking.experiment_name(name, job["results"]))
+        if run_id is None and data is not None and "data_sha256" in tags:
+            run.log_dataset(job["dataset"], tags["data_sha256"], data)
+        return run
+
+    return make

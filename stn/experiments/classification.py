@@ -121,7 +121,7 @@ def run_job(job: dict, inputs: dict[str, Path], out_dir: Path) -> dict:
             out, _ = trained.eval().transform(x.to(next(trained.parameters()).device))
         return [figures.transformer_outputs(x, out.cpu(), directory / "transforms.png", f"{model} on {dataset}")]
 
-    metrics = train_run(built.model, data, settings, seed, out_dir, tracker(job, inputs["experiments"], tags, out_dir),
+    metrics = train_run(built.model, data, settings, seed, out_dir, tracker(job, inputs["experiments"], tags, out_dir, inputs["data"]),
                         describe, artifacts)
     metrics.update(transform_stats(built.model, data["x_test"]))
     metrics["data_sha256"] = data_info["sha256"]

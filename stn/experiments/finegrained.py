@@ -138,7 +138,7 @@ def run_job(job: dict, inputs: dict[str, Path], out_dir: Path) -> dict:
     tags = {"config_hash": config_hash({"settings": job["settings"], "describe": describe}),
             "data_sha256": info["sha256"], "dataset": dataset, "model": model_name, "seed": str(seed)}
     metrics = train_run(model, data, TrainSettings.from_dict(job["settings"]), seed, out_dir,
-                        tracker(job, inputs["experiments"], tags, out_dir), describe)
+                        tracker(job, inputs["experiments"], tags, out_dir, inputs["data"]), describe)
     metrics.update(data_sha256=info["sha256"], accuracy=100 - metrics["test_error"])
     if model.k and "boxes_test" in data:
         boxes = torch.from_numpy(data["boxes_test"]).double() * (model.size / info["large_side"])  # to this set's px

@@ -75,7 +75,7 @@ def run_job(job: dict, inputs: dict[str, Path], out_dir: Path) -> dict:
         return [figures.transformer_outputs(x, out.cpu(), directory / "transforms.png", f"{model_name} on {dataset}")]
 
     metrics = train_run(model, data, TrainSettings.from_dict(job["settings"]), seed, out_dir,
-                        tracker(job, inputs["experiments"], tags, out_dir), describe, artifacts)
+                        tracker(job, inputs["experiments"], tags, out_dir, inputs["data"]), describe, artifacts)
     metrics.update(data_sha256=info["sha256"], **transform_stats(model, data["x_test"][:500]))
     metrics = write_metrics(out_dir, metrics)
     return metrics

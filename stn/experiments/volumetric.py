@@ -130,7 +130,7 @@ def run_job(job: dict, inputs: dict[str, Path], out_dir: Path) -> dict:
             "model": model_name, "seed": str(seed),
             "data_sha256": read_json(Path(inputs["data"]).with_suffix(".json"))["sha256"]}
     metrics = train_run(model, data, TrainSettings.from_dict(job["settings"]), seed, out_dir,
-                        tracker(job, inputs["experiments"], tags, out_dir), describe)
+                        tracker(job, inputs["experiments"], tags, out_dir, inputs["data"]), describe)
     metrics["peak_rss_gib"] = peak_rss_gib()
     metrics = write_metrics(out_dir, metrics)
     return metrics
