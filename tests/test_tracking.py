@@ -59,16 +59,31 @@ def _dead_port():
     return port
 
 
+def _tiny_training():
+    """32 random 28×28 images and four SGD steps on the CPU: (images, data dict, TrainSettings)."""
+    import numpy as np
+
+    from stn.train import TrainSettings
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 10, 32)
+    x = rng.integers(0, 255, (32, 28, 28)).astype(np.uint8)
+    data = {"x_train": x, "y_train": y, "x_val": x[:8], "y_val": y[:8], "x_test": x[:8], "y_test": y[:8]}
+    settings = TrainSettings(iterations=4, batch_size=8, lr=0.01, momentum=0.9, lr_step=100, lr_gamma=0.1,
+                             weight_decay=0.0, loc_lr_mult=1.0, eval_every=2, eval_samples=8, checkpoint_every=2,
+                             channels_last=False, device="cpu")
+    return x, data, settings
+
+
 def test_an_unreachable_server_costs_no_training_and_the_sync_uploads_it_later(tmp_path, monkeypatch):
     import time
 
-    import numpy as np
     import torch
 
     from stn.experiments import tracker
     from stn.io import write_json
     from stn.models import mnist as zoo
-    from stn.train import TrainSettings, train_run
+    from stn.train import train_run
 
     results = tmp_path / "results"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{_dead_port()}")
@@ -77,13 +92,7 @@ def test_an_unreachable_server_costs_no_training_and_the_sync_uploads_it_later(t
     assert ids == {"table1": None} and time.time() - t0 < 60
     assert tracking.experiment_name("table1", results) == f"table1 [{results.resolve()}]"  # one per results tree
     write_json(tmp_path / "ids.json", ids)
-    rng = np.random.default_rng(0)
-    y = rng.integers(0, 10, 32)
-    x = rng.integers(0, 255, (32, 28, 28)).astype(np.uint8)
-    data = {"x_train": x, "y_train": y, "x_val": x[:8], "y_val": y[:8], "x_test": x[:8], "y_test": y[:8]}
-    settings = TrainSettings(iterations=4, batch_size=8, lr=0.01, momentum=0.9, lr_step=100, lr_gamma=0.1,
-                             weight_decay=0.0, loc_lr_mult=1.0, eval_every=2, eval_samples=8, checkpoint_every=2,
-                             channels_last=False, device="cpu")
+    x, data, settings = _tiny_training()
     job = {"experiment": "table1", "dataset": "R", "model": "FCN", "seed": 1, "results": str(results)}
     out = results / "runs" / "table1" / "R" / "FCN" / "seed1"
     torch.manual_seed(0)
@@ -160,25 +169,18 @@ def test_a_run_logs_a_loadable_mlflow_model_and_its_dataset(tmp_path):
     """The run page shows the model (pytorch flavour, with a signature) and the data set: loaded back with
     mlflow.pytorch.load_model, the model gives model.pt's outputs; offline, model.pt is kept as an artifact."""
     import mlflow.pytorch
-    import numpy as np
     import torch
 
     from stn.experiments import tracker
     from stn.io import load_torch, write_json
     from stn.models import mnist as zoo
-    from stn.train import TrainSettings, as_input, train_run
+    from stn.train import as_input, train_run
 
     results = tmp_path / "results"
     ids = tracking.init_experiments(results, ["table1"], log=lambda s: None)
     write_json(tmp_path / "ids.json", ids)
-    rng = np.random.default_rng(0)
-    y = rng.integers(0, 10, 32)
-    x = rng.integers(0, 255, (32, 28, 28)).astype(np.uint8)
-    data = {"x_train": x, "y_train": y, "x_val": x[:8], "y_val": y[:8], "x_test": x[:8], "y_test": y[:8]}
+    x, data, settings = _tiny_training()
     (tmp_path / "R.npz").write_bytes(b"the data set's file")
-    settings = TrainSettings(iterations=4, batch_size=8, lr=0.01, momentum=0.9, lr_step=100, lr_gamma=0.1,
-                             weight_decay=0.0, loc_lr_mult=1.0, eval_every=2, eval_samples=8, checkpoint_every=2,
-                             channels_last=False, device="cpu")
     job = {"experiment": "table1", "dataset": "R", "model": "ST-FCN-Aff", "seed": 1, "results": str(results)}
     out = results / "runs" / "table1" / "R" / "ST-FCN-Aff" / "seed1"
     torch.manual_seed(0)
