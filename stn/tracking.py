@@ -12,7 +12,9 @@ its run directory, which `stn mlflow-sync` uploads later.
 """
 from __future__ import annotations
 
+import copy
 import json
+import logging
 import os
 import random
 import time
@@ -190,12 +192,9 @@ class Run:
     def log_dataset(self, name: str, digest: str, source: str | Path, context: str = "training") -> None:
         """The run's data set as an MLflow dataset input (the run page's "Datasets"): its name, the sha256 the
         pipeline recorded for it (as digest) and the file it was read from."""
-        from mlflow.entities import Dataset, DatasetInput, InputTag
-
-        dataset = Dataset(name=name, digest=digest[:36], source_type="local", source=json.dumps({"uri": str(Path(source).resolve())}))
-        entry = DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)])
-        self._send(lambda: self.client.log_inputs(self.run_id, datasets=[entry]),
-                   {"kind": "dataset", "name": name, "digest": digest[:36], "source": str(Path(source).resolve()), "context": context})
+        record = {"kind": "dataset", "name": name, "digest": digest[:36], "source": str(Path(source).resolve()),
+                  "context": context}
+        self._send(lambda: self.client.log_inputs(self.run_id, datasets=[_dataset_input(record)]), record)
 
     def log_model(self, model, example, weights: str | Path) -> None:
         """The trained model as an MLflow model: the PyTorch flavour, the module pickled (cloudpickle) with a
@@ -203,33 +202,30 @@ class Run:
         and the model's output on it. `mlflow.pytorch.load_model(f"runs:/{run_id}/model")` returns it, needing
         only torch and an importable `stn` (not the pipeline's build steps or parameter tables). Offline, or if
         MLflow cannot log it, the run keeps `weights` (model.pt) as a plain artifact instead."""
-        def send():
-            import mlflow
-            import mlflow.pytorch
-            import torch
-            from mlflow.models import infer_signature
-
-            import logging
-
-            # its warning that pickles run code when loaded, once per run in every job log; the README says it
-            logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
-            cpu = model.cpu().eval()
-            with torch.no_grad():
-                out = cpu(example)
-            signature = infer_signature(example.numpy(), out.numpy())
-            mlflow.set_tracking_uri(self.uri)
-            with mlflow.start_run(run_id=self.run_id):  # leaving it marks the run FINISHED; end() sets the final state
-                mlflow.pytorch.log_model(cpu, name="model", signature=signature, serialization_format="pickle",
-                                         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
-
         if not self.offline:
             try:
-                _retry(send)
+                _retry(lambda: self._log_model(model, example))
                 return
             except Exception as exc:
                 warnings.warn(f"MLflow could not log the model of run {self.run_id} ({first_line(exc)}); "
                               f"logging {weights} as a plain artifact instead", RuntimeWarning, stacklevel=2)
         self.log_artifact(weights)
+
+    def _log_model(self, model, example) -> None:
+        import mlflow
+        import mlflow.pytorch
+        import torch
+        from mlflow.models import infer_signature
+
+        # its warning that pickles run code when loaded, once per run in every job log; the README says it
+        logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
+        cpu = copy.deepcopy(model).cpu().eval()  # the caller's model keeps its device and mode
+        with torch.no_grad():
+            signature = infer_signature(example.numpy(), cpu(example).numpy())
+        mlflow.set_tracking_uri(self.uri)
+        with mlflow.start_run(run_id=self.run_id):  # leaving it marks the run FINISHED; end() sets the final state
+            mlflow.pytorch.log_model(cpu, name="model", signature=signature, serialization_format="pickle",
+                                     pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
 
     def end(self, status: str = "FINISHED") -> None:
         self._send(lambda: self.client.set_terminated(self.run_id, status=status), {"kind": "end", "status": status})
@@ -272,10 +268,7 @@ def sync_pending(uri: str, results: str | Path, log: Callable[[str], None] = pri
             elif r["kind"] == "artifact" and Path(r["path"]).exists():
                 _retry(lambda: c.log_artifact(run_id, r["path"]))
             elif r["kind"] == "dataset":
-                from mlflow.entities import Dataset, DatasetInput, InputTag
-
-                dataset = Dataset(r["name"], r["digest"], "local", json.dumps({"uri": r["source"]}))
-                _retry(lambda: c.log_inputs(run_id, datasets=[DatasetInput(dataset, [InputTag("mlflow.data.context", r["context"])])]))
+                _retry(lambda: c.log_inputs(run_id, datasets=[_dataset_input(r)]))
             elif r["kind"] == "end":
                 status = r["status"]
         if status:
@@ -284,6 +277,14 @@ def sync_pending(uri: str, results: str | Path, log: Callable[[str], None] = pri
         done += 1
         log(f"uploaded {path.parent} as run {run_id}")
     return done
+
+
+def _dataset_input(record: dict):
+    """MLflow's dataset input for a "dataset" record (Run.log_dataset sends it, or keeps it for the sync)."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    dataset = Dataset(record["name"], record["digest"], "local", json.dumps({"uri": record["source"]}))
+    return DatasetInput(dataset, tags=[InputTag("mlflow.data.context", record["context"])])
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:

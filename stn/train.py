@@ -259,7 +259,7 @@ def train_run(
         for path in artifacts(model, out_dir) if artifacts else []:
             if run is not None:
                 run.log_artifact(path)
-        if run is not None:  # last: it moves the model to the CPU
+        if run is not None:
             run.log_model(model, as_input(_source(data["x_test"])[:4], torch.device("cpu"), False), out_dir / "model.pt")
         status = "FINISHED"
         ckpt_path.unlink(missing_ok=True)  # the run is complete; model.pt holds the weights

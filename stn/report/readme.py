@@ -9,8 +9,8 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from ..io import read_json, write_text
-from ..paper.registry import EXPERIMENTS, RUN_DIR
+from ..io import write_text
+from ..paper.registry import EXPERIMENTS
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 TABLES = list(EXPERIMENTS)
