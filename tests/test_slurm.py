@@ -33,6 +33,19 @@ def test_slurm_profile_covers_every_job_rule_and_fits_one_small_node():
         assert res["runtime"] >= 15, rule
 
 
+def test_every_profile_runs_the_bookkeeping_run_blocks_in_threads():
+    """Snakemake spawns a whole new Snakemake (Snakefile parsed, torch imported: 6-8 s) for each job of a rule
+    with a `run:` block unless told to use threads; the default run has ~170 such jobs."""
+    import re
+
+    run_rules = set()
+    for smk in (ROOT / "workflow" / "rules").glob("*.smk"):
+        run_rules |= {m.group(1) for m in re.finditer(r"^rule (\w+):\n(?:    .*\n|\n)*?    run:", smk.read_text(), re.M)}
+    assert {"job_spec", "experiment_spec"} <= run_rules, run_rules
+    for profile in sorted((ROOT / "profiles").glob("*/config.yaml")):
+        assert yaml.safe_load(profile.read_text()).get("force-use-threads") is True, profile
+
+
 def _results(tmp_path, name, cells, extra=None):
     d = tmp_path / name
     (d / "tables").mkdir(parents=True)
