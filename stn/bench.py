@@ -18,9 +18,11 @@ or time between launches.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import statistics
+import sys
 import time
 from dataclasses import dataclass, replace
 from typing import Callable
@@ -165,6 +167,21 @@ def time_method(method: Method, case: Case, device, backward: bool, repeats: int
     return min(times), statistics.median(times)
 
 
+@contextlib.contextmanager
+def _quiet_fd2():
+    """File descriptor 2 pointed at /dev/null: the CPU profiler's C++ side writes 'USDT ... profiler_start/stop'
+    lines straight to it (KINETO_LOG_LEVEL does not reach them), two per measured row."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def peak_memory(method: Method, case: Case, device) -> float:
     """Peak bytes allocated by one forward+backward beyond its inputs, in MiB."""
     x, theta = _inputs(case, device, True)
@@ -177,7 +194,7 @@ def peak_memory(method: Method, case: Case, device) -> float:
         return (torch.cuda.max_memory_allocated(device) - base) / 2**20
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _quiet_fd2(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         _step(method, x, theta, True)
     events = sorted(prof.events(), key=lambda e: e.time_range.start)
     current = peak = 0
@@ -201,43 +218,37 @@ def copy_bandwidth(device: torch.device, mib: int = 512, repeats: int = 10) -> f
     return 2 * src.numel() * src.element_size() / best
 
 
-def run_sampler_benchmark(device: torch.device, repeats: int, cases: list[Case], part: str,
-                          bandwidth: float) -> list[dict]:
-    rows = []
+def measure_rows(device: torch.device, repeats: int, cases: list[Case], part: str, bandwidth: float):
+    """Yields one row per (case, method) as soon as it is measured."""
     for case in cases:
-        methods = methods_for(case, device, part)
         base_f = base_fb = None
-        for name, method in methods.items():
+        for name, method in methods_for(case, device, part).items():
             fwd, _ = time_method(method, case, device, False, repeats)
             fb, fb_median = time_method(method, case, device, True, repeats)
             base_f, base_fb = base_f or fwd, base_fb or fb
-            rows.append(
-                {
-                    "case": case.label,
-                    "method": name,
-                    "fwd_ms": fwd * 1e3,
-                    "fwd_speedup": base_f / fwd,
-                    "fwdbwd_ms": fb * 1e3,
-                    "fwdbwd_speedup": base_fb / fb,
-                    "fwdbwd_median_ms": fb_median * 1e3,
-                    "copy_percent": 100 * case.fwdbwd_bytes(torch.float32.itemsize) / fb / bandwidth,
-                    "peak_mib": peak_memory(method, case, device),
-                }
-            )
-    return rows
+            yield {
+                "case": case.label,
+                "method": name,
+                "fwd_ms": fwd * 1e3,
+                "fwd_speedup": base_f / fwd,
+                "fwdbwd_ms": fb * 1e3,
+                "fwdbwd_speedup": base_fb / fb,
+                "fwdbwd_median_ms": fb_median * 1e3,
+                "copy_percent": 100 * case.fwdbwd_bytes(torch.float32.itemsize) / fb / bandwidth,
+                "peak_mib": peak_memory(method, case, device),
+            }
 
 
-def format_rows(rows: list[dict], device: torch.device) -> str:
-    header = (f"{'case':<28} {'method':<30} {'fwd ms':>9} {'x base':>7} {'fwd+bwd ms':>11} {'x base':>7} "
-              f"{'(median)':>9} {'% copy':>7} {'peak MiB':>9}")
-    lines = [header, "-" * len(header)]
-    for r in rows:
-        lines.append(
-            f"{r['case']:<28} {r['method']:<30} {r['fwd_ms']:>9.2f} {r['fwd_speedup']:>7.2f} "
+HEADER = (f"{'case':<28} {'method':<30} {'fwd ms':>9} {'x base':>7} {'fwd+bwd ms':>11} {'x base':>7} "
+          f"{'(median)':>9} {'% copy':>7} {'peak MiB':>9} {'left':>7}")
+
+
+def format_row(r: dict, left_s: float | None = None) -> str:
+    """One table line; `left_s` (the estimated seconds the whole benchmark still needs) as its last column."""
+    left = "" if left_s is None else (f"~{left_s:.0f}s" if left_s < 100 else f"~{left_s / 60:.1f}m")
+    return (f"{r['case']:<28} {r['method']:<30} {r['fwd_ms']:>9.2f} {r['fwd_speedup']:>7.2f} "
             f"{r['fwdbwd_ms']:>11.2f} {r['fwdbwd_speedup']:>7.2f} {r['fwdbwd_median_ms']:>9.2f} "
-            f"{r['copy_percent']:>7.1f} {r['peak_mib']:>9.1f}"
-        )
-    return "\n".join(lines)
+            f"{r['copy_percent']:>7.1f} {r['peak_mib']:>9.1f} {left:>7}").rstrip()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -266,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.n is not None:
         cases = [replace(case, n=args.n) for case in cases]
     parts = ["step", "sampler"] if args.part == "both" else [args.part]
+    total = sum(len(methods_for(case, device, part)) for device in devices for part in parts for case in cases)
+    done, start = 0, time.perf_counter()
     for device in devices:
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
         bandwidth = copy_bandwidth(device)
@@ -273,9 +286,12 @@ def main(argv: list[str] | None = None) -> int:
             what = "grid generation + sampling" if part == "step" else "sampling from a precomputed grid"
             print(f"\n== {name}: {what}; ms = fastest of {args.repeats} calls, 'x base' = speed-up over the "
                   "first row of each case (>1 is faster), (median) = the median fwd+bwd ms, "
-                  f"% copy = fwd+bwd bandwidth against a copy's {bandwidth / 1e9:.0f} GB/s")
-            rows = run_sampler_benchmark(device, args.repeats, cases, part, bandwidth)
-            print(format_rows(rows, device), flush=True)
+                  f"% copy = fwd+bwd bandwidth against a copy's {bandwidth / 1e9:.0f} GB/s, "
+                  "left = the whole benchmark's estimated time still to run")
+            print(HEADER + "\n" + "-" * len(HEADER), flush=True)
+            for row in measure_rows(device, args.repeats, cases, part, bandwidth):
+                done += 1
+                print(format_row(row, (time.perf_counter() - start) / done * (total - done)), flush=True)
     return 0
 
 

@@ -23,7 +23,8 @@ def test_sampler_benchmark_prints_every_method_with_a_ratio_against_the_baseline
     assert methods[0] == "torch affine_grid+grid_sample"
     assert "stn reference" in methods
     baseline = rows[0].split()
-    assert baseline[-6] == "1.00" and baseline[-4] == "1.00"  # the baseline's own ratios
+    assert baseline[-7] == "1.00" and baseline[-5] == "1.00"  # the baseline's own ratios
+    assert all(re.search(r"~[\d.]+[sm]$", r) for r in rows)  # the time left, last
     assert "% copy = fwd+bwd bandwidth against a copy's" in out
 
 
@@ -43,3 +44,23 @@ def test_bad_cases_and_batch_sizes_are_named(capsys):
         with pytest.raises(SystemExit):
             bench.main(["sampler", "--device", "cpu", *argv])
         assert message in capsys.readouterr().err
+
+
+def test_rows_are_printed_as_they_are_measured_without_profiler_noise(capfd, monkeypatch):
+    printed_before = []  # what stdout held when each measurement began
+    out = []
+    real = bench.time_method
+
+    def spy(method, case, device, backward, repeats):
+        captured = capfd.readouterr()
+        out.append(captured.out)
+        printed_before.append("".join(out))
+        assert "USDT" not in captured.err and "profiler_st" not in captured.err
+        return real(method, case, device, backward, repeats)
+
+    monkeypatch.setattr(bench, "time_method", spy)
+    assert bench.main(["sampler", "--device", "cpu", "--part", "sampler", "--cases", "0", "--repeats", "1"]) == 0
+    rest = capfd.readouterr()
+    assert "USDT" not in rest.err and "profiler_st" not in rest.err
+    # two measurements (fwd, fwd+bwd) per method: the first method's row is out before the second's start
+    assert "torch grid_sample" not in printed_before[1] and "torch grid_sample" in printed_before[2]
