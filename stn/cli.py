@@ -51,7 +51,7 @@ def cmd_mlflow_init(a) -> None:
     from .io import write_json
 
     ids = tracking.init_experiments(a.results, a.experiments, _log)
-    write_json(a.out, ids)
+    write_json(a.out, {**ids, "parents": tracking.init_parent_runs(a.results, ids, _log)} if ids else ids)
     _log(f"MLflow experiments {ids} at {tracking.tracking_uri(a.results)}")
 
 

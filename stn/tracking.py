@@ -68,6 +68,37 @@ def init_experiments(results: str | Path, names: list[str], log: Callable[[str],
     return {n: ids[experiment_name(n, results)] for n in names}
 
 
+PARENT_TAG = ("stn.role", "table")  # the tag that marks a table's parent run
+
+
+def init_parent_runs(results: str | Path, ids: dict[str, str | None],
+                     log: Callable[[str], None] = print) -> dict[str, str]:
+    """One parent run per table (experiment) that its runs nest under in the MLflow runs view: name -> run id.
+    Found again by its tag, so re-creating the experiments reuses it. Per table rather than per cell: the
+    runs view then lists a table's cells side by side under one row, one click from the comparison the
+    table makes. A store that cannot be reached gives no parents (the runs are then simply not nested)."""
+    uri = tracking_uri(results)
+    key, value = PARENT_TAG
+    parents = {}
+    try:
+        c = client(uri)
+        for name, exp_id in ids.items():
+            if exp_id is None:
+                continue
+            found = _retry(lambda: c.search_runs([exp_id], f"tags.`{key}` = '{value}'", max_results=1))
+            if found:
+                parents[name] = found[0].info.run_id
+                continue
+            run = _retry(lambda: c.create_run(exp_id, run_name=f"{name}: every run", tags={key: value}))
+            _retry(lambda: c.set_terminated(run.info.run_id, status="FINISHED"))
+            parents[name] = run.info.run_id
+    except Exception as exc:
+        if uri == default_uri(results):
+            raise
+        log(f"warning: MLflow at {uri} could not take the tables' parent runs ({first_line(exc)}); the runs will not be nested")
+    return parents
+
+
 def _retry(fn: Callable[[], T], attempts: int = 30) -> T:
     for i in range(attempts):
         try:

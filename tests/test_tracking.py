@@ -203,3 +203,32 @@ def test_a_run_logs_a_loadable_mlflow_model_and_its_dataset(tmp_path):
     assert str((tmp_path / "R.npz").resolve()) in entry.dataset.source
     info = mlflow.models.get_model_info(f"runs:/{metrics['run_id']}/model")
     assert list(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, 1, 28, 28]
+
+
+def test_runs_nest_under_one_parent_run_per_table(tmp_path):
+    """`stn mlflow-init` gives each table a parent run (found again, not duplicated, when it runs twice), and a
+    run started from its file carries the parent's id, so the runs view nests it there."""
+    import torch
+
+    from stn.cli import main
+    from stn.experiments import tracker
+    from stn.io import read_json
+    from stn.models import mnist as zoo
+    from stn.train import train_run
+
+    results = tmp_path / "results"
+    ids_file = tmp_path / "table1.json"
+    for _ in range(2):
+        assert main(["mlflow-init", "--results", str(results), "--experiments", "table1", "--out", str(ids_file)]) == 0
+    ids = read_json(ids_file)
+    parent = ids["parents"]["table1"]
+    c = tracking.client(tracking.tracking_uri(results))
+    runs = c.search_runs([ids["table1"]], "")
+    assert [r.info.run_id for r in runs] == [parent] and runs[0].data.tags["stn.role"] == "table"
+    x, data, settings = _tiny_training()
+    job = {"experiment": "table1", "dataset": "R", "model": "FCN", "seed": 1, "results": str(results)}
+    out = results / "runs" / "table1" / "R" / "FCN" / "seed1"
+    torch.manual_seed(0)
+    model = zoo.build("FCN", zoo.InputSpec(1, 28, 10, False), 30_000).model
+    metrics = train_run(model, data, settings, 1, out, tracker(job, ids_file, {"dataset": "R"}, out), log=lambda s: None)
+    assert c.get_run(metrics["run_id"]).data.tags["mlflow.parentRunId"] == parent

@@ -102,7 +102,8 @@ def tracker(job: dict, experiments_file: Path, tags: dict, out_dir: Path, data: 
     if name not in ids:
         raise KeyError(f"MLflow experiment {name!r} is not in {experiments_file}; re-run the mlflow_experiment rule")
     label = f"{job['dataset']}/{job['model']}/seed{job['seed']}"
-    tags = {**tags, **scheduler()}
+    parent = ids.get("parents", {}).get(name)  # the table's parent run (tracking.init_parent_runs)
+    tags = {**tags, **scheduler(), **({"mlflow.parentRunId": parent} if parent else {})}
     uri = tracking.tracking_uri(job["results"])
 
     def make(run_id: str | None = None) -> tracking.Run:
