@@ -131,3 +131,18 @@ def test_a_table_reads_only_the_runs_its_config_declares(tmp_path):
     assert "CNN,R,10.0000,,1," in csv_text
     with pytest.raises(FileNotFoundError, match="1 run\\(s\\) of this config have not finished"):
         run_records(tmp_path, "table1", registry.Grid(["R"], ["CNN"], [1, 3]))
+
+
+def test_tex_escapes_latex_specials_in_cells_headers_and_caption(tmp_path):
+    from stn.report.tables import latex_table, tex_escape
+
+    assert tex_escape("a$b{c}~d^e\\f&g%h#i_j ± †") == (
+        "a\\$b\\{c\\}\\textasciitilde{}d\\textasciicircum{}e\\textbackslash{}f\\&g\\%h\\#i\\_j $\\pm$ $^\\dagger$")
+    import pandas as pd
+
+    tex = latex_table(pd.DataFrame([["ST_x", "1.0 ± 0.2 (2.0†)"]], columns=["Model", "R_{1}"]), "cap $5 ~ 50%")
+    assert "ST\\_x & 1.0 $\\pm$ 0.2 (2.0$^\\dagger$)" in tex and "R\\_\\{1\\}" in tex
+    assert "\\caption{cap \\$5 \\textasciitilde{} 50\\%}" in tex and "\\toprule" in tex and "\\centering" in tex
+    paths = render_table(records(), ["RTS"], ["CNN"], "x_y", tmp_path, "table1")
+    html = paths["html"].read_text()
+    assert "<caption>x_y</caption>" in html and "2.0 ± 1.4 (0.8)" in html and html.startswith("<!doctype html>")

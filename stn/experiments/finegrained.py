@@ -216,8 +216,7 @@ def render_parts_table(records: list[dict], grid: registry.Grid, out_dir: Path) 
         lines.append("No run measured parts (CUB has no part boxes in this pipeline; the stand-in's transformer "
                      "models measure them).")
     else:
-        lines += ["| Model | Set | parts in different windows | left part in window 1..k | right part in window 1..k |",
-                  "|---|---|---|---|---|"]
+        table = []
         for m in grid.models:
             for d in grid.datasets:
                 mine = [r for r in rows if r["model"] == m and r["dataset"] == d]
@@ -226,8 +225,10 @@ def render_parts_table(records: list[dict], grid: registry.Grid, out_dir: Path) 
                 k = zoo.transformers(m)
                 mean = lambda key: sum(r[key] for r in mine) / len(mine)  # noqa: E731
                 cells = [" / ".join(f"{mean(f'part{j}_window{i}'):.0f}" for i in range(k)) for j in range(2)]
-                lines.append(f"| {display_name(m)} | {d} | {mean('separated'):.1f} | {cells[0]} | {cells[1]} |")
-        lines += ["", f"A part is inside a window when {INSIDE:.0%} of its box is. Windows are numbered as they start: "
+                table.append([display_name(m), d, f"{mean('separated'):.1f}", *cells])
+        lines += [tables.markdown_table(["Model", "Set", "parts in different windows", "left part in window 1..k",
+                                         "right part in window 1..k"], table)]
+        lines += [f"A part is inside a window when {INSIDE:.0%} of its box is. Windows are numbered as they start: "
                   "for 2, left and right halves; for 4, top-left, top-right, bottom-left, bottom-right quadrants."]
     path = Path(out_dir) / "table3_parts.md"
     write_text(path, "\n".join(lines) + "\n")

@@ -1,12 +1,12 @@
 """Tables rendered from the runs' metrics.json files, our numbers beside the paper's."""
 from __future__ import annotations
 
-import csv
 import html
-import io
 import statistics
 from pathlib import Path
 from typing import Callable
+
+import pandas as pd
 
 from ..io import write_text
 from ..paper import TABLE1_PROTOCOL, display_name, paper_number, registry
@@ -68,20 +68,18 @@ def render_table(records: list[dict], datasets: list[str], models: list[str], ca
     standin = {d: registry.DATASETS[d].stands_in_for for d in datasets
                if d in registry.DATASETS and registry.DATASETS[d].stands_in_for}
     out_dir = Path(out_dir)
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["model", "dataset", "ours_mean", "ours_std", "seeds", "paper", "paper_from_text"]
-               + (["stands_in_for", "paper_of_original"] if standin else []))
+    csv_rows = []
     for m in models:
         for d in datasets:
             s = stats.get((m, d))
             number, from_text = paper(m, d)
-            shown = "" if number is None or d in standin else number
-            w.writerow([m, d, f"{s[0]:.4f}" if s else "", f"{s[1]:.4f}" if s and s[1] is not None else "",
-                        s[2] if s else 0, shown, int(from_text)]
-                       + ([standin.get(d, ""), "" if number is None or d not in standin else number] if standin else []))
+            csv_rows.append({"model": m, "dataset": d, "ours_mean": f"{s[0]:.4f}" if s else None,
+                             "ours_std": f"{s[1]:.4f}" if s and s[1] is not None else None, "seeds": s[2] if s else 0,
+                             "paper": None if d in standin else number, "paper_from_text": int(from_text),
+                             **({"stands_in_for": standin.get(d, ""),
+                                 "paper_of_original": number if d in standin else None} if standin else {})})
     csv_path = out_dir / f"{name}.csv"
-    write_text(csv_path, buf.getvalue())
+    write_text(csv_path, pd.DataFrame(csv_rows, dtype=object).to_csv(index=False, lineterminator="\n"))
 
     header = [e.row_label, *datasets, *(f"paper: {o}" for o in standin.values())]
     rows = []
@@ -98,40 +96,58 @@ def render_table(records: list[dict], datasets: list[str], models: list[str], ca
     if any(paper(m, d)[1] for m in models for d in datasets):
         notes.append("† TC: the paper reports one ST-FCN and one ST-CNN number in the text without naming the transform.")
 
-    md = [f"**{caption}**", "", "| " + " | ".join(header) + " |", "|---|" + "---|" * (len(header) - 1)]
-    md += ["| " + " | ".join(r) + " |" for r in rows] + [""] + notes
     md_path = out_dir / f"{name}.md"
-    write_text(md_path, "\n".join(md) + "\n")
-
-    tex = ["\\begin{table}", "\\centering", "\\begin{tabular}{l" + "c" * (len(header) - 1) + "}", "\\hline",
-           " & ".join(_tex_escape(h) for h in header) + " \\\\", "\\hline"]
-    for r in rows:
-        cells = [c.replace("±", "$\\pm$").replace("†", "$^\\dagger$").replace("—", "--") for c in r[1:]]
-        tex.append(f"{r[0]} & " + " & ".join(cells) + " \\\\")
-    tex += ["\\hline", "\\end{tabular}", f"\\caption{{{_tex_escape(caption)}}}", "\\end{table}"]
+    write_text(md_path, f"**{caption}**\n\n" + markdown_table(header, rows) + "\n" + "\n".join(notes) + "\n")
+    frame = pd.DataFrame(rows, columns=header)
     tex_path = out_dir / f"{name}.tex"
-    write_text(tex_path, "\n".join(tex) + "\n")
-
-    body = "".join("<tr><th>" + html.escape(r[0]) + "</th>" + "".join(f"<td>{html.escape(c)}</td>" for c in r[1:])
-                   + "</tr>\n" for r in rows)
-    page = (f"<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(name)}</title>\n<style>{_CSS}</style>"
-            f"</head><body>\n<table>\n<caption>{html.escape(caption)}</caption>\n<thead><tr>"
-            + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr></thead>\n<tbody>\n" + body
-            + "</tbody>\n</table>\n" + "".join(f"<p>{html.escape(n)}</p>\n" for n in notes) + "</body></html>\n")
+    write_text(tex_path, latex_table(frame, caption))
     html_path = out_dir / f"{name}.html"
-    write_text(html_path, page)
+    table = frame.style.hide(axis="index").format(escape="html").format_index(escape="html", axis=1) \
+        .set_caption(html.escape(caption)).to_html(doctype_html=False)
+    write_text(html_path, f"<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(name)}</title>\n"
+                          f"<style>{_CSS}</style></head><body>\n{table}\n"
+                          + "".join(f"<p>{html.escape(n)}</p>\n" for n in notes) + "</body></html>\n")
     return {"csv": csv_path, "md": md_path, "tex": tex_path, "html": html_path}
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """A pipe table, one line per row. Kept by hand rather than DataFrame.to_markdown: tabulate pads every cell
+    to its column's width, so one wider number would rewrite every line of the README's copy of the table."""
+    return "\n".join(["| " + " | ".join(header) + " |", "|---|" + "---|" * (len(header) - 1),
+                      *("| " + " | ".join(r) + " |" for r in rows)]) + "\n"
+
+
+_TEX_SYMBOLS = [("±", "$\\pm$"), ("†", "$^\\dagger$"), ("≈", "$\\approx$"), ("—", "--"), ("×", "$\\times$"),
+                ("√", "$\\surd$")]
+
+
+def _tex_symbols(s: str) -> str:
+    for a, b in _TEX_SYMBOLS:
+        s = s.replace(a, b)
+    return s
+
+
+_TEX_SPECIAL = {"\\": "\\textbackslash{}", "&": "\\&", "%": "\\%", "$": "\\$", "#": "\\#", "_": "\\_",
+                "{": "\\{", "}": "\\}", "~": "\\textasciitilde{}", "^": "\\textasciicircum{}"}
+
+
+def tex_escape(s: str) -> str:
+    """Text made safe for LaTeX: its ten special characters, as Styler.format(escape="latex") escapes cells (by
+    hand here because Styler leaves a caption as given), then the symbols the tables use."""
+    return _tex_symbols("".join(_TEX_SPECIAL.get(ch, ch) for ch in s))
+
+
+def latex_table(frame: pd.DataFrame, caption: str) -> str:
+    """A table float (pandas Styler.to_latex: booktabs rules, escaped cells, headers and caption)."""
+    sty = frame.style.hide(axis="index").format(_tex_symbols, escape="latex") \
+        .format_index(_tex_symbols, escape="latex", axis=1)
+    return sty.to_latex(caption=tex_escape(caption), hrules=True, position_float="centering",
+                        column_format="l" + "c" * (frame.shape[1] - 1), environment="table")
 
 
 _CSS = ("body{font-family:sans-serif;margin:1em} table{border-collapse:collapse} caption{caption-side:top;text-align:left;"
         "max-width:60em;padding-bottom:.5em;font-weight:bold} th,td{border:1px solid #bbb;padding:.25em .6em;text-align:right}"
         " th:first-child{text-align:left} p{color:#444;font-size:90%;max-width:60em}")
-
-
-def _tex_escape(s: str) -> str:
-    for a, b in [("%", "\\%"), ("_", "\\_"), ("&", "\\&"), ("#", "\\#"), ("≈", "$\\approx$"), ("±", "$\\pm$")]:
-        s = s.replace(a, b)
-    return s
 
 
 def net_phrase(net: dict) -> str:
@@ -148,11 +164,10 @@ def render_transform_table(records: list[dict], datasets: list[str], models: lis
     affine = [r for r in records if "zoom" in r]
     zoom, shift = summarize(affine, "zoom"), summarize(affine, "shift")
     rows = [m for m in models if any((m, d) in zoom for d in datasets)]
-    lines = [f"**{caption}**", "", "| Model | " + " | ".join(datasets) + " |", "|---|" + "---|" * len(datasets)]
-    for m in rows:
-        cells = [f"{zoom[m, d][0]:.2f} / {shift[m, d][0]:.2f}" if (m, d) in zoom else "—" for d in datasets]
-        lines.append(f"| {display_name(m)} | " + " | ".join(cells) + " |")
-    lines += ["", "Cells: zoom / shift. Zoom is √|det A| of the affine transform from output to input coordinates "
+    cells = [[display_name(m), *(f"{zoom[m, d][0]:.2f} / {shift[m, d][0]:.2f}" if (m, d) in zoom else "—"
+                                 for d in datasets)] for m in rows]
+    lines = [f"**{caption}**", "", markdown_table(["Model", *datasets], cells)]
+    lines += ["Cells: zoom / shift. Zoom is √|det A| of the affine transform from output to input coordinates "
               "(1 = the identity's scale; below 1 the transformer zooms in; a window that frames a 28 px digit exactly "
               "has 28/42 ≈ 0.67 on RTS's 42 px canvas at scale 1 and 28/60 ≈ 0.47 on TC's 60 px canvas). Shift is the "
               "length of the translation in half-canvas units (0 = centred)."]
@@ -164,17 +179,13 @@ def render_transform_table(records: list[dict], datasets: list[str], models: lis
 def render_param_table(table: dict, models: list[str], out_dir: Path, name: str) -> Path:
     """Markdown table of parameter counts and widths per data set (out-of-range widths marked *)."""
     datasets = list(table)
+    def cell(e: dict) -> str:
+        return f"{e['params']:,} [{'/'.join(str(v) for v in e['widths'].values())}]{'' if e['in_paper_range'] else '*'}"
+
+    rows = [[display_name(m), *(cell(table[d]["models"][m]) for d in datasets)] for m in models]
     lines = [f"**Learnable parameters per model (target per data set in the header; * = width outside the paper's range)**", "",
-             "| Model | " + " | ".join(f"{d} (target {table[d]['target']:,})" for d in datasets) + " |",
-             "|---|" + "---|" * len(datasets)]
-    for m in models:
-        cells = []
-        for d in datasets:
-            e = table[d]["models"][m]
-            widths = "/".join(str(v) for v in e["widths"].values())
-            cells.append(f"{e['params']:,} [{widths}]{'' if e['in_paper_range'] else '*'}")
-        lines.append(f"| {display_name(m)} | " + " | ".join(cells) + " |")
-    lines += ["", "Widths in brackets: hidden units (FCN) or conv1/conv2 filters (CNN)."]
+             markdown_table(["Model", *(f"{d} (target {table[d]['target']:,})" for d in datasets)], rows)]
+    lines += ["Widths in brackets: hidden units (FCN) or conv1/conv2 filters (CNN)."]
     net = next(iter(table.values())).get("net")  # one per table: `stn params` builds every data set with it
     if net:
         lines.append(f"Initialisation: {net['init']}; inputs standardised: {'yes' if net['standardise'] else 'no'}.")
