@@ -17,11 +17,14 @@ from typing import Callable
 
 # The layout of results/: every job of every experiment writes into one RUN_DIR; a generated data set
 # is one DATA_FILE (+ its .json sidecar); a classification table's matched widths are one PARAMS_FILE;
-# SPEC_FILE is the resolved config section an experiment's render step reads.
+# SPEC_FILE is the resolved config section an experiment's render step reads; every job's Snakemake
+# benchmark is one BENCHMARK_FILE, a run's under its experiment (RUN_BENCHMARK), which the README's timing reads.
 RUN_DIR = "runs/{experiment}/{dataset}/{model}/seed{seed}"
 DATA_FILE = "data/{name}.npz"
 PARAMS_FILE = "tables/{experiment}_params.json"
 SPEC_FILE = "specs/{experiment}.json"
+BENCHMARK_FILE = "benchmarks/{name}.tsv"
+RUN_BENCHMARK = "{experiment}/{dataset}_{model}_seed{seed}"  # the name of a run's BENCHMARK_FILE
 
 
 def run_dir(results: str | Path, experiment: str, dataset: str, model: str, seed: int | str) -> Path:

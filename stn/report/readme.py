@@ -10,6 +10,7 @@ import csv
 from pathlib import Path
 
 from ..io import write_text
+from ..paper import registry
 from ..paper.registry import EXPERIMENTS
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
@@ -23,7 +24,8 @@ def job_intervals(results: Path) -> list[tuple[float, float, Path]]:
     """(start, end, file) of every job that recorded a Snakemake benchmark file (results/benchmarks/**.tsv):
     the file is written when the job ends, and its `s` column is the job's wall time."""
     out = []
-    for path in sorted((Path(results) / "benchmarks").rglob("*.tsv")):
+    top = Path(results) / Path(registry.BENCHMARK_FILE).parent
+    for path in sorted(top.rglob("*" + Path(registry.BENCHMARK_FILE).suffix)):
         with path.open() as fh:
             rows = list(csv.DictReader(fh, delimiter="\t"))
         if rows and rows[0].get("s"):

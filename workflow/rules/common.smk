@@ -50,7 +50,7 @@ def log_file(name):
 
 
 def benchmark_file(name):
-    return result(f"benchmarks/{name}.tsv")
+    return result(registry.BENCHMARK_FILE.format(name=name))
 
 
 def run_log(experiment="{experiment}", suffix=""):
@@ -59,7 +59,8 @@ def run_log(experiment="{experiment}", suffix=""):
 
 
 def run_benchmark(experiment="{experiment}"):
-    return benchmark_file(f"{experiment}/{{dataset}}_{{model}}_seed{{seed}}")
+    return benchmark_file(registry.RUN_BENCHMARK.format(experiment=experiment, dataset="{dataset}", model="{model}",
+                                                        seed="{seed}"))
 
 
 def data_limits():
