@@ -173,6 +173,19 @@ def test_coloc_probe_reads_the_pipeline_outputs(smoke, tmp_path):
     assert missing.returncode != 0 and "none.npz is missing" in missing.stderr
 
 
+def test_coloc_minima_scores_every_finished_table5_run(smoke):
+    """scripts/coloc_minima.py (docs/CHOICES.md's eq. 8 at the true and the learnt boxes) reads the smoke run's Table 5."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "scripts/coloc_minima.py", "--results", str(smoke), "--draws", "2"], cwd=ROOT,
+                         env=env, capture_output=True, text=True, timeout=300, check=True).stdout
+    spec = json.loads((smoke / "specs" / "table5.json").read_text())["grid"]
+    rows = [line.split() for line in out.splitlines()[1:]]
+    assert [(r[0], r[1]) for r in rows] == [(v, d) for v in spec["datasets"] for d in spec["models"]]
+    for r in rows:
+        true, learnt, centre, spread_true = map(float, r[3:7])
+        assert 0 <= true and 0 <= learnt and 0 <= centre and spread_true > 0
+
+
 def _embedded(html: str, name: str):
     """A JSON value the Snakemake report embeds as `var <name> = ...;` in a script of that id."""
     m = re.search(rf'<script id="{name}">\s*var {name} = (.*?);\s*</script>', html, re.S)
