@@ -3,12 +3,14 @@
 # Idempotent: re-running it on a set-up checkout only checks that everything is in place.
 set -euo pipefail
 cd "$(dirname "$0")"
-PYTHON=${PYTHON:-python3.11}
-command -v "$PYTHON" >/dev/null || PYTHON=python3
-# The pinned torch==2.14.1 wheels exist here for CPython 3.11 only: check before installing anything.
-if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null; then
-  echo "setup.sh: needs Python 3.11 (pyproject.toml: requires-python >=3.11,<3.12); $PYTHON is" \
-       "$("$PYTHON" --version 2>/dev/null || echo "not runnable"). Set PYTHON=/path/to/python3.11." >&2
+if [ -z "${PYTHON:-}" ]; then  # python3.11, else python3; PYTHON=... chooses (e.g. a python3.12)
+  PYTHON=python3.11
+  "$PYTHON" --version >/dev/null 2>&1 || PYTHON=python3
+fi
+# The pinned torch==2.14.1 has wheels for CPython 3.11 and 3.12: check before installing anything.
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info[:2] not in ((3, 11), (3, 12)))' 2>/dev/null; then
+  echo "setup.sh: needs Python 3.11 or 3.12 (pyproject.toml: requires-python >=3.11,<3.13); $PYTHON is" \
+       "$("$PYTHON" --version 2>/dev/null || echo "not runnable"). Set PYTHON=/path/to/python3.12 (or 3.11)." >&2
   exit 1
 fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv

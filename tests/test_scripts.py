@@ -23,3 +23,13 @@ def test_train_smoke_trains_every_model_on_the_requested_device():
 
 def test_gpu_check_script_parses():
     subprocess.run(["bash", "-n", "scripts/gpu_check.sh"], cwd=ROOT, check=True)
+
+
+def test_setup_refuses_an_unsupported_python_before_installing_anything(tmp_path):
+    fake = tmp_path / "python3.10"  # answers --version, fails every -c check as a 3.10 would fail the version test
+    fake.write_text('#!/bin/sh\nif [ "$1" = --version ]; then echo "Python 3.10.0"; else exit 1; fi\n')
+    fake.chmod(0o755)
+    proc = subprocess.run(["bash", str(ROOT / "setup.sh")], env={**os.environ, "PYTHON": str(fake)},
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert "needs Python 3.11 or 3.12" in proc.stderr and "is Python 3.10.0" in proc.stderr

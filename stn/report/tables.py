@@ -138,7 +138,8 @@ def tex_escape(s: str) -> str:
 
 
 def latex_table(frame: pd.DataFrame, caption: str) -> str:
-    """A table float (pandas Styler.to_latex: booktabs rules, escaped cells, headers and caption)."""
+    """A table float (pandas Styler.to_latex: escaped cells, headers and caption; its rules need
+    \\usepackage{booktabs})."""
     sty = frame.style.hide(axis="index").format(_tex_symbols, escape="latex") \
         .format_index(_tex_symbols, escape="latex", axis=1)
     return sty.to_latex(caption=tex_escape(caption), hrules=True, position_float="centering",
