@@ -329,10 +329,12 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def find_runs(uri: str, experiment_name: str) -> list:
-    """All runs of an experiment (for tests and reports)."""
+def find_runs(uri: str, experiment_name: str, parents: bool = False) -> list:
+    """The training runs of an experiment (for tests and reports), or with `parents` its table's parent run(s)."""
     c = client(uri)
     exp = _retry(lambda: c.get_experiment_by_name(experiment_name))
     if exp is None:
         return []
-    return _retry(lambda: c.search_runs([exp.experiment_id], max_results=10000))
+    key, value = PARENT_TAG
+    runs = _retry(lambda: c.search_runs([exp.experiment_id], max_results=10000))
+    return [r for r in runs if (r.data.tags.get(key) == value) == parents]

@@ -150,6 +150,8 @@ def test_smoke_appendix_experiments(smoke):
     for experiment, n in [("table2", 6), ("table4", 3), ("table5", 2 + 1), ("volumetric", 2)]:  # Table 5: + e()
         runs = tracking.find_runs(tracking.default_uri(smoke), experiment)
         assert len(runs) == n and all(r.info.status == "FINISHED" for r in runs)
+        (parent,) = tracking.find_runs(tracking.default_uri(smoke), experiment, parents=True)  # they nest under it
+        assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parent.info.run_id}
 
 
 def test_coloc_probe_reads_the_pipeline_outputs(smoke, tmp_path):
