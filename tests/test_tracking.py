@@ -231,4 +231,7 @@ def test_runs_nest_under_one_parent_run_per_table(tmp_path):
     torch.manual_seed(0)
     model = zoo.build("FCN", zoo.InputSpec(1, 28, 10, False), 30_000).model
     metrics = train_run(model, data, settings, 1, out, tracker(job, ids_file, {"dataset": "R"}, out), log=lambda s: None)
-    assert c.get_run(metrics["run_id"]).data.tags["mlflow.parentRunId"] == parent
+    tags = c.get_run(metrics["run_id"]).data.tags
+    assert tags["mlflow.parentRunId"] == parent
+    assert tags["mlflow.source.name"] == f"stn run --job {out / 'job.json'}" and tags["mlflow.user"]
+    assert tags["mlflow.source.git.commit"] == tags["git_commit"] and tags["mlflow.source.type"] == "LOCAL"

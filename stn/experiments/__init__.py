@@ -90,6 +90,20 @@ def transform_stats(model, x, batch: int = 500) -> dict[str, float]:
     return {"zoom": float(det.abs().sqrt().mean()), "shift": float(theta[:, [2, 5]].norm(dim=1).mean())}
 
 
+def standard_tags(job_file: Path) -> dict[str, str]:
+    """MLflow's own tags for who ran what from which commit (the run page's User, Source and Git commit)."""
+    import getpass
+
+    from ..train import git_commit
+
+    try:
+        user = getpass.getuser()
+    except Exception:  # no USER/LOGNAME and no passwd entry (some containers)
+        user = "unknown"
+    return {"mlflow.user": user, "mlflow.source.type": "LOCAL",
+            "mlflow.source.name": f"stn run --job {job_file}", "mlflow.source.git.commit": git_commit()}
+
+
 def tracker(job: dict, experiments_file: Path, tags: dict, out_dir: Path, data: Path | None = None):
     """A factory of the job's MLflow run (resumed by id after a restart), for stn.train.train_run; if the
     store is unreachable the run keeps its tracking in out_dir/mlflow_pending.jsonl (stn.tracking). A new
@@ -103,7 +117,8 @@ def tracker(job: dict, experiments_file: Path, tags: dict, out_dir: Path, data: 
         raise KeyError(f"MLflow experiment {name!r} is not in {experiments_file}; re-run the mlflow_experiment rule")
     label = f"{job['dataset']}/{job['model']}/seed{job['seed']}"
     parent = ids.get("parents", {}).get(name)  # the table's parent run (tracking.init_parent_runs)
-    tags = {**tags, **scheduler(), **({"mlflow.parentRunId": parent} if parent else {})}
+    tags = {**tags, **scheduler(), **standard_tags(Path(out_dir) / "job.json"),
+            **({"mlflow.parentRunId": parent} if parent else {})}
     uri = tracking.tracking_uri(job["results"])
 
     def make(run_id: str | None = None) -> tracking.Run:
