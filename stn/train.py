@@ -6,6 +6,7 @@ is the file the pipeline treats as "done". Every write is atomic.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -128,6 +129,7 @@ def classification_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, y)
 
 
+@functools.cache  # asked by every run twice (its tags and MLflow's source tags): one `git` call per process
 def git_commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,

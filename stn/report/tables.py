@@ -180,6 +180,7 @@ def render_transform_table(records: list[dict], datasets: list[str], models: lis
 def render_param_table(table: dict, models: list[str], out_dir: Path, name: str) -> Path:
     """Markdown table of parameter counts and widths per data set (out-of-range widths marked *)."""
     datasets = list(table)
+
     def cell(e: dict) -> str:
         return f"{e['params']:,} [{'/'.join(str(v) for v in e['widths'].values())}]{'' if e['in_paper_range'] else '*'}"
 
