@@ -77,6 +77,8 @@ def test_matches_unfused_float32(impl, shape, align_corners, shift):
     ((2, 2, 130, 100), (40, 50)),  # a plane of 13,000 points: past what the CUDA backward keeps on chip
     ((2, 1, 24, 24, 24), (10, 12, 14)),
     ((4, 32, 32, 32), (32, 32)),  # as many 32×32 planes as fit in a CUDA block's shared memory
+    ((3, 11, 9, 13), (10, 7)),  # the CPU's 8x8 register transposes, with channels and positions left over
+    ((2, 9, 5, 6, 7), (4, 5, 6)),
 ])
 def test_large_batches_match_unfused(impl, in_shape, out_size):
     """Sizes that span many thread blocks and tiles, where partial dθ sums must be combined.
@@ -117,16 +119,18 @@ def test_cuda_low_precision_matches_float32(dtype):
 
 
 @pytest.mark.parametrize("impl", FUSED_IMPLS)
-def test_only_requested_gradients(impl):
+@pytest.mark.parametrize("in_shape,out_size", [((2, 2, 6, 7), (5, 5)), ((2, 1, 6, 7), (5, 9)), ((2, 1, 4, 5, 6), (3, 4, 5))],
+                         ids=["C2", "C1", "3d"])
+def test_only_requested_gradients(impl, in_shape, out_size):
     """A transformer on the raw image needs dθ only; d input alone must match too."""
     require(impl, device_of(impl))
     dev = device_of(impl)
-    x = torch.randn(2, 2, 6, 7, dtype=torch.float64, device=dev)
-    m = random_theta(2, 2).to(dev)
-    go = torch.randn(2, 2, 5, 5, dtype=torch.float64, device=dev)
-    want = torch.autograd.grad(unfused(x.requires_grad_(), m.requires_grad_(), (5, 5), False, "reference"), (x, m), go)
-    gm = torch.autograd.grad(ops.affine_sample(x.detach(), m, (5, 5), False, impl), m, go)[0]
-    gx = torch.autograd.grad(ops.affine_sample(x, m.detach(), (5, 5), False, impl), x, go)[0]
+    x = torch.randn(*in_shape, dtype=torch.float64, device=dev)
+    m = random_theta(2, len(out_size)).to(dev)
+    go = torch.randn(*in_shape[:2], *out_size, dtype=torch.float64, device=dev)
+    want = torch.autograd.grad(unfused(x.requires_grad_(), m.requires_grad_(), out_size, False, "reference"), (x, m), go)
+    gm = torch.autograd.grad(ops.affine_sample(x.detach(), m, out_size, False, impl), m, go)[0]
+    gx = torch.autograd.grad(ops.affine_sample(x, m.detach(), out_size, False, impl), x, go)[0]
     torch.testing.assert_close(gm, want[1])
     torch.testing.assert_close(gx, want[0])
 
