@@ -230,46 +230,48 @@ struct PaddedTile {
   void zero() { std::fill(data.begin(), data.end(), acc_t(0)); }
 };
 
-// The sampling points of one output row: tile offset of tap 0 and fractional parts per axis.
+// The sampling points of a run of output rows: tile offset of tap 0 and fractional parts per axis.
 // An absent point (outside the map or not finite) gets offset 0 (the tile's zero corner) and
 // zero fractions, so it reads zero, and `present` 0, so it passes no gradient.
 template <int D, typename acc_t>
 struct RowTaps {
   std::vector<int32_t> offsets;
-  std::vector<acc_t> values;  // frac for each axis, then present: D + 1 runs of `width`
+  std::vector<acc_t> values;  // frac for each axis, then present: D + 1 runs of `count`
   int32_t* off;
   acc_t* frac[D];
   acc_t* present;
 
-  explicit RowTaps(int64_t width) : offsets(width), values((D + 1) * width) {
+  explicit RowTaps(int64_t count) : offsets(count), values((D + 1) * count) {
     off = offsets.data();
-    for (int a = 0; a < D; ++a) frac[a] = values.data() + a * width;
-    present = values.data() + D * width;
+    for (int a = 0; a < D; ++a) frac[a] = values.data() + a * count;
+    present = values.data() + D * count;
   }
 
-  // Points p_a(j) = slope[a] * xt[j] + intercept[a] in pixel units, for j < width. Raw pointers
-  // in locals: loads of a std::vector's data pointer inside the loop kept it from vectorising.
-  void compute(const acc_t* slope, const acc_t* intercept, const acc_t* __restrict__ xt, int64_t width,
-               const PaddedTile<D, acc_t>& t) {
-    acc_t lo[D], hi[D];
+  // Points p_a(j) = A[a][0] xs[j] + A[a][1] ys[j] [+ A[a][2] zs[j]] + B[a] in pixel units, for j <
+  // count. Raw pointers in locals: loads of a std::vector's data pointer inside the loop kept it
+  // from vectorising.
+  void compute(const acc_t (*A)[D], const acc_t* B, const acc_t* __restrict__ xs, const acc_t* __restrict__ ys,
+               const acc_t* __restrict__ zs, int64_t count, const PaddedTile<D, acc_t>& t) {
+    acc_t m[D][D], b[D], limit[D];
     int32_t step[D];
     acc_t* __restrict__ fr[D];
     for (int a = 0; a < D; ++a) {
-      lo[a] = slope[a];
-      hi[a] = intercept[a];
+      for (int c = 0; c < D; ++c) m[a][c] = A[a][c];
+      b[a] = B[a];
+      limit[a] = acc_t(t.in[a]);
       step[a] = static_cast<int32_t>(t.stride[a] * t.channels);
       fr[a] = frac[a];
     }
-    acc_t limit[D];
-    for (int a = 0; a < D; ++a) limit[a] = acc_t(t.in[a]);
     int32_t* __restrict__ o_out = off;
     acc_t* __restrict__ pr = present;
 #pragma omp simd
-    for (int64_t j = 0; j < width; ++j) {
+    for (int64_t j = 0; j < count; ++j) {
       acc_t p[D];
       bool ok = true;
       for (int a = 0; a < D; ++a) {
-        p[a] = lo[a] * xt[j] + hi[a];
+        p[a] = m[a][0] * xs[j] + b[a];
+        if constexpr (D > 1) p[a] += m[a][1] * ys[j];
+        if constexpr (D > 2) p[a] += m[a][2] * zs[j];
         ok = ok & (p[a] >= acc_t(-1)) & (p[a] < limit[a]);  // false for NaN
       }
       int32_t o = 0;
@@ -347,23 +349,24 @@ __attribute__((noinline)) void interpolate_row(const acc_t* __restrict__ base, c
   }
 }
 
-// One row's share of dθ, for one channel. d_a(j) = grad[j] * d(interpolated value)/d(point j's
+// One chunk's share of dθ, for one channel. d_a(j) = grad[j] * d(interpolated value)/d(point j's
 // coordinate on axis a) is what dθ is reduced from: p_a = scale_a (θ_a0 x + θ_a1 y [+ θ_a2 z] + θ_aD)
 // + shift_a, so dθ_ab / scale_a = Σ over points of d_a times (x, y, [z,] 1)_b. The first loop writes
-// d_a(j) to d[a W + j] (vectorised with gathers, like interpolate_row); the second adds d_a(j) times
-// each weight to lane j of sums[(a (D+1) + b) W + j], which are summed once per sample: per-row
-// reductions across the lanes (two per axis) cost more than the rest of a 30- or 42-point row.
-// (One loop for both vectorises in 2-D but not in 3-D.)
+// d_a(j) to d[a count + j] (vectorised with gathers, like interpolate_row); the second adds d_a(j)
+// times each weight to lane j of sums[(a (D+1) + b) lanes + j], which are summed once per sample:
+// reductions across the lanes per chunk cost more than the rest of a short chunk. (One loop for
+// both vectorises in 2-D but not in 3-D.)
 template <int D, typename acc_t>
 __attribute__((noinline)) void accumulate_row(const acc_t* __restrict__ base, const int32_t* __restrict__ off,
                                               const acc_t* __restrict__ fx, const acc_t* __restrict__ fy,
                                               const acc_t* __restrict__ fz, std::array<int32_t, 1 << D> corner,
-                                              const acc_t* __restrict__ grad, const acc_t* __restrict__ xt, acc_t ty,
-                                              acc_t tz, acc_t* __restrict__ d, acc_t* __restrict__ sums,
-                                              int64_t width) {
-  acc_t* __restrict__ dy = d + (D > 1 ? width : 0);
-  acc_t* __restrict__ dz = d + (D - 1) * width;
-  for (int64_t j = 0; j < width; ++j) {
+                                              const acc_t* __restrict__ grad, const acc_t* __restrict__ xs,
+                                              const acc_t* __restrict__ ys, const acc_t* __restrict__ zs,
+                                              acc_t* __restrict__ d, acc_t* __restrict__ sums, int64_t count,
+                                              int64_t lanes) {
+  acc_t* __restrict__ dy = d + (D > 1 ? count : 0);
+  acc_t* __restrict__ dz = d + (D - 1) * count;
+  for (int64_t j = 0; j < count; ++j) {
     acc_t f[D];
     load_fractions<D>(fx, fy, fz, j, f);
     d[j] = grad[j] * lerp_taps_grad<D>(base, off[j], corner.data(), f, 0);
@@ -371,14 +374,14 @@ __attribute__((noinline)) void accumulate_row(const acc_t* __restrict__ base, co
     if constexpr (D > 2) dz[j] = grad[j] * lerp_taps_grad<D>(base, off[j], corner.data(), f, 2);
   }
   for (int a = 0; a < D; ++a) {
-    const acc_t* __restrict__ da = d + a * width;
-    acc_t* __restrict__ s = sums + a * (D + 1) * width;
-#pragma GCC ivdep  // the runs of `s` do not overlap (GCC cannot tell, their distance being `width`)
-    for (int64_t j = 0; j < width; ++j) {
-      s[j] += da[j] * xt[j];
-      if constexpr (D > 1) s[width + j] += da[j] * ty;
-      if constexpr (D > 2) s[2 * width + j] += da[j] * tz;
-      s[D * width + j] += da[j];
+    const acc_t* __restrict__ da = d + a * count;
+    acc_t* __restrict__ s = sums + a * (D + 1) * lanes;
+#pragma GCC ivdep  // the runs of `s` do not overlap (GCC cannot tell, their distance being `lanes`)
+    for (int64_t j = 0; j < count; ++j) {
+      s[j] += da[j] * xs[j];
+      if constexpr (D > 1) s[lanes + j] += da[j] * ys[j];
+      if constexpr (D > 2) s[2 * lanes + j] += da[j] * zs[j];
+      s[D * lanes + j] += da[j];
     }
   }
 }
@@ -409,20 +412,28 @@ inline void tap_weight_grads(const acc_t* f, acc_t (*dw)[1 << D]) {
 
 // One call's geometry: the output rows with their target coordinates, the affine map of each
 // sample's θ (kept in the op-math type) to pixels, and the sizes both directions loop over.
+// Rows are taken `chunk_rows` at a time, as one run of points: with C = 1 a row of 30 or 42 points
+// spent about as much on starting and ending its vector loops as on its points (256x1x60²->30²:
+// forward+backward ops 0.87 -> 0.74 ms with chunks of 9 rows; 512-point chunks were slower, their
+// lanes outgrowing L1). With C > 1 the loops run over channels and a chunk is one row.
 template <int D, typename scalar_t>
 struct RowMap {
   using acc_t = at::opmath_type<scalar_t>;
+  static constexpr int64_t kChunkPoints = 256;  // C = 1: the fewest points a chunk of whole rows holds
   AffineAxes<D, acc_t> axes;
   std::vector<double> target[D];  // normalised target coordinates per output axis
   std::vector<acc_t> xt;          // target[0] in acc_t
   int64_t rows = 1;               // output rows per sample (H', or D'·H')
   int64_t width;                  // points per row (W')
   int64_t points;                 // output points per sample
+  int64_t chunk_rows;             // rows per chunk
   int64_t sample_numel;           // input elements per sample
+  std::vector<acc_t> xs;          // xt, chunk_rows times over
   at::Tensor theta_acc;
   const acc_t* theta_data;  // theta_acc.s data, (N, D, D+1)
 
-  RowMap(const at::Tensor& input, const at::Tensor& theta, at::IntArrayRef out_size, bool align_corners)
+  RowMap(const at::Tensor& input, const at::Tensor& theta, at::IntArrayRef out_size, bool align_corners,
+         bool chunked)
       : axes(input, out_size, align_corners), theta_acc(theta.to(at::toOpMathType(theta.scalar_type()))) {
     for (int a = 0; a < D; ++a) {
       target[a].resize(axes.out[a]);
@@ -432,6 +443,8 @@ struct RowMap {
     xt.assign(target[0].begin(), target[0].end());
     width = axes.out[0];
     points = width * rows;
+    chunk_rows = chunked ? std::min(rows, (kChunkPoints + width - 1) / width) : 1;
+    for (int64_t r = 0; r < chunk_rows; ++r) xs.insert(xs.end(), xt.begin(), xt.end());
     sample_numel = input.numel() / std::max<int64_t>(input.size(0), 1);
     theta_data = theta_acc.const_data_ptr<acc_t>();
   }
@@ -443,23 +456,23 @@ struct RowMap {
     if (D == 3) t[2] = target[D - 1][r / axes.out[1]];
   }
 
-  // Output row r of sample n: its target coordinates t and its taps in `tile`'s geometry.
-  void row(int64_t n, int64_t r, double* t, RowTaps<D, acc_t>& taps, const PaddedTile<D, acc_t>& tile) const {
-    acc_t slope[D], intercept[D];
-    row_coords(r, t);
-    line(n, t, slope, intercept);
-    taps.compute(slope, intercept, xt.data(), width, tile);
-  }
-
-  // slope/intercept of p_a(j) = slope[a] * xt[j] + intercept[a] for sample n's θ (D x (D+1), row-major).
-  void line(int64_t n, const double* t, acc_t* slope, acc_t* intercept) const {
-    for (int a = 0; a < D; ++a) {
-      const acc_t* row = theta_data + (n * D + a) * (D + 1);
-      double c = double(row[D]);
-      for (int b = 1; b < D; ++b) c += double(row[b]) * t[b];
-      slope[a] = row[0] * axes.scale[a];
-      intercept[a] = acc_t(c * double(axes.scale[a]) + double(axes.shift[a]));
+  // Rows [r0, r0 + count) of sample n, count <= chunk_rows: the y (and z) of each point into
+  // ys (zs), count·W long, and the taps of every point in `tile`'s geometry.
+  void chunk(int64_t n, int64_t r0, int64_t count, acc_t* ys, acc_t* zs, RowTaps<D, acc_t>& taps,
+             const PaddedTile<D, acc_t>& tile) const {
+    for (int64_t r = 0; r < count; ++r) {
+      double t[3];
+      row_coords(r0 + r, t);
+      std::fill_n(ys + r * width, width, acc_t(t[1]));
+      if (D == 3) std::fill_n(zs + r * width, width, acc_t(t[D - 1]));
     }
+    acc_t A[D][D], B[D];
+    for (int a = 0; a < D; ++a) {  // p_a = scale_a (θ_a0 x + θ_a1 y [+ θ_a2 z] + θ_aD) + shift_a
+      const acc_t* row = theta_data + (n * D + a) * (D + 1);
+      for (int b = 0; b < D; ++b) A[a][b] = row[b] * axes.scale[a];
+      B[a] = acc_t(double(row[D]) * double(axes.scale[a]) + double(axes.shift[a]));
+    }
+    taps.compute(A, B, xs.data(), ys, zs, count * width, tile);
   }
 };
 
@@ -470,26 +483,29 @@ void forward_kernel(const at::Tensor& input, const at::Tensor& theta, at::Tensor
                     bool align_corners) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int K = 1 << D;
-  const RowMap<D, scalar_t> map(input, theta, out_size, align_corners);
+  const RowMap<D, scalar_t> map(input, theta, out_size, align_corners, FIXED_C == 1);
   const int64_t N = input.size(0), C = FIXED_C ? FIXED_C : input.size(1);
-  const int64_t W = map.width, P = map.points, S = map.sample_numel;
+  const int64_t W = map.width, P = map.points, S = map.sample_numel, R = map.chunk_rows;
   const scalar_t* in = input.const_data_ptr<scalar_t>();
   scalar_t* o = out.mutable_data_ptr<scalar_t>();
 
   at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
     PaddedTile<D, acc_t> tile(map.axes.in, C);
-    RowTaps<D, acc_t> taps(W);
+    RowTaps<D, acc_t> taps(R * W);
+    std::vector<acc_t> coords(2 * R * W);                 // y and z of each point of a chunk
     std::vector<acc_t> sample(FIXED_C == 1 ? 0 : P * C);  // C > 1: one output sample, channels last
     std::vector<acc_t> staging;                           // and channels first, for one sequential write
     for (int64_t n = begin; n < end; ++n) {
       tile.load(in + n * S);
-      double t[3];
-      for (int64_t r = 0; r < map.rows; ++r) {
-        map.row(n, r, t, taps, tile);
-        if constexpr (FIXED_C == 1) {  // interpolate the taps straight into the output row
-          interpolate_row<D>(tile.data.data(), taps.off, taps.fx(), taps.fy(), taps.fz(), tile.corners(), o + n * P + r * W, W);
+      for (int64_t r0 = 0; r0 < map.rows; r0 += R) {
+        const int64_t count = std::min(R, map.rows - r0);
+        map.chunk(n, r0, count, coords.data(), coords.data() + R * W, taps, tile);
+        if constexpr (FIXED_C == 1) {  // interpolate the taps straight into the output rows
+          interpolate_row<D>(tile.data.data(), taps.off, taps.fx(), taps.fy(), taps.fz(), tile.corners(),
+                             o + n * P + r0 * W, count * W);
           continue;
         }
+        const int64_t r = r0;  // C > 1: one row
         for (int64_t j = 0; j < W; ++j) {
           acc_t f[D], w[K];
           taps.fractions(j, f);
@@ -515,9 +531,9 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& input, const 
                      at::Tensor* gt, at::IntArrayRef out_size, bool align_corners) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int K = 1 << D;
-  const RowMap<D, scalar_t> map(input, theta, out_size, align_corners);
+  const RowMap<D, scalar_t> map(input, theta, out_size, align_corners, FIXED_C == 1);
   const int64_t N = input.size(0), C = FIXED_C ? FIXED_C : input.size(1);
-  const int64_t W = map.width, P = map.points, S = map.sample_numel;
+  const int64_t W = map.width, P = map.points, S = map.sample_numel, R = map.chunk_rows;
   const scalar_t* in = input.const_data_ptr<scalar_t>();
   const scalar_t* go = grad_out.const_data_ptr<scalar_t>();
   acc_t* gin = INPUT_GRAD ? gi->mutable_data_ptr<acc_t>() : nullptr;
@@ -527,15 +543,16 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& input, const 
     PaddedTile<D, acc_t> tile(map.axes.in, THETA_GRAD ? C : 0);
     PaddedTile<D, acc_t> dtile(map.axes.in, INPUT_GRAD ? C : 0);
     const PaddedTile<D, acc_t>& geometry = THETA_GRAD ? tile : dtile;
-    RowTaps<D, acc_t> taps(W);
+    RowTaps<D, acc_t> taps(R * W);
+    std::vector<acc_t> coords(2 * R * W);  // y and z of each point of a chunk
     const bool stage = staged<acc_t>(C, P * C);
     const int64_t stride = staged_stride(P);
     std::vector<acc_t> grad_sample(stage ? stride * C : 0);  // dL/d output of one sample, staged (see `staged`)
-    std::vector<acc_t> grad_row(W * C);                 // one row of it, zero at absent points
-    std::vector<acc_t> lanes(FIXED_C == 1 ? D * (D + 1) * W : 0);  // C = 1: dθ sums per point of a row (accumulate_row)
-    std::vector<acc_t> dpoint(FIXED_C == 1 ? D * W : 0);           // and its scratch
+    std::vector<acc_t> grad_row(R * W * C);  // one chunk of it, zero at absent points
+    std::vector<acc_t> lanes(FIXED_C == 1 ? D * (D + 1) * R * W : 0);  // C = 1: dθ sums per point of a chunk (accumulate_row)
+    std::vector<acc_t> dpoint(FIXED_C == 1 ? D * R * W : 0);           // and its scratch
     std::vector<acc_t> channel_sums(2 * D * C);  // C > 1: per-channel partial sums for dθ
-    // d input from point j of the current row: its C gradients times each tap's weight, added at
+    // d input from point j of the current chunk: its C gradients times each tap's weight, added at
     // the tap. With C > 1 called from the same pass over the row as dθ, while the point's taps are
     // in registers.
     const auto scatter = [&](int64_t j) {
@@ -550,26 +567,28 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& input, const 
         for (int64_t c = 0; c < C; ++c) dk[c] += w[k] * gr[c];
       }
     };
-    // The whole row: even points, then odd ones. Neighbouring points share taps (point j's upper x
-    // tap is point j+1's lower one), so in order each addition waited on the store before it; two
-    // apart they mostly do not overlap and run side by side (C = 1 backward 10-15% faster).
-    const auto scatter_row = [&] {
+    // The first `count` points: even points, then odd ones. Neighbouring points share taps (point
+    // j's upper x tap is point j+1's lower one), so in order each addition waited on the store
+    // before it; two apart they mostly do not overlap and run side by side (C = 1 backward 10-15% faster).
+    const auto scatter_points = [&](int64_t count) {
       for (int64_t parity = 0; parity < 2; ++parity)
-        for (int64_t j = parity; j < W; j += 2) scatter(j);
+        for (int64_t j = parity; j < count; j += 2) scatter(j);
     };
     for (int64_t n = begin; n < end; ++n) {
       if (THETA_GRAD) tile.load(in + n * S);
       if (INPUT_GRAD) dtile.zero();
       if (FIXED_C == 1) std::fill(lanes.begin(), lanes.end(), acc_t(0));
       double dtheta[D][D + 1] = {};
-      double t[3];
       if (stage) copy_planes(go + n * C * P, P, grad_sample.data(), stride, P, C);
-      for (int64_t r = 0; r < map.rows; ++r) {
-        map.row(n, r, t, taps, geometry);
+      for (int64_t r0 = 0; r0 < map.rows; r0 += R) {
+        const int64_t count = std::min(R, map.rows - r0), L = count * W;
+        const acc_t *ys = coords.data(), *zs = coords.data() + R * W;
+        map.chunk(n, r0, count, coords.data(), coords.data() + R * W, taps, geometry);
         if (FIXED_C == 1) {  // relayout's plain-run case
-          relayout(go + n * P + r * W, 1, P, grad_row.data(), 1, 1, W, 1,
+          relayout(go + n * P + r0 * W, 1, P, grad_row.data(), 1, 1, L, 1,
                    [&](scalar_t v, int64_t j) { return acc_t(v) * taps.present[j]; });
-        } else {  // transposed, then zero at absent points
+        } else {  // one row (R = 1), transposed, then zero at absent points
+          const int64_t r = r0;
           if (stage) transpose(grad_sample.data() + r * W, 1, stride, grad_row.data(), C, 1, W, C);
           else transpose(go + n * C * P + r * W, 1, P, grad_row.data(), C, 1, W, C);
           for (int64_t j = 0; j < W; ++j)
@@ -579,9 +598,11 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& input, const 
           // Σ_j dL/dp_a(j) · x_j and Σ_j dL/dp_a(j) along the row, per source axis a
           if constexpr (FIXED_C == 1) {
             accumulate_row<D>(tile.data.data(), taps.off, taps.fx(), taps.fy(), taps.fz(), tile.corners(),
-                              grad_row.data(), map.xt.data(), acc_t(t[1]), acc_t(t[D - 1]), dpoint.data(), lanes.data(), W);
-            if (INPUT_GRAD) scatter_row();
+                              grad_row.data(), map.xs.data(), ys, zs, dpoint.data(), lanes.data(), L, R * W);
+            if (INPUT_GRAD) scatter_points(L);
           } else {
+            double t[3];
+            map.row_coords(r0, t);
             // Vector accumulators over channels, reduced once per row (no reduction per point).
             std::fill(channel_sums.begin(), channel_sums.end(), acc_t(0));
             for (int64_t j = 0; j < W; ++j) {
@@ -618,12 +639,17 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& input, const 
             }
           }
         }
-        if (INPUT_GRAD && !THETA_GRAD) scatter_row();
+        if (INPUT_GRAD && !THETA_GRAD) scatter_points(L);
       }
       if (INPUT_GRAD) dtile.store(gin + n * S);
       if (FIXED_C == 1 && THETA_GRAD)
-        for (int64_t i = 0; i < D * (D + 1); ++i)
-          for (int64_t j = 0; j < W; ++j) dtheta[i / (D + 1)][i % (D + 1)] += double(lanes[i * W + j]);
+        for (int64_t i = 0; i < D * (D + 1); ++i) {
+          const acc_t* lane = lanes.data() + i * R * W;
+          double sum = 0.0;
+#pragma omp simd reduction(+ : sum)
+          for (int64_t j = 0; j < R * W; ++j) sum += double(lane[j]);
+          dtheta[i / (D + 1)][i % (D + 1)] = sum;
+        }
       if (THETA_GRAD)
         for (int a = 0; a < D; ++a)
           for (int b = 0; b <= D; ++b) gth[(n * D + a) * (D + 1) + b] = acc_t(dtheta[a][b] * double(map.axes.scale[a]));
