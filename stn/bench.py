@@ -1,4 +1,5 @@
 """`python -m stn.bench sampler`: time every sampler implementation against F.affine_grid + F.grid_sample.
+(`python -m stn.bench train`: training steps per second and the protocol's device-hours, stn/bench_train.py.)
 
 Each method runs the whole transformer step that a model pays for (grid generation from θ and
 sampling; forward, and forward+backward with gradients for input and θ), so ratios are
@@ -269,8 +270,13 @@ def format_row(r: dict, left_s: float | None = None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["train"]:  # training steps and the protocol's device-hours: stn/bench_train.py
+        from . import bench_train
+
+        return bench_train.main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m stn.bench", description=__doc__)
-    parser.add_argument("what", choices=["sampler"], help="what to benchmark")
+    parser.add_argument("what", choices=["sampler", "train"], help="what to benchmark (train: see `train --help`)")
     parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")

@@ -20,6 +20,7 @@ def _key(schema: dict, help: str, default: Any = MISSING):
 
 POSITIVE_INT = {"type": "integer", "minimum": 1}
 OPTIMIZER_NAMES = ("sgd", "adam")
+COMPILE_MODES = ("none", "default", "reduce-overhead")  # torch.compile modes a run can train under
 INITS = ("default", "he")  # weight initialisations (stn.modules.initialise)
 
 
@@ -43,6 +44,10 @@ class TrainSettings:
     lr_milestones: list[int] | None = _key(
         {"type": ["array", "null"], "items": POSITIVE_INT, "uniqueItems": True},
         "iterations at which the rate drops by lr_gamma, in place of every lr_step (CUB: 10k, 20k, 25k)", None)
+    compile: str = _key({"enum": list(COMPILE_MODES)},
+                        "none (eager), or the torch.compile mode of the training steps' forward and backward: default "
+                        "(Inductor's kernels) or reduce-overhead (on a GPU also CUDA graphs: each step replays one "
+                        "capture, with no per-kernel host work); evaluation stays eager", "none")
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda; the config's top-level device"})
 
     @classmethod
@@ -56,12 +61,15 @@ class TrainSettings:
             raise ValueError(f"training settings lack {missing}")
         if d.get("optimizer", "sgd") not in OPTIMIZER_NAMES:
             raise ValueError(f"optimizer {d['optimizer']!r} is not one of {sorted(OPTIMIZER_NAMES)}")
+        if d.get("compile", "none") not in COMPILE_MODES:
+            raise ValueError(f"compile {d['compile']!r} is not one of {list(COMPILE_MODES)}")
         return cls(**d)
 
     def to_dict(self) -> dict:
-        """The settings as a mapping; an unset optional schedule (lr_milestones None) is left out, so a job
-        spec written before the key existed still reads as the same settings."""
-        return {k: v for k, v in asdict(self).items() if not (k == "lr_milestones" and v is None)}
+        """The settings as a mapping; optional keys at their defaults (lr_milestones None, compile none) are left
+        out, so a job spec written before the key existed still reads as the same settings."""
+        unset = {"lr_milestones": None, "compile": "none"}
+        return {k: v for k, v in asdict(self).items() if not (k in unset and v == unset[k])}
 
 
 def _config_keys() -> list:

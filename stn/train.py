@@ -13,7 +13,6 @@ import json
 import math
 import subprocess
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
@@ -151,6 +150,23 @@ def _save(obj, path: Path) -> None:
         tmp.write_bytes(buf.getvalue())
 
 
+def _forward_backward(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """One step's loss, its gradients left in the parameters. Batches are always full (Batches reshuffles
+    rather than serve a short one), so a compiled model sees one shape and compiles (or captures) once."""
+    opt.zero_grad(set_to_none=True)
+    loss = classification_loss(model(x), y)
+    loss.backward()
+    return loss
+
+
+def _saved_settings(ckpt: dict) -> TrainSettings | None:
+    """The settings a checkpoint was written with (None if unreadable); keys added since default."""
+    try:
+        return TrainSettings.from_dict(ckpt.get("settings") or {})
+    except (TypeError, ValueError):
+        return None
+
+
 def train_run(
     model: nn.Module,
     data: dict[str, np.ndarray],
@@ -182,7 +198,7 @@ def train_run(
     ckpt_path = out_dir / "checkpoint.pt"
     if ckpt_path.exists():
         ckpt = load_torch(ckpt_path, "this run from scratch (the checkpoint only saves time)", device)
-        if ckpt.get("settings") != asdict(settings) or ckpt.get("seed") != seed:
+        if _saved_settings(ckpt) != settings or ckpt.get("seed") != seed:
             log(f"{ckpt_path} was written with other settings or seed; starting afresh")
             ckpt = None
     else:
@@ -199,7 +215,7 @@ def train_run(
 
     run = tracker_factory(run_id) if tracker_factory else None
     if run is not None:
-        run.log_params({"settings": asdict(settings), "seed": seed, **(describe or {})})
+        run.log_params({"settings": settings.to_dict(), "seed": seed, **(describe or {})})
         run.set_tags({"device": str(device), "sampler_impl": ops.resolve_impl("auto", device),
                       "torch_version": torch.__version__, "git_commit": git_commit()})
     status = "FAILED"
@@ -208,13 +224,20 @@ def train_run(
         running, seen = (ckpt["running"], ckpt["seen"]) if ckpt is not None and "running" in ckpt else (0.0, 0)
         last_log = time.time()
         model.train()
+        step_model = model if settings.compile == "none" else torch.compile(model, mode=settings.compile, dynamic=False)
         for it in range(start_it + 1, settings.iterations + 1):
             idx = batches.next()
             x = as_input(x_train[idx], device, settings.channels_last)
             y = y_train[idx].to(device)
-            loss = classification_loss(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
+            try:
+                loss = _forward_backward(step_model, opt, x, y)
+            except Exception as exc:  # noqa: BLE001 (only the first compiled step: the eager retry raises real errors)
+                if step_model is model or it != start_it + 1:
+                    raise
+                log(f"torch.compile (mode {settings.compile}) failed on the first step ({type(exc).__name__}: "
+                    f"{str(exc).strip().splitlines()[0] if str(exc).strip() else 'no message'}); training eagerly")
+                step_model = model
+                loss = _forward_backward(model, opt, x, y)
             opt.step()
             sched.step()
             loss_value = loss.item()
@@ -242,7 +265,7 @@ def train_run(
                     f"{rate:.1f} it/s  eta {eta / 60:.1f} min")
                 last_log = time.time()
             if it % settings.checkpoint_every == 0 and it != settings.iterations:
-                _save({"settings": asdict(settings), "seed": seed, "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                _save({"settings": settings.to_dict(), "seed": seed, "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                        "batches": batches.state_dict(), "torch_rng": torch.get_rng_state(), "iteration": it,
                        "curve": curve, "run_id": run.run_id if run else None, "elapsed": time.time() - t0,
                        "first_loss": first_loss, "running": running, "seen": seen}, ckpt_path)

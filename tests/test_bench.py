@@ -64,3 +64,28 @@ def test_rows_are_printed_as_they_are_measured_without_profiler_noise(capfd, mon
     assert "USDT" not in rest.err and "profiler_st" not in rest.err
     # two measurements (fwd, fwd+bwd) per method: the first method's row is out before the second's start
     assert "torch grid_sample" not in printed_before[1] and "torch grid_sample" in printed_before[2]
+
+
+def test_train_benchmark_prints_steps_per_second_and_the_protocol_hours(capsys):
+    """One model, one mode, on the smoke config: its row, and a total that counts the table's runs (seeds) and
+    their steps (the smoke config trains RTS's runs 30 steps at batch 32; R's override, 20)."""
+    argv = ["train", "--config", "config/smoke.yaml", "--datasets", "RTS,R", "--models", "CNN", "--modes", "none",
+            "--steps", "2", "--warmup", "1", "--device", "cpu"]
+    assert bench.main(argv) == 0
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if line.startswith("table1 ")]
+    assert [r[1] for r in rows] == ["RTS", "R"]
+    table, dataset, model, params, batch, mode, warm, ms, rate, hours = rows[0]
+    assert (table, dataset, model, batch, mode) == ("table1", "RTS", "CNN", "32", "none")
+    assert int(params) > 0 and float(ms) > 0 and abs(float(rate) - 1000 / float(ms)) < 0.1 * float(rate)
+    assert float(hours) == pytest.approx(30 * float(ms) / 1000 / 3600, abs=0.01)
+    assert "table1: 2 runs, 50 training steps:" in out
+
+
+def test_train_benchmark_names_what_it_cannot_cost(capsys):
+    for argv, message in [(["--tables", "table2"], "builds the classification tables"),
+                          (["--modes", "fast"], "--modes: ['fast'] not among"),
+                          (["--datasets", "P"], "['P'] not trained by table1")]:
+        with pytest.raises(SystemExit):
+            bench.main(["train", "--config", "config/smoke.yaml", "--device", "cpu", *argv])
+        assert message in capsys.readouterr().err

@@ -138,3 +138,49 @@ def test_same_seed_and_threads_give_bitwise_equal_weights(tmp_path, threads):
         assert files[0] == files[1]
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.slow
+def test_compiled_steps_follow_the_eager_loss_curve(tmp_path):
+    """compile: default (Inductor, the custom sampler ops traced into the graph) trains the same 20 steps as
+    eager: every step's loss agrees to float rounding, Inductor being free to reorder sums."""
+    import torch._dynamo
+
+    data = tiny_data()
+    curves = {}
+    for mode in ("none", "default"):
+        torch._dynamo.reset()
+        settings = TrainSettings(**{**SETTINGS, "eval_every": 1, "compile": mode})
+        logs = []
+        train_run(model(), data, settings, seed=1, out_dir=tmp_path / mode, log=logs.append)
+        assert not any("training eagerly" in line for line in logs)
+        curves[mode] = [p["train_loss"] for p in json.loads((tmp_path / mode / "curve.json").read_text())]
+        if mode == "default":
+            assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1, "nothing was compiled"
+    assert len(curves["none"]) == 20 and curves["none"][-1] < curves["none"][0]
+    np.testing.assert_allclose(curves["default"], curves["none"], rtol=1e-4)
+
+
+def test_a_failing_compile_falls_back_to_eager(tmp_path, monkeypatch):
+    """Where torch.compile cannot build the step (no compiler, an unsupported op), the run says so once and
+    trains eagerly: the same curve as compile: none."""
+    class Broken(torch.nn.Module):
+        def forward(self, x):
+            raise RuntimeError("backend compiler failed\nmore detail")
+
+    data = tiny_data()
+    eager = train_run(model(), data, TrainSettings(**SETTINGS), seed=1, out_dir=tmp_path / "eager", log=lambda s: None)
+    monkeypatch.setattr(torch, "compile", lambda m, **kw: Broken())
+    logs = []
+    fell_back = train_run(model(), data, TrainSettings(**{**SETTINGS, "compile": "default"}), seed=1,
+                          out_dir=tmp_path / "compiled", log=logs.append)
+    assert [line for line in logs if "training eagerly" in line] == [
+        "torch.compile (mode default) failed on the first step (RuntimeError: backend compiler failed); training eagerly"]
+    assert fell_back["test_error"] == eager["test_error"]
+    curve = lambda d: [p["train_loss"] for p in json.loads((d / "curve.json").read_text())]  # noqa: E731
+    assert curve(tmp_path / "compiled") == curve(tmp_path / "eager")
+
+
+def test_a_wrong_compile_mode_is_named():
+    with pytest.raises(ValueError, match="compile 'max' is not one of"):
+        TrainSettings.from_dict({**SETTINGS, "compile": "max"})

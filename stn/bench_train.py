@@ -1,0 +1,146 @@
+"""`python -m stn.bench train`: training steps per second of each classification model, eager and
+compiled, at its table's batch size on this device, and the device-hours the config's protocol needs.
+
+Each (table, data set, model) is built as its runs build it (the parameter-matched widths of
+`stn params`), then trained on random images of its data set's shape with its resolved settings
+(the table's train settings and overrides: batch size, optimiser, channels-last) for `--warmup`
+untimed steps (the first compiled step compiles) and `--steps` timed ones. The estimate is the
+sum over the table's runs (data sets × models × seeds) of iterations / steps per second: training
+steps only, not evaluation, data loading or start-up. With `--config config/paper.yaml` (the
+default) that is the paper's protocol.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import torch
+
+from .bench import keep_freed_memory
+
+MODES = {"cpu": ("none", "default"), "cuda": ("none", "reduce-overhead")}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def step_times(model: torch.nn.Module, dataset: str, settings, mode: str, device: torch.device, steps: int,
+               warmup: int) -> tuple[float, float]:
+    """(seconds the warm-up steps took, median seconds of one timed step) of `model` training on random
+    images of `dataset`'s shape under `settings` and torch.compile `mode`."""
+    from .modules import param_groups
+    from .paper import registry
+    from .train import _forward_backward, as_input, make_optimizer
+
+    spec = registry.DATASETS[dataset]
+    model = model.to(device).train()
+    if settings.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = make_optimizer(settings.optimizer, param_groups(model, settings.lr, settings.loc_lr_mult), settings.lr,
+                         settings.momentum, settings.weight_decay)
+    shape = (settings.batch_size, *((spec.channels,) if spec.channels > 1 else ()), spec.size, spec.size)
+    g = torch.Generator().manual_seed(0)
+    x = as_input(torch.randint(0, 256, shape, generator=g, dtype=torch.uint8), device, settings.channels_last)
+    y = torch.randint(0, spec.classes, (settings.batch_size,), generator=g).to(device)
+    step_model = model if mode == "none" else torch.compile(model, mode=mode, dynamic=False)
+
+    def step():
+        _forward_backward(step_model, opt, x, y)
+        opt.step()
+
+    start = time.perf_counter()
+    for _ in range(warmup):
+        step()
+    _sync(device)
+    warm = time.perf_counter() - start
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return warm, statistics.median(times)
+
+
+def _config(path: str, tables: list[str]) -> dict:
+    """The config's YAML as written: only the costed tables' sections are used, and they are checked where
+    their settings are resolved; the whole-config checks (that SVHN or CUB is on disk) do not apply here."""
+    from .config import read_config
+
+    config = read_config(path)
+    if missing := [t for t in tables if t not in config]:
+        raise SystemExit(f"{path} has no section {', '.join(missing)}")
+    return config
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m stn.bench train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="config/paper.yaml", help="the config whose protocol to cost")
+    parser.add_argument("--tables", default="table1", help="comma-separated classification tables (table1, table4)")
+    parser.add_argument("--datasets", default=None, help="comma-separated data sets (default: the table's)")
+    parser.add_argument("--models", default=None, help="comma-separated models (default: the table's)")
+    parser.add_argument("--modes", default=None,
+                        help="comma-separated torch.compile modes, none = eager (default: none and default on the "
+                             "CPU, none and reduce-overhead on a GPU)")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per model and mode (their median is used)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (the first compiled one compiles)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    args = parser.parse_args(argv)
+    from .experiments import classification
+    from .paper import registry
+    from .settings import COMPILE_MODES, TrainSettings, resolve_job
+    from .train import resolve_device
+
+    if args.steps < 1 or args.warmup < 1:
+        parser.error("--steps and --warmup must be at least 1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    modes = args.modes.split(",") if args.modes else list(MODES[device.type])
+    if bad := [m for m in modes if m not in COMPILE_MODES]:
+        parser.error(f"--modes: {bad} not among {list(COMPILE_MODES)}")
+    tables = args.tables.split(",")
+    if bad := [t for t in tables if t not in registry.EXPERIMENTS or registry.experiment(t).module != "classification"]:
+        parser.error(f"--tables: {bad}: this benchmark builds the classification tables (table1, table4); "
+                     "the other experiments' models are not costed yet")
+    config = _config(args.config, tables)
+    keep_freed_memory()
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"== {where}, {args.config}: median of {args.steps} training steps after {args.warmup} untimed ones "
+          f"(random images of each data set's shape; the first compiled step compiles, so its warm-up is long)")
+    header = (f"{'table':<7} {'data set':<8} {'model':<14} {'params':>8} {'batch':>5} {'mode':<16} "
+              f"{'warm-up s':>9} {'ms/step':>9} {'steps/s':>8} {'hours, its runs':>15}")
+    print(header + "\n" + "-" * len(header), flush=True)
+    for name in tables:
+        section = config[name]
+        grid = registry.experiment(name).grid(section, config)
+        datasets = args.datasets.split(",") if args.datasets else grid.datasets
+        models = args.models.split(",") if args.models else grid.models
+        if bad := [d for d in datasets if d not in grid.datasets] + [m for m in models if m not in grid.models]:
+            parser.error(f"{bad} not trained by {name} in {args.config} (data sets {grid.datasets}, models {grid.models})")
+        params = classification.param_table(datasets, list(grid.models), section["param_target"], section.get("net"))
+        hours = dict.fromkeys(modes, 0.0)
+        runs = steps_total = 0
+        for dataset in datasets:
+            for model in models:
+                if not grid.has(dataset, model):
+                    continue
+                job = resolve_job(config, name, dataset, model, grid.seeds[0])
+                settings = TrainSettings.from_dict(job["settings"])
+                runs += len(grid.seeds)
+                steps_total += len(grid.seeds) * settings.iterations
+                for mode in modes:
+                    built = classification.build_model(dataset, model, params, seed=0)
+                    warm, step = step_times(built.model, dataset, settings, mode, device, args.steps, args.warmup)
+                    cost = len(grid.seeds) * settings.iterations * step / 3600
+                    hours[mode] += cost
+                    print(f"{name:<7} {dataset:<8} {model:<14} {built.params:>8} {settings.batch_size:>5} {mode:<16} "
+                          f"{warm:>9.1f} {step * 1e3:>9.2f} {1 / step:>8.1f} {cost:>15.2f}", flush=True)
+        for mode in modes:
+            print(f"{name}: {runs} runs, {steps_total:,} training steps: {hours[mode]:.2f} device-hours with "
+                  f"compile {mode} on {where}" + ("" if hours[mode] else " (nothing measured)"))
+    return 0
