@@ -14,6 +14,8 @@
 
 #include <algorithm>
 #include <array>
+#include <bit>
+#include <cstdint>
 #include <cmath>
 #include <cstring>
 #include <type_traits>
@@ -158,6 +160,28 @@ void store_channels_first(RowStart row_start, int64_t rows, int64_t width, int64
   if (stage) copy_planes(staging.data(), stride, dst, plane, plane, C);
 }
 
+// The two x-neighbour taps of a point at tile offset o + corner[0] (corner[1] = corner[0] + 1 with
+// one channel), read from the tile itself (Taps) or, for float, from its x-pairs (PairedTaps: one
+// 8-byte load, which GCC vectorises as half as many gathered elements, each a pair).
+template <typename acc_t>
+struct XPair {
+  acc_t lo, hi;
+};
+
+template <typename acc_t>
+struct Taps {
+  const acc_t* base;
+  XPair<acc_t> x_pair(int32_t o, const int32_t* corner) const { return {base[o + corner[0]], base[o + corner[1]]}; }
+};
+
+struct PairedTaps {
+  const uint64_t* pairs;  // pairs[i]: the floats at i (low half) and i + 1 (high half)
+  XPair<float> x_pair(int32_t o, const int32_t* corner) const {
+    const uint64_t q = pairs[o + corner[0]];
+    return {std::bit_cast<float>(static_cast<uint32_t>(q)), std::bit_cast<float>(static_cast<uint32_t>(q >> 32))};
+  }
+};
+
 // One sample's channels in a channels-last tile with a one-pixel zero border on every side:
 // element (position, c) lives at position * C + c, so the C values of one kernel tap are
 // contiguous (one vector load per tap for C > 1) and a tap never needs a bounds check.
@@ -229,6 +253,28 @@ struct PaddedTile {
   }
 
   void zero() { std::fill(data.begin(), data.end(), acc_t(0)); }
+
+  // For the one-channel kernels on float tiles: pairs[i] = the floats at i and i + 1, built from the
+  // loaded tile in one pass; interpolate_row and accumulate_row then gather half as many elements
+  // (each a pair). Call after every load.
+  void pair_up() {
+    if constexpr (std::is_same_v<acc_t, float>) {
+      pairs.resize(data.size());
+      const int64_t n = static_cast<int64_t>(data.size()) - 1;
+      if (n < 0) return;
+      const uint32_t* __restrict__ bits = reinterpret_cast<const uint32_t*>(data.data());
+      uint64_t* __restrict__ q = pairs.data();
+      for (int64_t i = 0; i < n; ++i) q[i] = uint64_t(bits[i]) | (uint64_t(bits[i + 1]) << 32);
+      q[n] = bits[n];
+    }
+  }
+
+  // How the one-channel kernels read taps: float tiles through their pairs (see pair_up), double directly.
+  auto reader() const {
+    if constexpr (std::is_same_v<acc_t, float>) return PairedTaps{pairs.data()};
+    else return Taps<acc_t>{data.data()};
+  }
+  std::vector<uint64_t> pairs;  // float, one channel: see pair_up
 };
 
 // The sampling points of a run of output rows: tile offset of tap 0 and fractional parts per axis.
@@ -306,32 +352,34 @@ inline void load_fractions(const acc_t* fx, const acc_t* fy, const acc_t* fz, in
   if constexpr (D > 2) f[2] = fz[j];
 }
 
-// Multilinear interpolation over axes [0, A) of the 2^A taps base[o + corner[k]] (bit a of k =
+// Multilinear interpolation over axes [0, A), A >= 1, of the 2^A taps at o + corner[k] (bit a of k =
 // upper neighbour on axis a), written as nested lerps on scalars: no tap array goes through
 // memory, which kept the compiler's vectoriser from turning it into stalled partial stores and
-// reloads. An index (base[o + ...]) rather than a pointer (src[...]): GCC vectorises the former
+// reloads. Taps are read by index (o + corner), not through a pointer: GCC vectorises the former
 // into gathers and not the latter.
-template <int A, typename acc_t>
-inline acc_t lerp_taps(const acc_t* base, int32_t o, const int32_t* corner, const acc_t* f) {
-  if constexpr (A == 0) {
-    return base[o + corner[0]];
+template <int A, typename acc_t, typename Reader>
+inline acc_t lerp_taps(const Reader& taps, int32_t o, const int32_t* corner, const acc_t* f) {
+  if constexpr (A == 1) {
+    const XPair<acc_t> x = taps.x_pair(o, corner);
+    return x.lo + f[0] * (x.hi - x.lo);
   } else {
-    const acc_t lo = lerp_taps<A - 1>(base, o, corner, f);
-    const acc_t hi = lerp_taps<A - 1>(base, o, corner + (1 << (A - 1)), f);
+    const acc_t lo = lerp_taps<A - 1>(taps, o, corner, f);
+    const acc_t hi = lerp_taps<A - 1>(taps, o, corner + (1 << (A - 1)), f);
     return lo + f[A - 1] * (hi - lo);
   }
 }
 
 // d lerp_taps<A> / d f[a].
-template <int A, typename acc_t>
-inline acc_t lerp_taps_grad(const acc_t* base, int32_t o, const int32_t* corner, const acc_t* f, int a) {
-  if constexpr (A == 0) {
-    return acc_t(0);
+template <int A, typename acc_t, typename Reader>
+inline acc_t lerp_taps_grad(const Reader& taps, int32_t o, const int32_t* corner, const acc_t* f, int a) {
+  if constexpr (A == 1) {
+    const XPair<acc_t> x = taps.x_pair(o, corner);
+    return a == 0 ? x.hi - x.lo : acc_t(0);
   } else {
     constexpr int half = 1 << (A - 1);
-    if (a == A - 1) return lerp_taps<A - 1>(base, o, corner + half, f) - lerp_taps<A - 1>(base, o, corner, f);
-    const acc_t lo = lerp_taps_grad<A - 1>(base, o, corner, f, a);
-    const acc_t hi = lerp_taps_grad<A - 1>(base, o, corner + half, f, a);
+    if (a == A - 1) return lerp_taps<A - 1>(taps, o, corner + half, f) - lerp_taps<A - 1>(taps, o, corner, f);
+    const acc_t lo = lerp_taps_grad<A - 1>(taps, o, corner, f, a);
+    const acc_t hi = lerp_taps_grad<A - 1>(taps, o, corner + half, f, a);
     return lo + f[A - 1] * (hi - lo);
   }
 }
@@ -339,14 +387,14 @@ inline acc_t lerp_taps_grad(const acc_t* base, int32_t o, const int32_t* corner,
 // dst[j] = the taps of point j interpolated, j < width, for one channel. Restrict-qualified
 // parameters and no `omp simd` (whose private copy of f defeats it): GCC vectorises this loop
 // with gathers, four or eight per 8 or 16 points.
-template <int D, typename acc_t, typename out_t>
-__attribute__((noinline)) void interpolate_row(const acc_t* __restrict__ base, const int32_t* __restrict__ off,
+template <int D, typename acc_t, typename out_t, typename Reader>
+__attribute__((noinline)) void interpolate_row(Reader taps, const int32_t* __restrict__ off,
                             const acc_t* __restrict__ fx, const acc_t* __restrict__ fy, const acc_t* __restrict__ fz,
                             std::array<int32_t, 1 << D> corner, out_t* __restrict__ dst, int64_t width) {
   for (int64_t j = 0; j < width; ++j) {
     acc_t f[D];
     load_fractions<D>(fx, fy, fz, j, f);
-    dst[j] = out_t(lerp_taps<D>(base, off[j], corner.data(), f));
+    dst[j] = out_t(lerp_taps<D>(taps, off[j], corner.data(), f));
   }
 }
 
@@ -357,8 +405,8 @@ __attribute__((noinline)) void interpolate_row(const acc_t* __restrict__ base, c
 // times each weight to lane j of sums[(a (D+1) + b) lanes + j], which are summed once per sample:
 // reductions across the lanes per chunk cost more than the rest of a short chunk. (One loop for
 // both vectorises in 2-D but not in 3-D.)
-template <int D, typename acc_t>
-__attribute__((noinline)) void accumulate_row(const acc_t* __restrict__ base, const int32_t* __restrict__ off,
+template <int D, typename acc_t, typename Reader>
+__attribute__((noinline)) void accumulate_row(Reader taps, const int32_t* __restrict__ off,
                                               const acc_t* __restrict__ fx, const acc_t* __restrict__ fy,
                                               const acc_t* __restrict__ fz, std::array<int32_t, 1 << D> corner,
                                               const acc_t* __restrict__ grad, const acc_t* __restrict__ xs,
@@ -370,9 +418,9 @@ __attribute__((noinline)) void accumulate_row(const acc_t* __restrict__ base, co
   for (int64_t j = 0; j < count; ++j) {
     acc_t f[D];
     load_fractions<D>(fx, fy, fz, j, f);
-    d[j] = grad[j] * lerp_taps_grad<D>(base, off[j], corner.data(), f, 0);
-    if constexpr (D > 1) dy[j] = grad[j] * lerp_taps_grad<D>(base, off[j], corner.data(), f, 1);
-    if constexpr (D > 2) dz[j] = grad[j] * lerp_taps_grad<D>(base, off[j], corner.data(), f, 2);
+    d[j] = grad[j] * lerp_taps_grad<D>(taps, off[j], corner.data(), f, 0);
+    if constexpr (D > 1) dy[j] = grad[j] * lerp_taps_grad<D>(taps, off[j], corner.data(), f, 1);
+    if constexpr (D > 2) dz[j] = grad[j] * lerp_taps_grad<D>(taps, off[j], corner.data(), f, 2);
   }
   for (int a = 0; a < D; ++a) {
     const acc_t* __restrict__ da = d + a * count;
@@ -522,11 +570,12 @@ void forward_kernel(const at::Tensor& input, const at::Tensor& theta, at::Tensor
     std::vector<acc_t> staging;                           // and channels first, for one sequential write
     for (int64_t n = begin; n < end; ++n) {
       tile.load(in + n * S);
+      if constexpr (FIXED_C == 1) tile.pair_up();
       for (int64_t r0 = 0; r0 < map.rows; r0 += R) {
         const int64_t count = std::min(R, map.rows - r0);
         map.chunk(n, r0, count, coords.data(), coords.data() + R * W, taps, tile);
         if constexpr (FIXED_C == 1) {  // interpolate the taps straight into the output rows
-          interpolate_row<D>(tile.data.data(), taps.off, taps.fx(), taps.fy(), taps.fz(), tile.corners(),
+          interpolate_row<D, acc_t>(tile.reader(), taps.off, taps.fx(), taps.fy(), taps.fz(), tile.corners(),
                              o + n * P + r0 * W, count * W);
           continue;
         }
@@ -614,6 +663,7 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& input, const 
     };
     for (int64_t n = begin; n < end; ++n) {
       if (THETA_GRAD) tile.load(in + n * S);
+      if (FIXED_C == 1 && THETA_GRAD) tile.pair_up();
       if (INPUT_GRAD) dtile.zero();
       if (FIXED_C == 1) std::fill(lanes.begin(), lanes.end(), acc_t(0));
       double dtheta[D][D + 1] = {};
@@ -636,7 +686,7 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& input, const 
         if (THETA_GRAD) {
           // Σ_j dL/dp_a(j) · x_j and Σ_j dL/dp_a(j) along the row, per source axis a
           if constexpr (FIXED_C == 1) {
-            accumulate_row<D>(tile.data.data(), taps.off, taps.fx(), taps.fy(), taps.fz(), tile.corners(),
+            accumulate_row<D, acc_t>(tile.reader(), taps.off, taps.fx(), taps.fy(), taps.fz(), tile.corners(),
                               grad_row.data(), map.xs.data(), ys, zs, dpoint.data(), lanes.data(), L, R * W);
             if (INPUT_GRAD) scatter_points(L, ways);
           } else {
