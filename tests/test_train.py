@@ -161,6 +161,24 @@ def test_compiled_steps_follow_the_eager_loss_curve(tmp_path):
     np.testing.assert_allclose(curves["default"], curves["none"], rtol=1e-4)
 
 
+@pytest.mark.cuda
+def test_cuda_graph_steps_follow_the_eager_loss_curve(tmp_path):
+    """compile: reduce-overhead on a GPU (each step replays one CUDA-graph capture) trains the eager curve."""
+    import torch._dynamo
+
+    data = tiny_data()
+    curves = {}
+    for mode in ("none", "reduce-overhead"):
+        torch._dynamo.reset()
+        settings = TrainSettings(**{**SETTINGS, "eval_every": 1, "compile": mode, "device": "cuda"})
+        logs = []
+        train_run(model(), data, settings, seed=1, out_dir=tmp_path / mode, log=logs.append)
+        assert not any("training eagerly" in line for line in logs)
+        curves[mode] = [p["train_loss"] for p in json.loads((tmp_path / mode / "curve.json").read_text())]
+    assert len(curves["none"]) == 20
+    np.testing.assert_allclose(curves["reduce-overhead"], curves["none"], rtol=1e-3)
+
+
 def test_a_failing_compile_falls_back_to_eager(tmp_path, monkeypatch):
     """Where torch.compile cannot build the step (no compiler, an unsupported op), the run says so once and
     trains eagerly: the same curve as compile: none."""
