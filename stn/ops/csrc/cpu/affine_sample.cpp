@@ -1,11 +1,13 @@
 // Fused affine transformer on the CPU: stn::affine_sample_forward/backward.
 //
-// Why it is fast: the sampling points of one output row are an affine function of the column
-// index, so they cost one multiply-add per axis and are never stored; the backward reduces the
-// grid gradient straight into the D·(D+1) sums that dθ needs instead of writing dgrid. Each
-// sample is first copied into a zero-bordered tile, so every tap of a point that is present lands
-// inside the tile (no bounds checks) and an absent point reads the tile's zero corner; d input is
-// scattered into a private tile of the same shape, without atomics. Parallel over samples.
+// Why it is fast: the sampling points are an affine function of the output coordinates, so they
+// cost a few multiply-adds per axis, computed for a chunk of rows at a time and never written out
+// as a grid; the backward reduces the grid gradient straight into the D·(D+1) sums that dθ needs
+// instead of writing dgrid. Each sample is first copied into a zero-bordered tile, so every tap of
+// a point that is present lands inside the tile (no bounds checks) and an absent point reads the
+// tile's zero corner; d input is scattered into a private tile of the same shape, without
+// atomics. With one channel the loops over a chunk's points are vectorised (taps gathered as
+// x-pairs); with several, the loops over channels. Parallel over samples.
 #include <ATen/Parallel.h>
 
 #if defined(__AVX__)
@@ -386,7 +388,7 @@ inline acc_t lerp_taps_grad(const Reader& taps, int32_t o, const int32_t* corner
 
 // dst[j] = the taps of point j interpolated, j < width, for one channel. Restrict-qualified
 // parameters and no `omp simd` (whose private copy of f defeats it): GCC vectorises this loop
-// with gathers, four or eight per 8 or 16 points.
+// with gathers (of x-pairs, for float: see PairedTaps).
 template <int D, typename acc_t, typename out_t, typename Reader>
 __attribute__((noinline)) void interpolate_row(Reader taps, const int32_t* __restrict__ off,
                             const acc_t* __restrict__ fx, const acc_t* __restrict__ fy, const acc_t* __restrict__ fz,
