@@ -16,14 +16,9 @@ import statistics
 import time
 import torch
 
-from .bench import keep_freed_memory
+from .bench import _sync, keep_freed_memory
 
 MODES = {"cpu": ("none", "default"), "cuda": ("none", "reduce-overhead")}
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def step_times(model: torch.nn.Module, dataset: str, settings, mode: str, device: torch.device, steps: int,
