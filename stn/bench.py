@@ -1,5 +1,6 @@
 """`python -m stn.bench sampler`: time every sampler implementation against F.affine_grid + F.grid_sample.
-(`python -m stn.bench train`: training steps per second and the protocol's device-hours, stn/bench_train.py.)
+(`python -m stn.bench train`: training steps per second and the protocol's device-hours, stn/bench_train.py;
+`python -m stn.bench pool`: average pooling against torch's, stn/bench_pool.py.)
 
 Each method runs the whole transformer step that a model pays for (grid generation from θ and
 sampling; forward, and forward+backward with gradients for input and θ), so ratios are
@@ -275,8 +276,13 @@ def main(argv: list[str] | None = None) -> int:
         from . import bench_train
 
         return bench_train.main(argv[1:])
+    if argv[:1] == ["pool"]:  # average pooling against torch's: stn/bench_pool.py
+        from . import bench_pool
+
+        return bench_pool.main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m stn.bench", description=__doc__)
-    parser.add_argument("what", choices=["sampler", "train"], help="what to benchmark (train: see `train --help`)")
+    parser.add_argument("what", choices=["sampler", "train", "pool"],
+                        help="what to benchmark (train, pool: see `train --help`, `pool --help`)")
     parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")

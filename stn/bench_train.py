@@ -27,17 +27,18 @@ def step_times(model: torch.nn.Module, dataset: str, settings, mode: str, device
     images of `dataset`'s shape under `settings` and torch.compile `mode`."""
     from .modules import param_groups
     from .paper import registry
-    from .train import _forward_backward, as_input, make_optimizer
+    from .train import _forward_backward, as_input, make_optimizer, wants_channels_last
 
     spec = registry.DATASETS[dataset]
     model = model.to(device).train()
-    if settings.channels_last:
+    channels_last = wants_channels_last(model, settings.channels_last)
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = make_optimizer(settings.optimizer, param_groups(model, settings.lr, settings.loc_lr_mult), settings.lr,
                          settings.momentum, settings.weight_decay)
     shape = (settings.batch_size, *((spec.channels,) if spec.channels > 1 else ()), spec.size, spec.size)
     g = torch.Generator().manual_seed(0)
-    x = as_input(torch.randint(0, 256, shape, generator=g, dtype=torch.uint8), device, settings.channels_last)
+    x = as_input(torch.randint(0, 256, shape, generator=g, dtype=torch.uint8), device, channels_last)
     y = torch.randint(0, spec.classes, (settings.batch_size,), generator=g).to(device)
     step_model = model if mode == "none" else torch.compile(model, mode=mode, dynamic=False)
 

@@ -1,16 +1,18 @@
 """The spatial transformer module (paper Sect. 3.4): localisation net -> grid generator -> sampler."""
 from __future__ import annotations
 
+import math
 from typing import Iterable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .ops import transform_sample
 from .settings import INITS
 from .transforms import Transform, make_transform
 
-__all__ = ["SpatialTransformer", "Standardise", "initialise", "param_groups"]
+__all__ = ["SpatialTransformer", "AvgPool", "avg_pool", "Standardise", "initialise", "param_groups"]
 
 
 class SpatialTransformer(nn.Module):
@@ -73,6 +75,94 @@ class SpatialTransformer(nn.Module):
         (fused into one kernel for affine transforms, see stn.ops.transform_sample)."""
         return transform_sample(x, self.transform, theta.to(x.dtype), self.out_size, self.mode, self.align_corners,
                                 self.impl)
+
+
+def _physical(x: Tensor) -> tuple[Tensor, list[int]] | None:
+    """x as the contiguous tensor its memory holds (N, C, *S) or, channels-last, (N, *S, C), and the
+    positions of its spatial dimensions there; None for any other layout."""
+    d = x.dim() - 2
+    last = torch.channels_last if d == 2 else torch.channels_last_3d
+    # channels-last first, so that a one-channel channels-last tensor (also contiguous) stays channels-last
+    if x.stride(1) == 1 and x.is_contiguous(memory_format=last):
+        return x.movedim(1, -1), list(range(1, d + 1))
+    if x.is_contiguous():
+        return x, list(range(2, d + 2))
+    return None
+
+
+def _pool_physical(t: Tensor, dims: list[int], k: int) -> Tensor:
+    """Sum each k-block of t along `dims`, one dimension at a time: every pass adds k slices of rows that
+    are contiguous (or strided by k along the last dimension)."""
+    for j in dims:
+        shape = list(t.shape)
+        r = t.reshape(math.prod(shape[:j]) * (shape[j] // k), k, math.prod(shape[j + 1:]))
+        acc = r[:, 0] + r[:, 1] if k > 1 else r[:, 0].clone()
+        for i in range(2, k):
+            acc += r[:, i]
+        shape[j] //= k
+        t = acc.view(shape)
+    return t
+
+
+def _unpool_physical(g: Tensor, dims: list[int], k: int) -> Tensor:
+    """Each element of g copied over its k-block along `dims` (the adjoint of _pool_physical's sum), one
+    dimension at a time from the innermost: whole rows are repeated by concatenation, which is several
+    times faster on the CPU than materialising one expanded view of every dimension at once."""
+    for j in sorted(dims, reverse=True):
+        shape = list(g.shape)
+        r = g.reshape(math.prod(shape[: j + 1]), 1, math.prod(shape[j + 1:]))
+        r = torch.cat([r] * k, 1) if r.shape[2] > 1 else r.expand(-1, k, 1)
+        shape[j] *= k
+        g = r.reshape(shape)
+    return g
+
+
+class _AvgPool(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, k: int) -> Tensor:
+        t, dims = _physical(x)
+        ctx.k, ctx.dims, ctx.channels_last = k, dims, t is not x
+        out = _pool_physical(t, dims, k).mul_(1.0 / k ** len(dims))
+        return out.movedim(-1, 1) if ctx.channels_last else out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        g = grad.movedim(1, -1) if ctx.channels_last else grad
+        g = _unpool_physical(g.contiguous() * (1.0 / ctx.k ** len(ctx.dims)), ctx.dims, ctx.k)
+        return (g.movedim(-1, 1) if ctx.channels_last else g), None
+
+
+def avg_pool(x: Tensor, k: int) -> Tensor:
+    """Average pooling of x (N, C, H, W) or (N, C, D, H, W) over k×k (k×k×k) blocks with stride k: the same
+    function as F.avg_pool2d / avg_pool3d(x, k), for every spatial size a multiple of k and x contiguous or
+    channels-last (the output keeps x's layout); anything else goes to F.avg_pool2d / 3d.
+
+    Torch's CPU pooling kernels visit each output element's window; this adds whole rows instead, on the CPU
+    2-8x faster forward and 2-5x forward+backward (`python -m stn.bench pool`).
+    Example: avg_pool(torch.rand(8, 1, 42, 42), 2) -> (8, 1, 21, 21).
+    """
+    if x.dim() not in (4, 5):
+        raise ValueError(f"avg_pool: x must be (N, C, H, W) or (N, C, D, H, W), got shape {tuple(x.shape)}")
+    if k < 1:
+        raise ValueError(f"avg_pool: k must be a positive integer, got {k}")
+    pool = F.avg_pool2d if x.dim() == 4 else F.avg_pool3d
+    if any(s % k for s in x.shape[2:]) or _physical(x) is None or x.numel() == 0:
+        return pool(x, k)
+    return _AvgPool.apply(x, k)
+
+
+class AvgPool(nn.Module):
+    """`avg_pool(x, k)` as a module: nn.AvgPool2d(k) and nn.AvgPool3d(k) in one, without parameters."""
+
+    def __init__(self, k: int) -> None:
+        super().__init__()
+        self.k = int(k)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return avg_pool(x, self.k)
+
+    def extra_repr(self) -> str:
+        return f"k={self.k}"
 
 
 def param_groups(model: nn.Module, lr: float, loc_lr_mult: float = 1.0) -> list[dict]:

@@ -39,7 +39,7 @@ class TrainSettings:
     eval_every: int = _key(POSITIVE_INT, "iterations between validation evaluations")
     eval_samples: int = _key(POSITIVE_INT, "validation images per evaluation")
     checkpoint_every: int = _key(POSITIVE_INT, "iterations between checkpoints (a killed job resumes from the last)")
-    channels_last: bool = _key({"type": "boolean"}, "channels-last memory layout for 2-D inputs")
+    channels_last: bool = _key({"type": "boolean"}, "channels-last memory layout for 2-D inputs of models with a 2-D convolution (the others keep channels-first)")
     optimizer: str = _key({"enum": list(OPTIMIZER_NAMES)}, "sgd (the paper's) or adam, whose beta1 is momentum", "sgd")
     lr_milestones: list[int] | None = _key(
         {"type": ["array", "null"], "items": POSITIVE_INT, "uniqueItems": True},

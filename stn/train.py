@@ -34,13 +34,16 @@ class Diverged(FloatingPointError):
     """Training diverged: a non-finite loss, or one that exploded past EXPLODE times its first value."""
 
 
+# Both optimisers run fused: one kernel per parameter instead of a handful of element-wise ops each
+# (Adam's step 420 -> 145 µs on the CPU for a Table 4 ST-FCN's 14 tensors). The same update, rounded
+# differently (2e-6 apart after 50 Adam steps).
 def _sgd(params, lr: float, momentum: float, weight_decay: float):
-    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, fused=True)
 
 
 def _adam(params, lr: float, momentum: float, weight_decay: float):
     """Adam's β₁ is the momentum setting, so one config key means the same thing for both."""
-    return torch.optim.Adam(params, lr=lr, betas=(momentum, 0.999), weight_decay=weight_decay)
+    return torch.optim.Adam(params, lr=lr, betas=(momentum, 0.999), weight_decay=weight_decay, fused=True)
 
 
 OPTIMIZERS = dict(zip(OPTIMIZER_NAMES, (_sgd, _adam)))
@@ -92,6 +95,13 @@ def _source(x):
 
 def _first(x, n: int):
     return x[:n] if isinstance(x, np.ndarray) else x.take(n)
+
+
+def wants_channels_last(model: nn.Module, channels_last: bool) -> bool:
+    """Whether `model` trains on channels-last inputs: where the setting asks for it and the model has a 2-D
+    convolution. Without one the layout buys nothing and costs copies (the fused sampler and concatenation
+    work channels-first: a Table 4 2×ST-FCN step took 10% longer channels-last)."""
+    return channels_last and any(isinstance(m, nn.Conv2d) for m in model.modules())
 
 
 def as_input(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
@@ -183,7 +193,8 @@ def train_run(
     device = resolve_device(settings.device)
     torch.manual_seed(seed)
     model = model.to(device)
-    if settings.channels_last:
+    channels_last = wants_channels_last(model, settings.channels_last)
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
     x_train, y_train = _source(data["x_train"]), torch.from_numpy(data["y_train"])
     x_val = _source(_first(data["x_val"], settings.eval_samples))
@@ -227,7 +238,7 @@ def train_run(
         step_model = model if settings.compile == "none" else torch.compile(model, mode=settings.compile, dynamic=False)
         for it in range(start_it + 1, settings.iterations + 1):
             idx = batches.next()
-            x = as_input(x_train[idx], device, settings.channels_last)
+            x = as_input(x_train[idx], device, channels_last)
             y = y_train[idx].to(device)
             try:
                 loss = _forward_backward(step_model, opt, x, y)
@@ -249,7 +260,7 @@ def train_run(
             running += loss_value
             seen += 1
             if it % settings.eval_every == 0 or it == settings.iterations:
-                val_err = error_rate(model, x_val, y_val, device, settings.channels_last, eval_batch)
+                val_err = error_rate(model, x_val, y_val, device, channels_last, eval_batch)
                 point = {"iteration": it, "train_loss": running / seen, "val_error": val_err,
                          "lr": opt.param_groups[0]["lr"], "seconds": time.time() - t0}
                 curve.append(point)
@@ -271,7 +282,7 @@ def train_run(
                        "first_loss": first_loss, "running": running, "seen": seen}, ckpt_path)
         seconds = time.time() - t0
         test_err = error_rate(model, _source(data["x_test"]), torch.from_numpy(data["y_test"]), device,
-                              settings.channels_last, eval_batch)
+                              channels_last, eval_batch)
         log(f"[{time.strftime('%H:%M:%S')}] test error {test_err:.2f}%  ({seconds / 60:.1f} min)")
         _save({"state_dict": model.state_dict(), "describe": describe or {}}, out_dir / "model.pt")
         write_json(out_dir / "curve.json", curve)

@@ -4,6 +4,7 @@ import torch
 from torch import nn
 
 from stn import Affine, SpatialTransformer, ThinPlateSpline, param_groups
+from stn.modules import AvgPool, avg_pool
 from stn.ops import available_impls
 
 
@@ -83,3 +84,37 @@ def test_torch_compile_fullgraph_forward_backward():
     st.zero_grad()
     st(x)[0].sum().backward()
     torch.testing.assert_close(grad_compiled, st.regressor.weight.grad, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("shape, k, layout", [
+    ((5, 1, 42, 42), 2, "contiguous"), ((5, 2, 42, 42), 2, "channels_last"), ((5, 2, 42, 42), 2, "contiguous"),
+    ((3, 7, 12, 18), 3, "channels_last"), ((2, 1, 60, 60, 60), 4, "contiguous"), ((2, 3, 8, 12, 4), 2, "channels_last"),
+    ((3, 2, 9, 10), 2, "contiguous"),  # 9 is not a multiple of 2: torch's pooling
+    ((3, 2, 8, 10), 2, "transposed"),  # neither layout: torch's pooling
+])
+def test_avg_pool_is_torchs_pooling(shape, k, layout):
+    x = torch.rand(shape, dtype=torch.float64)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last if x.dim() == 4 else torch.channels_last_3d)
+    elif layout == "transposed":
+        x = x.transpose(-1, -2).contiguous().transpose(-1, -2)
+    x.requires_grad_()
+    pool = nn.functional.avg_pool2d if x.dim() == 4 else nn.functional.avg_pool3d
+    ours, theirs = avg_pool(x, k), pool(x, k)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-14)
+    if layout != "transposed" and not any(s % k for s in shape[2:]):
+        assert ours.stride() == theirs.stride() or ours.is_contiguous() == x.is_contiguous()  # keeps x's layout
+    grad = torch.randn_like(theirs)
+    (g_ours,), (g_theirs,) = torch.autograd.grad(ours, x, grad), torch.autograd.grad(theirs, x, grad)
+    torch.testing.assert_close(g_ours, g_theirs, rtol=0, atol=1e-14)
+    small = torch.rand(1, 2, *[2 * k] * (x.dim() - 2), dtype=torch.float64)
+    if layout == "channels_last":
+        small = small.contiguous(memory_format=torch.channels_last if x.dim() == 4 else torch.channels_last_3d)
+    assert torch.autograd.gradcheck(lambda t: avg_pool(t, k), small.requires_grad_())
+
+
+def test_avg_pool_checks_its_input():
+    with pytest.raises(ValueError, match=r"\(N, C, H, W\) or \(N, C, D, H, W\), got shape \(4, 4\)"):
+        avg_pool(torch.rand(4, 4), 2)
+    with pytest.raises(ValueError, match="k must be a positive integer, got 0"):
+        AvgPool(0)(torch.rand(1, 1, 4, 4))

@@ -202,3 +202,12 @@ def test_a_failing_compile_falls_back_to_eager(tmp_path, monkeypatch):
 def test_a_wrong_compile_mode_is_named():
     with pytest.raises(ValueError, match="compile 'max' is not one of"):
         TrainSettings.from_dict({**SETTINGS, "compile": "max"})
+
+
+def test_channels_last_applies_to_models_with_convolutions_only():
+    from stn.train import wants_channels_last
+
+    spec = zoo.InputSpec(2, 42, 19, True)
+    cnn, st_fcn = (zoo.build(name, spec, 240_000).model for name in ("CNN", "2xST-FCN-Aff"))
+    assert wants_channels_last(cnn, True) and not wants_channels_last(cnn, False)
+    assert not wants_channels_last(st_fcn, True)  # no convolution: channels-first, no copies

@@ -17,7 +17,7 @@ from . import load_weights, run_records, tracker, write_metrics
 from ..data import volumes
 from ..io import load_npz, read_json, write_json
 from ..models import mnist as zoo
-from ..modules import SpatialTransformer
+from ..modules import AvgPool, SpatialTransformer
 from ..paper import registry
 from ..settings import TrainSettings
 from ..train import config_hash, train_run
@@ -38,7 +38,7 @@ class DepthFlatten(nn.Module):
 
 def localiser() -> tuple[nn.Module, int]:
     loc = nn.Sequential(
-        nn.AvgPool3d(4),  # 60³ -> 15³
+        AvgPool(4),  # 60³ -> 15³
         nn.Conv3d(1, 8, 5), nn.ReLU(), nn.MaxPool3d(2),  # -> 8 × 5³
         nn.Flatten(), nn.Linear(8 * 5 ** 3, 32), nn.ReLU(),
     )
@@ -65,7 +65,7 @@ class ST3DClassifier(nn.Module):
 class Baseline(nn.Module):
     def __init__(self, classifier: nn.Module) -> None:
         super().__init__()
-        self.pool = nn.AvgPool3d(volumes.SIZE // OUT)
+        self.pool = AvgPool(volumes.SIZE // OUT)
         self.flatten = DepthFlatten()
         self.classifier = classifier
 

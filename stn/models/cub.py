@@ -17,10 +17,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..modules import SpatialTransformer
+from ..modules import SpatialTransformer, avg_pool
 from ..transforms import Attention
 
 MODELS = ("CNN", "2xST-CNN", "4xST-CNN")
@@ -149,7 +148,7 @@ class PartsNet(nn.Module):
         if not self.k:
             return x, x.new_zeros(x.shape[0], 0, 2)
         st = self.sts["0"]
-        loc_input = F.avg_pool2d(x, 2) if self.size == 2 * self.crop else x
+        loc_input = avg_pool(x, 2) if self.size == 2 * self.crop else x
         out, theta = st(x, loc_input)
         return out, theta.view(x.shape[0], self.k, 2)
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from ..modules import SpatialTransformer, Standardise, initialise
+from ..modules import AvgPool, SpatialTransformer, Standardise, initialise
 from ..transforms import make_transform
 from .conv import InputGradConv2d
 
@@ -103,7 +103,7 @@ def cnn_params(channels: int, size: int, c1: int, c2: int, classes: int) -> int:
 
 def loc_fcn(channels: int, size: int) -> tuple[nn.Module, int]:
     half = size // 2
-    layers: list[nn.Module] = [nn.AvgPool2d(2), nn.Flatten(), nn.Linear(channels * half * half, 32), nn.ReLU(inplace=True)]
+    layers: list[nn.Module] = [AvgPool(2), nn.Flatten(), nn.Linear(channels * half * half, 32), nn.ReLU(inplace=True)]
     layers += [nn.Linear(32, 32), nn.ReLU(inplace=True), nn.Linear(32, 32), nn.ReLU(inplace=True)]
     return nn.Sequential(*layers), 32
 
@@ -113,7 +113,7 @@ def loc_cnn(channels: int, size: int) -> tuple[nn.Module, int]:
     if s < 1:
         raise ValueError(f"a {size}x{size} input is too small for the ST-CNN localisation network")
     net = nn.Sequential(
-        nn.AvgPool2d(2),
+        AvgPool(2),
         nn.Conv2d(channels, 20, 5),
         nn.ReLU(inplace=True),
         nn.MaxPool2d(2),
@@ -136,7 +136,7 @@ class STClassifier(nn.Module):
     def __init__(self, sts: list[SpatialTransformer], pool: bool, classifier: nn.Module) -> None:
         super().__init__()
         self.sts = nn.ModuleList(sts)
-        self.pool = nn.AvgPool2d(2) if pool else nn.Identity()
+        self.pool = AvgPool(2) if pool else nn.Identity()
         self.classifier = classifier
 
     def transform(self, x: Tensor) -> tuple[Tensor, Tensor]:
