@@ -165,3 +165,14 @@ def canonical(obj):
         return [canonical(v) for v in obj]
     return obj
 
+
+LATE = 0.2  # the closing fraction of a run's steps over which `late_fall` measures progress
+STILL_LEARNING = 2.0  # points of validation error: a run whose error fell more over its last LATE was still learning
+
+
+def late_fall(curve: list[dict], iterations: int, late: float = LATE) -> float | None:
+    """Points by which the validation error fell over the run's last `late` fraction of steps: from the last
+    evaluation at or before (1 − late) × iterations to the final one; None without such an evaluation. Above
+    STILL_LEARNING the run was still learning when it stopped, and its number is not where it was heading."""
+    start = [p for p in curve if p["iteration"] <= (1 - late) * iterations]
+    return float(start[-1]["val_error"] - curve[-1]["val_error"]) if start and curve else None

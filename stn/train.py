@@ -24,7 +24,7 @@ from torch import nn
 from . import ops
 from .io import atomic_path, load_torch, write_json
 from .modules import param_groups
-from .settings import OPTIMIZER_NAMES, TrainSettings  # noqa: F401  (TrainSettings is re-exported)
+from .settings import OPTIMIZER_NAMES, TrainSettings, late_fall  # noqa: F401  (TrainSettings is re-exported)
 
 
 EXPLODE = 100.0  # a loss above EXPLODE × max(first loss, 1) counts as divergence
@@ -287,7 +287,8 @@ def train_run(
         _save({"state_dict": model.state_dict(), "describe": describe or {}}, out_dir / "model.pt")
         write_json(out_dir / "curve.json", curve)
         metrics = {"test_error": test_err, "val_error": curve[-1]["val_error"] if curve else None,
-                   "iterations": settings.iterations, "seconds": seconds, "seed": seed, "device": str(device),
+                   "late_fall": late_fall(curve, settings.iterations), "iterations": settings.iterations,
+                   "seconds": seconds, "seed": seed, "device": str(device),
                    "sampler_impl": ops.resolve_impl("auto", device), "run_id": run.run_id if run else None,
                    **(describe or {})}
         if run is not None:

@@ -146,3 +146,25 @@ def test_tex_escapes_latex_specials_in_cells_headers_and_caption(tmp_path):
     paths = render_table(records(), ["RTS"], ["CNN"], "x_y", tmp_path, "table1")
     html = paths["html"].read_text()
     assert "<caption>x_y</caption>" in html and "2.0 ± 1.4 (0.8)" in html and html.startswith("<!doctype html>")
+
+
+def test_late_fall_is_the_drop_over_the_last_fifth_of_steps():
+    from stn.settings import late_fall
+
+    curve = [{"iteration": i, "val_error": e} for i, e in [(200, 80.0), (400, 60.0), (800, 30.0), (1000, 27.5)]]
+    assert late_fall(curve, 1000) == 2.5  # from step 800 (the last evaluation at or before 80%) to the end
+    assert late_fall(curve[-1:], 1000) is None  # nothing measured before the last fifth
+    assert late_fall([], 1000) is None
+
+
+def test_cells_of_runs_still_learning_are_marked(tmp_path):
+    recs = records()
+    recs[0]["late_fall"], recs[1]["late_fall"], recs[2]["late_fall"] = 0.5, 6.0, 1.9  # CNN seed 2 still learning
+    paths = render_table(recs, ["RTS"], ["CNN", "ST-CNN-Aff"], "c", tmp_path, "table1")
+    md = paths["md"].read_text()
+    assert "| CNN | 2.0 ± 1.4‡ (0.8) |" in md and "| ST-CNN Aff | 0.5 (0.5) |" in md
+    assert "‡ Still learning: in at least one seed the validation error fell by more than 2 points over the last 20%" in md
+    lines = paths["csv"].read_text().splitlines()
+    assert lines[0].endswith(",still_learning") and lines[1].endswith(",1") and lines[2].endswith(",0")
+    assert "2.0 $\\pm$ 1.4$^\\ddagger$ (0.8)" in paths["tex"].read_text()
+    assert "Still learning" not in render_table(records(), ["RTS"], ["CNN"], "c", tmp_path, "table1")["md"].read_text()

@@ -10,6 +10,7 @@ import pandas as pd
 
 from ..io import write_text
 from ..paper import TABLE1_PROTOCOL, display_name, paper_number, registry
+from ..settings import LATE, STILL_LEARNING
 
 
 def summarize(records: list[dict], key: str = "test_error") -> dict[tuple[str, str], tuple[float, float | None, int]]:
@@ -68,6 +69,7 @@ def render_table(records: list[dict], datasets: list[str], models: list[str], ca
     standin = {d: registry.DATASETS[d].stands_in_for for d in datasets
                if d in registry.DATASETS and registry.DATASETS[d].stands_in_for}
     out_dir = Path(out_dir)
+    learning = still_learning(records)
     csv_rows = []
     for m in models:
         for d in datasets:
@@ -76,6 +78,7 @@ def render_table(records: list[dict], datasets: list[str], models: list[str], ca
             csv_rows.append({"model": m, "dataset": d, "ours_mean": f"{s[0]:.4f}" if s else None,
                              "ours_std": f"{s[1]:.4f}" if s and s[1] is not None else None, "seeds": s[2] if s else 0,
                              "paper": None if d in standin else number, "paper_from_text": int(from_text),
+                             "still_learning": int((m, d) in learning),
                              **({"stands_in_for": standin.get(d, ""),
                                  "paper_of_original": number if d in standin else None} if standin else {})})
     csv_path = out_dir / f"{name}.csv"
@@ -84,8 +87,8 @@ def render_table(records: list[dict], datasets: list[str], models: list[str], ca
     header = [e.row_label, *datasets, *(f"paper: {o}" for o in standin.values())]
     rows = []
     for m in models:
-        cells = [_ours(stats.get((m, d))) if d in standin else f"{_ours(stats.get((m, d)))} ({_theirs(*paper(m, d))})"
-                 for d in datasets]
+        ours = lambda d: _ours(stats.get((m, d))) + ("‡" if (m, d) in learning else "")  # noqa: E731
+        cells = [ours(d) if d in standin else f"{ours(d)} ({_theirs(*paper(m, d))})" for d in datasets]
         rows.append([display_name(m), *cells, *(_theirs(*paper(m, d)) for d in standin)])
     if standin:
         notes = [f"Cells: our {e.metric_words} in %, mean ± std over seeds, on synthetic stand-ins built from MNIST "
@@ -93,6 +96,10 @@ def render_table(records: list[dict], datasets: list[str], models: list[str], ca
                  f"in their own columns for reference: they are not comparable with ours."]
     else:
         notes = [f"Cells: our {e.metric_words} in %, mean ± std over seeds (the paper's number in parentheses)."]
+    if learning:
+        notes.append(f"‡ Still learning: in at least one seed the validation error fell by more than {STILL_LEARNING:g} "
+                     f"points over the last {LATE:.0%} of the run's steps (`late_fall` in its metrics.json), so the "
+                     "number is not where the run was heading.")
     if any(paper(m, d)[1] for m in models for d in datasets):
         notes.append("† TC: the paper reports one ST-FCN and one ST-CNN number in the text without naming the transform.")
 
@@ -110,6 +117,12 @@ def render_table(records: list[dict], datasets: list[str], models: list[str], ca
     return {"csv": csv_path, "md": md_path, "tex": tex_path, "html": html_path}
 
 
+def still_learning(records: list[dict]) -> set[tuple[str, str]]:
+    """(model, data set) of every cell with a run whose validation error fell by more than STILL_LEARNING points
+    over its last LATE of steps (runs from before `late_fall` was recorded count as settled)."""
+    return {(r["model"], r["dataset"]) for r in records if (r.get("late_fall") or 0.0) > STILL_LEARNING}
+
+
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     """A pipe table, one line per row. Kept by hand rather than DataFrame.to_markdown: tabulate pads every cell
     to its column's width, so one wider number would rewrite every line of the README's copy of the table."""
@@ -117,8 +130,8 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
                       *("| " + " | ".join(r) + " |" for r in rows)]) + "\n"
 
 
-_TEX_SYMBOLS = [("±", "$\\pm$"), ("†", "$^\\dagger$"), ("≈", "$\\approx$"), ("—", "--"), ("×", "$\\times$"),
-                ("√", "$\\surd$")]
+_TEX_SYMBOLS = [("±", "$\\pm$"), ("†", "$^\\dagger$"), ("‡", "$^\\ddagger$"), ("≈", "$\\approx$"), ("—", "--"),
+                ("×", "$\\times$"), ("√", "$\\surd$")]
 
 
 def _tex_symbols(s: str) -> str:
