@@ -89,3 +89,19 @@ def test_train_benchmark_names_what_it_cannot_cost(capsys):
         with pytest.raises(SystemExit):
             bench.main(["train", "--config", "config/smoke.yaml", "--device", "cpu", *argv])
         assert message in capsys.readouterr().err
+
+
+def test_pool_benchmark_prints_ratios_against_torch_for_every_case(capsys, monkeypatch):
+    from stn import bench_pool
+
+    monkeypatch.setattr(bench_pool, "CASES", [("small", (2, 1, 8, 8), 2, False), ("small CL", (2, 3, 4, 4), 2, True)])
+    times = iter([4e-3, 1e-3, 9e-3, 3e-3] * 2)  # per case: torch fwd, ours fwd, torch fwd+bwd, ours fwd+bwd
+    timed = []
+    monkeypatch.setattr(bench_pool, "_time", lambda fn, device, repeats: (fn(), timed.append(fn), next(times))[-1])
+    assert bench.main(["pool", "--repeats", "2"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("small")]
+    assert "2x1x8x8" in rows[0] and "2x3x4x4 CL" in rows[1] and len(timed) == 8  # every function was run
+    for r in rows:
+        assert r.split()[-6:] == ["4.000", "1.000", "4.00", "9.000", "3.000", "3.00"]
+    assert "geometric mean speed-up 3.46x over 4 measurements" in out
