@@ -16,6 +16,6 @@ __all__ = [
     "make_transform",
 ]
 
-from .modules import SpatialTransformer, param_groups  # noqa: E402
+from .modules import AvgPool, SpatialTransformer, avg_pool, param_groups  # noqa: E402
 
-__all__ += ["SpatialTransformer", "param_groups"]
+__all__ += ["AvgPool", "SpatialTransformer", "avg_pool", "param_groups"]
