@@ -138,7 +138,9 @@ class Experiment:
     row_label: str = "Model"
     column_label: str = "data set"
     protocol: dict = field(default_factory=dict)  # the paper's training protocol, for "changed from" captions
-    priority: int = 0  # Snakemake priority of its runs (Table 1 first: its wall time is reported on its own)
+    # Snakemake priority of its runs: Table 1 first (its wall time is reported on its own), then the experiments
+    # whose runs take minutes, Table 5's half-minute runs last, so that short jobs fill the end on few cores
+    priority: int = 0
     settings_key: str = "train"  # the section's key of a run's settings ("train": TrainSettings, with train_overrides)
     job_keys: tuple[str, ...] = ()  # other keys of the section that a run needs (copied into its job.json)
     # (key, values, allowed) triples the schema cannot check: values that must name something the config trains
@@ -282,7 +284,7 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
             ("table1.models (the ST-vs-CNN figure compares with the CNN)", ["CNN"], cfg["table1"]["models"])],
     ),
     Experiment(
-        name="table2", module="multidigit",
+        name="table2", priority=5, module="multidigit",
         title="Table 2: sequence error (%) of multi-digit recognition", paper="table2_svhn",
         summary="Sect. 4.2: on SVHN, transformers in the CNN (Single: one on the input; Multi: one before each of "
                 "the first four conv layers) lower the sequence error, most on the 128 px crops with more background "
@@ -296,7 +298,7 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
         problems=lambda cfg: _svhn_problems(cfg["table2"]),
     ),
     Experiment(
-        name="table3", module="finegrained",
+        name="table3", priority=5, module="finegrained",
         title="Table 3: accuracy (%) of fine-grained classification", paper="table3_cub",
         summary="Sect. 4.3: on CUB-200-2011, 2 or 4 parallel attention transformers find bird parts (head, body) from "
                 "class labels alone and beat the CNN (82.3%); 448 px inputs help (4xST-CNN 448px: 84.1%).",
@@ -307,7 +309,7 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
         problems=_cub_problems,
     ),
     Experiment(
-        name="table4", module="classification", title="Table 4: test error (%) on two-digit MNIST addition (RTS)",
+        name="table4", priority=5, module="classification", title="Table 4: test error (%) on two-digit MNIST addition (RTS)",
         paper="table4_mnist_addition",
         summary="Appendix A.1: two parallel transformers (2xST-FCN) each take one digit and beat every single-transformer model.",
         datasets=("ADD",), models=TABLE4_MODELS,
@@ -334,7 +336,7 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
             ("table5.figure_digit", [cfg["table5"]["figure_digit"]], cfg["table5"]["digits"])],
     ),
     Experiment(
-        name="volumetric", module="volumetric",
+        name="volumetric", priority=5, module="volumetric",
         title="3-D transformer (appendix A.3): test error (%) on extruded, rotated and translated MNIST volumes",
         paper="volumetric",
         summary="Appendix A.3 / Fig. 5: a 3-D affine transformer flattens a rotated volume into a 2-D view for a CNN "

@@ -38,7 +38,7 @@ rule classification_run:
     wildcard_constraints:
         experiment=experiments_of("classification"),
     threads: 1
-    priority: lambda wc: EXPERIMENTS[wc.experiment].priority
+    priority: lambda wc: run_priority(wc.experiment, wc.model)
     resources:
         gpu=1 if USE_GPU else 0,
     log:

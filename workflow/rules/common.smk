@@ -53,6 +53,12 @@ def benchmark_file(name):
     return result(registry.BENCHMARK_FILE.format(name=name))
 
 
+def run_priority(experiment, model=""):
+    """A run's Snakemake priority: its experiment's (registry), one more for a CNN, a classification table's
+    slowest run (10-70x an FCN's step), so that no long job starts last and runs alone at the end."""
+    return EXPERIMENTS[experiment].priority + (model == "CNN")
+
+
 def run_log(experiment="{experiment}", suffix=""):
     """logs/<experiment>/<dataset>_<model>_seed<n><suffix>.log, wildcards left in."""
     return log_file(f"{experiment}/{{dataset}}_{{model}}_seed{{seed}}{suffix}")

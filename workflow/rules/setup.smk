@@ -71,7 +71,7 @@ rule job_spec:
         experiment="|".join(EXPERIMENTS),
     params:
         job=job_spec,
-    priority: lambda wc: EXPERIMENTS[wc.experiment].priority  # as the run it feeds: no Table 1 run waits behind others
+    priority: lambda wc: run_priority(wc.experiment, wc.model)  # as the run it feeds: no run waits behind lesser ones
     log:
         run_log(suffix="_job"),
     localrule: True

@@ -39,6 +39,7 @@ rule table2_run:
     output:
         metrics=run_file("metrics.json", "table2"),
         model=run_file("model.pt", "table2"),
+    priority: run_priority("table2")
     threads: 1
     resources:
         gpu=1 if USE_GPU else 0,

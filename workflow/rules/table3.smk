@@ -38,6 +38,7 @@ rule table3_run:
     output:
         metrics=run_file("metrics.json", "table3"),
         model=run_file("model.pt", "table3"),
+    priority: run_priority("table3")
     threads: 1
     resources:
         gpu=1 if USE_GPU else 0,

@@ -54,6 +54,7 @@ rule table5_run:
     output:
         metrics=run_file("metrics.json", "table5"),
         trajectory=run_file("trajectory.json", "table5"),
+    priority: run_priority("table5")
     threads: 1
     log:
         run_log("table5"),

@@ -32,6 +32,7 @@ rule volumetric_run:
     output:
         metrics=run_file("metrics.json", "volumetric"),
         model=run_file("model.pt", "volumetric"),
+    priority: run_priority("volumetric")
     threads: 1
     resources:
         gpu=1 if USE_GPU else 0,
