@@ -155,18 +155,27 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def time_method(method: Method, case: Case, device, backward: bool, repeats: int) -> tuple[float, float]:
-    """(fastest, median) seconds per call."""
-    x, theta = _inputs(case, device, backward)
-    for _ in range(2):
-        _step(method, x, theta, backward)
+def call_times(fn: Callable[[], object], device, repeats: int, warmup: int = 2) -> tuple[float, list[float]]:
+    """(seconds the `warmup` untimed calls of `fn` took, seconds of each of `repeats` timed calls); the device
+    is synchronised after each, so a call's time includes its kernels. Every benchmark here times with it."""
+    start = time.perf_counter()
+    for _ in range(warmup):
+        fn()
     _sync(device)
+    warm = time.perf_counter() - start
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        _step(method, x, theta, backward)
+        fn()
         _sync(device)
         times.append(time.perf_counter() - start)
+    return warm, times
+
+
+def time_method(method: Method, case: Case, device, backward: bool, repeats: int) -> tuple[float, float]:
+    """(fastest, median) seconds per call."""
+    x, theta = _inputs(case, device, backward)
+    _, times = call_times(lambda: _step(method, x, theta, backward), device, repeats)
     return min(times), statistics.median(times)
 
 

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 
-from .bench import _sync, keep_freed_memory
+from .bench import call_times, keep_freed_memory
 from .modules import avg_pool
 
 # (what pools it, input shape, k, channels-last)
@@ -30,16 +29,7 @@ CASES = [
 
 
 def _time(fn, device, repeats: int) -> float:
-    for _ in range(2):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return min(times)
+    return min(call_times(fn, device, repeats)[1])
 
 
 def main(argv: list[str] | None = None) -> int:

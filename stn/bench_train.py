@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 import torch
 
-from .bench import _sync, keep_freed_memory
+from .bench import call_times, keep_freed_memory
 
 MODES = {"cpu": ("none", "default"), "cuda": ("none", "reduce-overhead")}
 
@@ -46,17 +45,7 @@ def step_times(model: torch.nn.Module, dataset: str, settings, mode: str, device
         _forward_backward(step_model, opt, x, y)
         opt.step()
 
-    start = time.perf_counter()
-    for _ in range(warmup):
-        step()
-    _sync(device)
-    warm = time.perf_counter() - start
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        _sync(device)
-        times.append(time.perf_counter() - start)
+    warm, times = call_times(step, device, steps, warmup)
     return warm, statistics.median(times)
 
 
