@@ -14,6 +14,7 @@ rule classification_params:
         models=lambda wc: grid(wc.experiment).models,
         cap=lambda wc: config[wc.experiment]["param_target"],
         net=lambda wc: net_options(config[wc.experiment]["net"]),
+    priority: lambda wc: run_priority(wc.experiment) + 1  # its runs wait for it
     log:
         log_file("{experiment}_params"),
     benchmark:

@@ -55,7 +55,10 @@ def benchmark_file(name):
 
 def run_priority(experiment, model=""):
     """A run's Snakemake priority: its experiment's (registry), one more for a CNN, a classification table's
-    slowest run (10-70x an FCN's step), so that no long job starts last and runs alone at the end."""
+    slowest run (10-70x an FCN's step), so that no long job starts last and runs alone at the end. The jobs
+    that a table's runs wait for (its parameter table, MLflow experiment, job files) take at least the same:
+    Snakemake does not pass priorities upstream, so a Table 1 whose parameter table sat at 0 waited behind
+    every appendix run."""
     return EXPERIMENTS[experiment].priority + (model == "CNN")
 
 

@@ -55,6 +55,7 @@ rule mlflow_experiment:
         experiment="|".join(EXPERIMENTS),
     params:
         results=lambda wildcards, output: Path(output[0]).parents[2],  # the results directory
+    priority: lambda wc: run_priority(wc.experiment) + 1  # its runs wait for it
     log:
         log_file("mlflow_{experiment}"),
     benchmark:

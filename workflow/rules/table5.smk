@@ -32,7 +32,7 @@ rule table5_encoder:
         params=aux_file("table5", "encoder", "params.json"),
         metrics=aux_file("table5", "encoder", "metrics.json"),
     threads: 1
-    priority: 5  # every Table 5 run waits for it
+    priority: run_priority("table5") + 5  # every Table 5 run waits for it
     log:
         log_file("table5/encoder"),
     benchmark:
