@@ -41,6 +41,7 @@ def schema(schema_path: str | Path) -> dict:
     full = _read(schema_path)
     defs = full.setdefault("$defs", {})
     defs["train"] = settings.train_schema()
+    defs["train_keys"] = settings.train_schema(complete=False)
     for e in registry.EXPERIMENTS.values():
         full["properties"][e.name] = _read(schema_path.parent / f"{e.name}.schema.json")
         full["required"].append(e.name)

@@ -76,18 +76,21 @@ def _config_keys() -> list:
     return [f for f in fields(TrainSettings) if "schema" in f.metadata]
 
 
-def train_schema() -> dict:
-    """The schema of a config's `train` mapping, from TrainSettings' fields."""
-    return {"type": "object", "additionalProperties": False,
-            "required": [f.name for f in _config_keys() if f.default is MISSING],
-            "properties": {f.name: {**f.metadata["schema"], "description": f.metadata["help"]} for f in _config_keys()}}
+def _train_properties() -> dict:
+    return {f.name: {**f.metadata["schema"], "description": f.metadata["help"]} for f in _config_keys()}
+
+
+def train_schema(complete: bool = True) -> dict:
+    """The schema of a config's `train` mapping, from TrainSettings' fields; with complete=False, of some of
+    its keys (settings given over another section's, such as table5.encoder.train)."""
+    required = [f.name for f in _config_keys() if f.default is MISSING] if complete else []
+    return {"type": "object", "additionalProperties": False, "required": required, "properties": _train_properties()}
 
 
 def override_schema(datasets: list[str], models: list[str]) -> dict:
     """One `train_overrides` entry: a selector (data set, model or both) and any training keys."""
-    props = {f.name: {**f.metadata["schema"], "description": f.metadata["help"]} for f in _config_keys()}
     return {"type": "object", "additionalProperties": False, "minProperties": 2,
-            "properties": {"dataset": {"enum": list(datasets)}, "model": {"enum": list(models)}, **props},
+            "properties": {"dataset": {"enum": list(datasets)}, "model": {"enum": list(models)}, **_train_properties()},
             "anyOf": [{"required": ["dataset"]}, {"required": ["model"]}],
             "description": "settings that replace the table's train settings for the runs it selects"}
 
@@ -148,9 +151,11 @@ def resolve_job(config: dict, name: str, dataset: str, model: str, seed: int) ->
 
 def encoder_job(config: dict) -> dict:
     """The job of Table 5's e(): a Table 1 CNN run (its first seed, the settings Table 1 gives that data
-    set's CNN) trained on its own data reading and inputs (table5.encoder), in runs/table5/encoder/."""
+    set's CNN, with table5.encoder.train over them) trained on its own data reading and inputs
+    (table5.encoder), in runs/table5/encoder/."""
     section, dataset = config["table5"], config["table5"]["encoder_dataset"]
     job = resolve_job(config, "table1", dataset, "CNN", registry.experiment("table1").grid(config["table1"], config).seeds[0])
+    job["settings"] = _typed(config, "table1", {**job["settings"], **section["encoder"].get("train", {})})
     extra = {"encoder": section["encoder"], "init": config["table1"]["net"]["init"], "data_seed": config["data"]["seed"],
              "limits": config["data"].get("limits") or {}}
     return canonical({**job, "experiment": "table5", "model": "encoder", "extra": extra})

@@ -103,9 +103,21 @@ def test_table5_encoder_job_trains_table1s_cnn_with_its_own_data_and_inputs():
     cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     job = settings.encoder_job(cfg)
     assert (job["experiment"], job["dataset"], job["model"], job["seed"]) == ("table5", "P", "encoder", cfg["table1"]["seeds"][0])
-    assert job["settings"] == settings.resolve_job(cfg, "table1", "P", "CNN", cfg["table1"]["seeds"][0])["settings"]
-    assert job["extra"]["encoder"] == {"projective_corners": "independent", "standardise": False}
+    table1 = settings.resolve_job(cfg, "table1", "P", "CNN", cfg["table1"]["seeds"][0])["settings"]
+    # Table 1's P CNN drops its rate 10x at step 900; e() keeps the recipe's encoder, trained without a drop
+    assert table1["lr_step"] == 900 and job["settings"] == {**table1, "lr_step": 50000}
+    assert job["extra"]["encoder"] == {"projective_corners": "independent", "standardise": False,
+                                       "train": {"lr_step": 50000}}
     assert list(job) == sorted(job)  # canonical, so a re-dumped YAML reruns nothing
+
+
+def test_an_unknown_key_in_the_encoders_training_settings_is_refused_by_name():
+    from stn import config as stn_config
+
+    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    cfg["table5"]["encoder"]["train"] = {"lr_stepp": 900}
+    with pytest.raises(stn_config.ConfigError, match=r"table5.encoder.train: unknown key\(s\) \['lr_stepp'\]"):
+        stn_config.validate(cfg, ROOT / "workflow" / "schemas" / "config.schema.json")
 
 
 def test_a_named_config_file_missing_a_key_is_refused_by_name(tmp_path):

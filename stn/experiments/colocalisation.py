@@ -283,4 +283,5 @@ def _encoder_words(section: dict) -> str:
     if section["encoder_dataset"] == "P":
         words.append(f"{enc['projective_corners']} corner moves")
     words.append("standardised inputs" if enc["standardise"] else "raw inputs")
+    words += [f"{key} {value}" for key, value in sorted(enc.get("train", {}).items())]  # over Table 1's settings
     return " (" + ", ".join(words) + ")"
