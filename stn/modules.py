@@ -118,18 +118,20 @@ def _unpool_physical(g: Tensor, dims: list[int], k: int) -> Tensor:
 
 
 class _AvgPool(torch.autograd.Function):
+    """Pooling of x in the layout avg_pool found (`dims`, `channels_last`: what _physical returned for x)."""
+
     @staticmethod
-    def forward(ctx, x: Tensor, k: int) -> Tensor:
-        t, dims = _physical(x)
-        ctx.k, ctx.dims, ctx.channels_last = k, dims, t is not x
+    def forward(ctx, x: Tensor, k: int, dims: list[int], channels_last: bool) -> Tensor:
+        ctx.k, ctx.dims, ctx.channels_last = k, dims, channels_last
+        t = x.movedim(1, -1) if channels_last else x
         out = _pool_physical(t, dims, k).mul_(1.0 / k ** len(dims))
-        return out.movedim(-1, 1) if ctx.channels_last else out
+        return out.movedim(-1, 1) if channels_last else out
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         g = grad.movedim(1, -1) if ctx.channels_last else grad
         g = _unpool_physical(g.contiguous() * (1.0 / ctx.k ** len(ctx.dims)), ctx.dims, ctx.k)
-        return (g.movedim(-1, 1) if ctx.channels_last else g), None
+        return (g.movedim(-1, 1) if ctx.channels_last else g), None, None, None
 
 
 def avg_pool(x: Tensor, k: int) -> Tensor:
@@ -145,10 +147,11 @@ def avg_pool(x: Tensor, k: int) -> Tensor:
         raise ValueError(f"avg_pool: x must be (N, C, H, W) or (N, C, D, H, W), got shape {tuple(x.shape)}")
     if k < 1:
         raise ValueError(f"avg_pool: k must be a positive integer, got {k}")
-    pool = F.avg_pool2d if x.dim() == 4 else F.avg_pool3d
-    if any(s % k for s in x.shape[2:]) or _physical(x) is None or x.numel() == 0:
-        return pool(x, k)
-    return _AvgPool.apply(x, k)
+    layout = _physical(x)
+    if any(s % k for s in x.shape[2:]) or layout is None or x.numel() == 0:
+        return (F.avg_pool2d if x.dim() == 4 else F.avg_pool3d)(x, k)
+    t, dims = layout
+    return _AvgPool.apply(x, k, dims, t is not x)
 
 
 class AvgPool(nn.Module):

@@ -33,6 +33,16 @@ def test_dry_run_shows_the_whole_dag(tmp_path):
     # the config's data and net choices reach the commands: P's corner reading, Table 1's standardisation
     assert "--name P --seed 0  --option projective_corners=radial" in proc.stdout
     assert "--cap 120000 --init default --standardise" in proc.stdout and "--cap 240000 --init default --out" in proc.stdout
+    # scheduling: each table renders as soon as its runs are done, ahead of every waiting run
+    priorities = {}
+    for block in proc.stdout.split("\n\n"):
+        rule = re.search(r"^(?:local)?rule (\w+):", block, re.M)
+        priority = re.search(r"^    priority: (\d+)", block, re.M)
+        if rule and priority:
+            priorities.setdefault(rule.group(1), set()).add(int(priority.group(1)))
+    runs = set().union(*(priorities[r] for r in priorities if r.endswith("_run")))
+    for table in registry.EXPERIMENTS:  # Snakemake prints no priority line for the default 0
+        assert min(priorities.get(table, {0})) > max(runs), (table, priorities.get(table, {0}), max(runs))
 
 
 def test_smoke_outputs_agree(smoke):

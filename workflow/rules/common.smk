@@ -62,6 +62,12 @@ def run_priority(experiment, model=""):
     return EXPERIMENTS[experiment].priority + (model == "CNN")
 
 
+# A table's render job (seconds of work) runs as soon as its runs are done, ahead of every waiting run: at
+# Snakemake's default 0 the session-15 default run had all 80 of Table 1's runs done at 26 min and its table
+# still unwritten at 50, behind the appendix runs.
+RENDER_PRIORITY = 100
+
+
 def run_log(experiment="{experiment}", suffix=""):
     """logs/<experiment>/<dataset>_<model>_seed<n><suffix>.log, wildcards left in."""
     return log_file(f"{experiment}/{{dataset}}_{{model}}_seed{{seed}}{suffix}")

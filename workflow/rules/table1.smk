@@ -12,6 +12,7 @@ rule table1:
         **report_outputs("table1"),
     params:
         summary=EXPERIMENTS["table1"].summary,
+    priority: RENDER_PRIORITY
     log:
         log_file("table1_render"),
     benchmark:

@@ -61,6 +61,7 @@ rule table2:
         **report_outputs("table2"),
     params:
         summary=EXPERIMENTS["table2"].summary,
+    priority: RENDER_PRIORITY
     log:
         log_file("table2_render"),
     benchmark:

@@ -60,6 +60,7 @@ rule table3:
         **report_outputs("table3"),
     params:
         summary=EXPERIMENTS["table3"].summary,
+    priority: RENDER_PRIORITY
     log:
         log_file("table3_render"),
     benchmark:

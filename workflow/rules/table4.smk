@@ -12,6 +12,7 @@ rule table4:
         **report_outputs("table4"),
     params:
         summary=EXPERIMENTS["table4"].summary,
+    priority: RENDER_PRIORITY
     log:
         log_file("table4_render"),
     benchmark:

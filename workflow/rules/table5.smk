@@ -74,6 +74,7 @@ rule table5:
         **report_outputs("table5"),
     params:
         summary=EXPERIMENTS["table5"].summary,
+    priority: RENDER_PRIORITY
     log:
         log_file("table5_render"),
     benchmark:

@@ -56,6 +56,7 @@ rule volumetric:
         **report_outputs("volumetric"),
     params:
         summary=EXPERIMENTS["volumetric"].summary,
+    priority: RENDER_PRIORITY
     log:
         log_file("volumetric_render"),
     benchmark:
