@@ -255,7 +255,8 @@ class Run:
         with torch.no_grad():
             signature = infer_signature(example.numpy(), cpu(example).numpy())
         mlflow.set_tracking_uri(self.uri)
-        with mlflow.start_run(run_id=self.run_id), _without_requirement_scan():  # leaving marks FINISHED; end() sets the final state
+        # leaving the run marks it FINISHED; end() sets the final state
+        with mlflow.start_run(run_id=self.run_id), _without_requirement_scan():
             mlflow.pytorch.log_model(cpu, name="model", signature=signature, serialization_format="pickle",
                                      pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
 

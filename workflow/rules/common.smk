@@ -63,7 +63,7 @@ def run_priority(experiment, model=""):
 
 
 # A table's render job (seconds of work) runs as soon as its runs are done, ahead of every waiting run: at
-# Snakemake's default 0 the session-15 default run had all 80 of Table 1's runs done at 26 min and its table
+# Snakemake's default 0 the session-15 default run had all 80 of Table 1's runs done at 32 min and its table
 # still unwritten at 50, behind the appendix runs.
 RENDER_PRIORITY = 100
 
