@@ -1,6 +1,6 @@
 """`python -m stn.bench sampler`: time every sampler implementation against F.affine_grid + F.grid_sample.
-(`python -m stn.bench train`: training steps per second and the protocol's device-hours, stn/bench_train.py;
-`python -m stn.bench pool`: average pooling against torch's, stn/bench_pool.py.)
+(The other subcommands, in SUBCOMMANDS: `train`, training steps per second and the protocol's device-hours;
+`pool`, average pooling against torch's; `grid`, the projective and TPS grid generators against autograd's.)
 
 Each method runs the whole transformer step that a model pays for (grid generation from θ and
 sampling; forward, and forward+backward with gradients for input and θ), so ratios are
@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import importlib
 import math
 import os
 import statistics
@@ -279,19 +280,16 @@ def format_row(r: dict, left_s: float | None = None) -> str:
             f"{r['copy_percent']:>7.1f} {r['peak_mib']:>9.1f} {left:>7}").rstrip()
 
 
+SUBCOMMANDS = {"train": "bench_train", "pool": "bench_pool", "grid": "bench_grid"}  # name -> module with main(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["train"]:  # training steps and the protocol's device-hours: stn/bench_train.py
-        from . import bench_train
-
-        return bench_train.main(argv[1:])
-    if argv[:1] == ["pool"]:  # average pooling against torch's: stn/bench_pool.py
-        from . import bench_pool
-
-        return bench_pool.main(argv[1:])
+    if argv[:1] and argv[0] in SUBCOMMANDS:
+        return importlib.import_module(f".{SUBCOMMANDS[argv[0]]}", __package__).main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m stn.bench", description=__doc__)
-    parser.add_argument("what", choices=["sampler", "train", "pool"],
-                        help="what to benchmark (train, pool: see `train --help`, `pool --help`)")
+    parser.add_argument("what", choices=["sampler", *SUBCOMMANDS],
+                        help=f"what to benchmark (the others: see `{' --help`, `'.join(SUBCOMMANDS)} --help`)")
     parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")

@@ -2,6 +2,7 @@
 import re
 
 import pytest
+import torch
 
 from stn import bench
 
@@ -105,3 +106,24 @@ def test_pool_benchmark_prints_ratios_against_torch_for_every_case(capsys, monke
     for r in rows:
         assert r.split()[-6:] == ["4.000", "1.000", "4.00", "9.000", "3.000", "3.00"]
     assert "geometric mean speed-up 3.46x over 4 measurements" in out
+
+
+def test_grid_benchmark_prints_ratios_against_the_autograd_reference(capsys, monkeypatch):
+    from stn import bench_grid
+    from stn.transforms import Projective, ThinPlateSpline
+
+    monkeypatch.setattr(bench_grid, "CASES", [("proj", Projective(), 2, 5), ("tps", ThinPlateSpline(3), 3, 4)])
+    times = iter([2e-3, 1e-3, 8e-3, 2e-3] * 2)  # per case: reference fwd, ours fwd, reference fwd+bwd, ours fwd+bwd
+    results = []
+    monkeypatch.setattr(bench_grid, "_time", lambda fn, device, repeats: (results.append(fn()), next(times))[-1])
+    assert bench.main(["grid", "--repeats", "2"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith(("proj", "tps"))]
+    assert "Projective 5²" in rows[0] and "ThinPlateS 4²" in rows[1]
+    for r in rows:
+        assert r.split()[-6:] == ["2.000", "1.000", "2.00", "8.000", "2.000", "4.00"]
+    # the two forwards of each case are the same grid, and the two backwards the same gradient
+    for ref, ours in (results[0:2], results[2:4], results[4:6], results[6:8]):
+        ref, ours = (r if isinstance(r, torch.Tensor) else r[0] for r in (ref, ours))
+        torch.testing.assert_close(ref.reshape(ours.shape), ours)
+    assert "geometric mean speed-up 2.83x over 4 measurements" in out
