@@ -1,21 +1,38 @@
-"""Spatial Transformer Networks (Jaderberg et al., 2015): library and reproducibility pipeline."""
-from . import ops, transforms
-from .ops import sample
-from .transforms import Affine, Affine3D, Attention, LearnableBasis, Projective, ThinPlateSpline, make_transform
+"""Spatial Transformer Networks (Jaderberg et al., 2015): library and reproducibility pipeline.
 
-__all__ = [
-    "ops",
-    "transforms",
-    "sample",
-    "Affine",
-    "Affine3D",
-    "Attention",
-    "LearnableBasis",
-    "Projective",
-    "ThinPlateSpline",
-    "make_transform",
-]
+The public names below load on first use, so that `stn`'s light modules (the command-line client, the
+warm-start client stn.warm, the config checks) start without importing torch.
+"""
+import importlib
 
-from .modules import AvgPool, SpatialTransformer, avg_pool, param_groups  # noqa: E402
+_PUBLIC = {
+    "ops": None,
+    "transforms": None,
+    "sample": "ops",
+    "Affine": "transforms",
+    "Affine3D": "transforms",
+    "Attention": "transforms",
+    "LearnableBasis": "transforms",
+    "Projective": "transforms",
+    "ThinPlateSpline": "transforms",
+    "make_transform": "transforms",
+    "AvgPool": "modules",
+    "SpatialTransformer": "modules",
+    "avg_pool": "modules",
+    "param_groups": "modules",
+}
+__all__ = list(_PUBLIC)
 
-__all__ += ["AvgPool", "SpatialTransformer", "avg_pool", "param_groups"]
+
+def __getattr__(name: str):
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'stn' has no attribute {name!r}")
+    home = _PUBLIC[name]
+    module = importlib.import_module(f"{__name__}.{home or name}")
+    value = module if home is None else getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_PUBLIC))

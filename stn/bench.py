@@ -180,6 +180,29 @@ def time_method(method: Method, case: Case, device, backward: bool, repeats: int
     return min(times), statistics.median(times)
 
 
+def fastest(fn: Callable[[], object], device, repeats: int) -> float:
+    """The fastest of `repeats` calls of fn, in seconds (the estimate noise cannot move: see the docstring)."""
+    return min(call_times(fn, device, repeats)[1])
+
+
+def ratio_setup(prog: str, description: str, argv: list[str] | None) -> tuple[argparse.Namespace, torch.device, str]:
+    """The shared front of the ours-against-torch benchmarks (`pool`, `grid`): --device, --repeats and --threads
+    parsed and applied; returns the arguments, the device and its name for the header."""
+    parser = argparse.ArgumentParser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is available")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    keep_freed_memory()
+    device = torch.device(args.device)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    return args, device, where
+
+
 def keep_freed_memory() -> bool:
     """Tell glibc's malloc to keep freed memory in the process (no trimming, no mmap per large block).
 

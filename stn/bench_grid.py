@@ -7,12 +7,11 @@ ours, measured in the same run (> 1: ours is faster).
 """
 from __future__ import annotations
 
-import argparse
 import statistics
 
 import torch
 
-from .bench import call_times, keep_freed_memory
+from .bench import fastest, ratio_setup
 from .transforms import Projective, ThinPlateSpline, Transform, basis_points_reference
 
 # (which models generate it, transform, batch, output side)
@@ -27,10 +26,6 @@ CASES = [
 ]
 
 
-def _time(fn, device, repeats: int) -> float:
-    return min(call_times(fn, device, repeats)[1])
-
-
 def _generators(t: Transform, size: int, device):
     basis = t._cached_basis((size, size), False, device, torch.float32)
     ours = lambda th: t.grid(th, (size, size))  # noqa: E731
@@ -39,19 +34,7 @@ def _generators(t: Transform, size: int, device):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stn.bench grid", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--repeats", type=int, default=50)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    args = parser.parse_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device is available")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    keep_freed_memory()
-    device = torch.device(args.device)
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    args, device, where = ratio_setup("python -m stn.bench grid", __doc__, argv)
     print(f"== {where}: grid generation, ms = fastest of {args.repeats} calls; "
           "x = the autograd reference's ms / ours (> 1: faster)")
     header = f"{'case':<32} {'grid':<16} {'fwd ref':>8} {'ours':>8} {'x':>6} {'fwd+bwd ref':>12} {'ours':>8} {'x':>6}"
@@ -62,8 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         theta = (t.identity(n, device=device) + 0.05 * torch.randn(n, t.num_params, device=device)).requires_grad_()
         grad = torch.randn(n, size * size, 2, device=device)
         fns = _generators(t, size, device)
-        row = [_time(lambda: f(theta.detach()), device, args.repeats) for f in fns]
-        row += [_time(lambda: torch.autograd.grad(f(theta).reshape(grad.shape), theta, grad), device, args.repeats)
+        row = [fastest(lambda: f(theta.detach()), device, args.repeats) for f in fns]
+        row += [fastest(lambda: torch.autograd.grad(f(theta).reshape(grad.shape), theta, grad), device, args.repeats)
                 for f in fns]
         ratios += [row[0] / row[1], row[2] / row[3]]
         print(f"{name:<32} {type(t).__name__[:10] + f' {size}²':<16} {row[0] * 1e3:>8.3f} {row[1] * 1e3:>8.3f} "

@@ -6,13 +6,12 @@ the ratio is torch's time over ours, measured in the same run (> 1: ours is fast
 """
 from __future__ import annotations
 
-import argparse
 import statistics
 
 import torch
 import torch.nn.functional as F
 
-from .bench import call_times, keep_freed_memory
+from .bench import fastest, ratio_setup
 from .modules import avg_pool
 
 # (what pools it, input shape, k, channels-last)
@@ -28,24 +27,8 @@ CASES = [
 ]
 
 
-def _time(fn, device, repeats: int) -> float:
-    return min(call_times(fn, device, repeats)[1])
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stn.bench pool", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--repeats", type=int, default=50)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    args = parser.parse_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device is available")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    keep_freed_memory()
-    device = torch.device(args.device)
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    args, device, where = ratio_setup("python -m stn.bench pool", __doc__, argv)
     print(f"== {where}: average pooling, ms = fastest of {args.repeats} calls; x = torch's ms / ours (> 1: faster)")
     header = f"{'case':<34} {'input':<22} {'k':>2} {'fwd torch':>10} {'ours':>8} {'x':>6} {'fwd+bwd torch':>14} {'ours':>8} {'x':>6}"
     print(header + "\n" + "-" * len(header), flush=True)
@@ -59,9 +42,9 @@ def main(argv: list[str] | None = None) -> int:
         grad = torch.ones_like(torch_pool(x, k))
         row = []
         for pool in (torch_pool, avg_pool):
-            row.append(_time(lambda: pool(x, k), device, args.repeats))
+            row.append(fastest(lambda: pool(x, k), device, args.repeats))
         for pool in (torch_pool, avg_pool):
-            row.append(_time(lambda: torch.autograd.grad(pool(leaf, k), leaf, grad), device, args.repeats))
+            row.append(fastest(lambda: torch.autograd.grad(pool(leaf, k), leaf, grad), device, args.repeats))
         ratios += [row[0] / row[1], row[2] / row[3]]
         layout = "x".join(map(str, shape)) + (" CL" if channels_last else "")
         print(f"{name:<34} {layout:<22} {k:>2} {row[0] * 1e3:>10.3f} {row[1] * 1e3:>8.3f} {row[0] / row[1]:>6.2f} "

@@ -308,6 +308,12 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    from . import warm
+
+    code = warm.forward(argv)  # a warm server's child runs it (stn/warm.py), or None: run it here
+    if code is not None:
+        return code
     args = parser().parse_args(argv)
     os.environ.setdefault("KINETO_LOG_LEVEL", "5")
     try:

@@ -116,6 +116,36 @@ def test_centred_localiser_keeps_the_mean_crop_at_the_canvas_centre():
     assert torch.allclose(co.localise(plain, x, 0.5)[1][:, 1:], torch.full((6, 2), 0.3))
 
 
+def test_ink_offset_is_the_mean_ink_centroid_in_crop_units():
+    crops = torch.zeros(2, 1, 4, 4)
+    crops[0, 0, 1, 3] = 1.0  # pixel centre x = 0.75, y = -0.25
+    crops[1, 0, 2, 0] = 1.0  # x = -0.75, y = 0.25
+    crops[1, 0, 2, 1] = 1.0  # x = -0.25: this crop's centroid x = -0.5
+    torch.testing.assert_close(co.ink_offset(crops), torch.tensor([(0.75 - 0.5) / 2, 0.0]))
+    assert co.ink_offset(torch.zeros(3, 1, 4, 4)).abs().max() == 0  # blank crops count as centred
+
+
+def test_recentre_moves_the_crops_mean_towards_their_ink():
+    torch.manual_seed(0)
+    st = co.localiser(centred=True)
+    x = torch.zeros(5, 1, co.CANVAS, co.CANVAS)
+    x[:, :, 40:44, 50:54] = 1.0  # ink right of the centre in every image, inside the centred crops
+    scale = co.CROP / co.CANVAS
+    crops, theta = co.localise(st, x, scale)
+    assert theta[:, 1:].mean(0).abs().max() < 1e-6
+    offset = co.ink_offset(crops)
+    assert offset[0] > 0.3 and abs(offset[1]) < 0.1
+    co.recentre(st, crops, scale)
+    moved = co.localise(st, x, scale)[1][:, 1:].mean(0)
+    torch.testing.assert_close(moved, co.RECENTRE_RATE * scale * offset)
+
+
+def test_optimise_names_the_centre_choices(monkeypatch):
+    with pytest.raises(ValueError, match=r"optimise.centre must be one of \['ink', 'canvas', 'none'\]"):
+        co.optimise(np.zeros((2, co.CANVAS, co.CANVAS), np.uint8), np.zeros((2, 4), np.float32), torch.nn.Sequential(),
+                    {"centre": True}, 0)
+
+
 def test_derangement_never_pairs_an_image_with_itself():
     gen = torch.Generator().manual_seed(0)
     for n in (2, 3, 100):
