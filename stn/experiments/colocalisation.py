@@ -47,7 +47,10 @@ def make_images(mnist: dict[str, np.ndarray], digit: int, variant: str, count: i
             "mnist_index": chosen}
 
 
-CENTRES = ("ink", "canvas", "none")  # where the crops' mean position is held (`optimise.centre`)
+# Where the crops' mean position is held (`optimise.centre`), with the words the caption gives each.
+CENTRE_WORDS = {"ink": " and the crops' mean is held at the canvas centre, then follows their ink",
+                "canvas": " and the crops' mean is held at the canvas centre", "none": ""}
+CENTRES = tuple(CENTRE_WORDS)
 RECENTRE_RATE = 0.5  # the fraction of the crops' mean ink offset that `centre: ink` moves the pin each step
 
 
@@ -310,8 +313,6 @@ def render(spec: dict, results: Path) -> list[Path]:
 
 
 OPTIMIZER_NAMES = {"adam": "Adam", "sgd": "SGD"}  # as the caption spells them
-CENTRE_WORDS = {"ink": " and the crops' mean is held at the canvas centre, then follows their ink",
-                "canvas": " and the crops' mean is held at the canvas centre", "none": ""}
 
 
 def _encoder_words(section: dict) -> str:
