@@ -100,6 +100,16 @@ def test_smoke_outputs_agree(smoke):
     assert [h.step for h in sorted(history, key=lambda h: h.step)] == [15, 30]
 
 
+def test_every_smoke_job_started_warm_and_the_server_stopped(smoke):
+    """The Snakefile's onstart server (stn/warm.py) ran every `stn` job of the local run, then stopped."""
+    log = (smoke / "logs" / "warm_server.log").read_text()
+    assert "ready on" in log and log.rstrip().endswith("stopped")
+    jobs = sorted(smoke.glob("runs/*/*/*/seed*/job.json"))
+    assert len(jobs) > 20
+    for job in jobs:
+        assert f"stn run --job {job.relative_to(smoke.parent)}" in log or f"stn run --job {job}" in log, job
+
+
 def test_a_model_logged_by_the_smoke_run_loads_through_mlflow_and_gives_its_test_error(smoke):
     import mlflow.pytorch
     import numpy as np
