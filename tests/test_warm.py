@@ -103,6 +103,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
+@pytest.mark.slow  # needs the smoke run (conftest)
 def test_sigterm_to_the_client_stops_the_command_as_it_would_stop_a_process(server, smoke, tmp_path):
     path, log = server
     job, out = _long_job(smoke, tmp_path), tmp_path / "out.log"
@@ -115,6 +116,7 @@ def test_sigterm_to_the_client_stops_the_command_as_it_would_stop_a_process(serv
     _wait(lambda: not _alive(_child_pid(log, job)), 30, "the child to end")
 
 
+@pytest.mark.slow  # needs the smoke run (conftest)
 def test_a_killed_client_takes_its_command_with_it(server, smoke, tmp_path):
     path, log = server
     job, out = _long_job(smoke, tmp_path), tmp_path / "out.log"
