@@ -103,32 +103,33 @@ def _alive(pid: int) -> bool:
     return True
 
 
-@pytest.mark.slow  # needs the smoke run (conftest)
-def test_sigterm_to_the_client_stops_the_command_as_it_would_stop_a_process(server, smoke, tmp_path):
+def _training(server, smoke, tmp):
+    """A long training run started through the server, once it is iterating: (job.json, its output, the
+    client process, the child's pid)."""
     path, log = server
-    job, out = _long_job(smoke, tmp_path), tmp_path / "out.log"
+    job, out = _long_job(smoke, tmp), tmp / "out.log"
     client = _client(smoke, job, path, out)
     _wait(lambda: "iteration" in out.read_text(), 120, "the first iterations")
+    return job, out, client, _child_pid(log, job)
+
+
+@pytest.mark.slow  # needs the smoke run (conftest)
+def test_sigterm_to_the_client_stops_the_command_as_it_would_stop_a_process(server, smoke, tmp_path):
+    job, out, client, child = _training(server, smoke, tmp_path)
     client.send_signal(signal.SIGTERM)
     assert client.wait(60) == 1
     assert "terminated (SIGTERM)" in out.read_text()
     assert not (job.parent / "metrics.json").exists()
-    _wait(lambda: not _alive(_child_pid(log, job)), 30, "the child to end")
+    _wait(lambda: not _alive(child), 30, "the child to end")
 
 
 @pytest.mark.slow  # needs the smoke run (conftest)
 def test_a_killed_client_takes_its_command_with_it(server, smoke, tmp_path):
-    path, log = server
-    job, out = _long_job(smoke, tmp_path), tmp_path / "out.log"
-    client = _client(smoke, job, path, out)
-    _wait(lambda: "iteration" in out.read_text(), 120, "the first iterations")
-    child = _child_pid(log, job)
+    _, out, client, child = _training(server, smoke, tmp_path)
     client.kill()
     client.wait(30)
     _wait(lambda: not _alive(child), 30, "the orphaned command to stop")
     assert "terminated (SIGTERM)" in out.read_text()
-
-
 def test_the_server_exits_when_its_owner_is_gone_and_removes_its_socket(tmp_path):
     owner = subprocess.Popen(["sleep", "600"])
     path = tmp_path / "o.sock"
