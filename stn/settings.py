@@ -48,6 +48,10 @@ class TrainSettings:
                         "none (eager), or the torch.compile mode of the training steps' forward and backward: default "
                         "(Inductor's kernels) or reduce-overhead (on a GPU also CUDA graphs: each step replays one "
                         "capture, with no per-kernel host work); evaluation stays eager", "none")
+    loc_warmup: int = _key({"type": "integer", "minimum": 0},
+                           "steps over which the localisation nets' learning rate ramps linearly from 0 to its "
+                           "value (0: no ramp): the classifier learns first, and a localisation net at a high "
+                           "rate does not throw the window off the canvas while the classifier's gradient is noise", 0)
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda; the config's top-level device"})
 
     @classmethod
@@ -66,9 +70,9 @@ class TrainSettings:
         return cls(**d)
 
     def to_dict(self) -> dict:
-        """The settings as a mapping; optional keys at their defaults (lr_milestones None, compile none) are left
+        """The settings as a mapping; optional keys at their defaults (lr_milestones None, compile none, loc_warmup 0) are left
         out, so a job spec written before the key existed still reads as the same settings."""
-        unset = {"lr_milestones": None, "compile": "none"}
+        unset = {"lr_milestones": None, "compile": "none", "loc_warmup": 0}
         return {k: v for k, v in asdict(self).items() if not (k in unset and v == unset[k])}
 
 

@@ -6,6 +6,7 @@ is the file the pipeline treats as "done". Every write is atomic.
 """
 from __future__ import annotations
 
+import bisect
 import functools
 import hashlib
 import io
@@ -169,6 +170,25 @@ def _forward_backward(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Ten
     return loss
 
 
+def make_scheduler(opt: torch.optim.Optimizer, settings: TrainSettings) -> torch.optim.lr_scheduler.LRScheduler:
+    """The learning-rate schedule: a drop by lr_gamma every lr_step (or at each of lr_milestones), and with
+    loc_warmup > 0 the localisation group's rate ramping linearly from 0 over its first loc_warmup steps."""
+    lrs = torch.optim.lr_scheduler
+    if not settings.loc_warmup:
+        return (lrs.MultiStepLR(opt, sorted(settings.lr_milestones), settings.lr_gamma) if settings.lr_milestones
+                else lrs.StepLR(opt, settings.lr_step, settings.lr_gamma))
+    milestones = sorted(settings.lr_milestones or [])
+
+    def drops(it: int) -> float:
+        passed = bisect.bisect_right(milestones, it) if milestones else it // settings.lr_step
+        return settings.lr_gamma ** passed
+
+    def ramp(it: int) -> float:
+        return drops(it) * min(1.0, it / settings.loc_warmup)
+
+    return lrs.LambdaLR(opt, [ramp if g.get("name") == "localisation" else drops for g in opt.param_groups])
+
+
 def _saved_settings(ckpt: dict) -> TrainSettings | None:
     """The settings a checkpoint was written with (None if unreadable); keys added since default."""
     try:
@@ -201,8 +221,7 @@ def train_run(
     y_val = torch.from_numpy(data["y_val"][: settings.eval_samples])
     groups = param_groups(model, settings.lr, settings.loc_lr_mult)
     opt = make_optimizer(settings.optimizer, groups, settings.lr, settings.momentum, settings.weight_decay)
-    sched = (torch.optim.lr_scheduler.MultiStepLR(opt, sorted(settings.lr_milestones), settings.lr_gamma)
-             if settings.lr_milestones else torch.optim.lr_scheduler.StepLR(opt, settings.lr_step, settings.lr_gamma))
+    sched = make_scheduler(opt, settings)
     batches = Batches(len(y_train), min(settings.batch_size, len(y_train)), seed)
     eval_batch = 500 if isinstance(data["x_val"], np.ndarray) else 64  # rendered 3-D inputs are large
     start_it, curve, run_id, elapsed, first_loss = 0, [], None, 0.0, None

@@ -211,3 +211,53 @@ def test_channels_last_applies_to_models_with_convolutions_only():
     cnn, st_fcn = (zoo.build(name, spec, 240_000).model for name in ("CNN", "2xST-FCN-Aff"))
     assert wants_channels_last(cnn, True) and not wants_channels_last(cnn, False)
     assert not wants_channels_last(st_fcn, True)  # no convolution: channels-first, no copies
+
+
+def test_loc_warmup_ramps_only_the_localisation_rate():
+    from stn.modules import param_groups
+    from stn.train import make_scheduler
+
+    settings = TrainSettings(**{**SETTINGS, "lr": 0.1, "loc_lr_mult": 0.5, "lr_step": 4, "loc_warmup": 3})
+    net = model()
+    opt = torch.optim.SGD(param_groups(net, settings.lr, settings.loc_lr_mult), lr=settings.lr)
+    sched = make_scheduler(opt, settings)
+    rates = []
+    for _ in range(6):
+        rates.append([round(g["lr"], 6) for g in opt.param_groups])
+        opt.step()
+        sched.step()
+    assert [g["name"] for g in opt.param_groups] == ["main", "localisation"]
+    # main: 0.1 until the drop at 4; localisation: 0.05 ramped over 3 steps from 0, then dropped with the rest
+    assert rates == [[0.1, 0.0], [0.1, 0.016667], [0.1, 0.033333], [0.1, 0.05], [0.01, 0.005], [0.01, 0.005]]
+    assert "loc_warmup" not in TrainSettings(**SETTINGS).to_dict()  # a spec without a ramp reads as before
+
+
+def test_a_warmed_up_run_resumes_to_identical_weights_and_holds_the_window_first(tmp_path, monkeypatch):
+    data = tiny_data()
+    settings = TrainSettings(**{**SETTINGS, "iterations": 12, "loc_warmup": 8})
+    full = train_run(model(), data, settings, seed=1, out_dir=tmp_path / "full", log=lambda s: None)
+    calls = {"n": 0}
+    real = F.cross_entropy
+
+    def dies_at_8(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 8:
+            raise KeyboardInterrupt("simulated kill")
+        return real(*a, **k)
+
+    monkeypatch.setattr(F, "cross_entropy", dies_at_8)
+    with pytest.raises(KeyboardInterrupt):
+        train_run(model(), data, settings, seed=1, out_dir=tmp_path / "resumed", log=lambda s: None)
+    monkeypatch.setattr(F, "cross_entropy", real)
+    resumed = train_run(model(), data, settings, seed=1, out_dir=tmp_path / "resumed", log=lambda s: None)
+    assert resumed["test_error"] == full["test_error"]
+    assert (tmp_path / "resumed" / "model.pt").read_bytes() == (tmp_path / "full" / "model.pt").read_bytes()
+    # one step at rate 0 leaves the localisation net where it started and moves the classifier
+    one = TrainSettings(**{**SETTINGS, "iterations": 1, "loc_warmup": 8, "momentum": 0.0})
+    before = model()
+    train_run(before, data, one, seed=1, out_dir=tmp_path / "one", log=lambda s: None)
+    after = torch.load(tmp_path / "one" / "model.pt")["state_dict"]
+    start = model().state_dict()
+    loc = [k for k in start if ".localisation." in k or ".regressor." in k]
+    assert loc and all(torch.equal(after[k], start[k]) for k in loc)
+    assert any(not torch.equal(after[k], start[k]) for k in start if k.startswith("classifier."))
