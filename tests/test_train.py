@@ -30,24 +30,28 @@ def model():
     return zoo.build("ST-FCN-Aff", zoo.InputSpec(1, 28, 10, False), 120_000).model
 
 
+def train_killed_at(call: int, data, settings, out_dir, monkeypatch) -> None:
+    """Train seed 1 into out_dir until the `call`-th loss computation, which raises KeyboardInterrupt (a kill)."""
+    calls = {"n": 0}
+    real = F.cross_entropy
+
+    def dies(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise KeyboardInterrupt("simulated kill")
+        return real(*a, **k)
+
+    monkeypatch.setattr(F, "cross_entropy", dies)
+    with pytest.raises(KeyboardInterrupt):
+        train_run(model(), data, settings, seed=1, out_dir=out_dir, log=lambda s: None)
+    monkeypatch.setattr(F, "cross_entropy", real)
+
+
 def test_killed_run_resumes_to_identical_weights(tmp_path, monkeypatch):
     data = tiny_data()
     settings = TrainSettings(**{**SETTINGS, "eval_every": 4})  # the checkpoint at 10 falls between evaluations
     full = train_run(model(), data, settings, seed=1, out_dir=tmp_path / "full", log=lambda s: None)
-
-    calls = {"n": 0}
-    real = F.cross_entropy
-
-    def dies_at_13(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 13:
-            raise KeyboardInterrupt("simulated kill")
-        return real(*a, **k)
-
-    monkeypatch.setattr(F, "cross_entropy", dies_at_13)
-    with pytest.raises(KeyboardInterrupt):
-        train_run(model(), data, settings, seed=1, out_dir=tmp_path / "resumed", log=lambda s: None)
-    monkeypatch.setattr(F, "cross_entropy", real)
+    train_killed_at(13, data, settings, tmp_path / "resumed", monkeypatch)
     assert (tmp_path / "resumed" / "checkpoint.pt").exists()
     logs = []
     resumed = train_run(model(), data, settings, seed=1, out_dir=tmp_path / "resumed", log=logs.append)
@@ -236,19 +240,7 @@ def test_a_warmed_up_run_resumes_to_identical_weights_and_holds_the_window_first
     data = tiny_data()
     settings = TrainSettings(**{**SETTINGS, "iterations": 12, "loc_warmup": 8})
     full = train_run(model(), data, settings, seed=1, out_dir=tmp_path / "full", log=lambda s: None)
-    calls = {"n": 0}
-    real = F.cross_entropy
-
-    def dies_at_8(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 8:
-            raise KeyboardInterrupt("simulated kill")
-        return real(*a, **k)
-
-    monkeypatch.setattr(F, "cross_entropy", dies_at_8)
-    with pytest.raises(KeyboardInterrupt):
-        train_run(model(), data, settings, seed=1, out_dir=tmp_path / "resumed", log=lambda s: None)
-    monkeypatch.setattr(F, "cross_entropy", real)
+    train_killed_at(8, data, settings, tmp_path / "resumed", monkeypatch)
     resumed = train_run(model(), data, settings, seed=1, out_dir=tmp_path / "resumed", log=lambda s: None)
     assert resumed["test_error"] == full["test_error"]
     assert (tmp_path / "resumed" / "model.pt").read_bytes() == (tmp_path / "full" / "model.pt").read_bytes()
