@@ -50,8 +50,8 @@ class TrainSettings:
                         "capture, with no per-kernel host work); evaluation stays eager", "none")
     loc_warmup: int = _key({"type": "integer", "minimum": 0},
                            "steps over which the localisation nets' learning rate ramps linearly from 0 to its "
-                           "value (0: no ramp): the classifier learns first, and a localisation net at a high "
-                           "rate does not throw the window off the canvas while the classifier's gradient is noise", 0)
+                           "value, so that the classifier learns before the transformers move (0: no ramp; "
+                           "docs/CHOICES.md has what it did on TC)", 0)
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda; the config's top-level device"})
 
     @classmethod
