@@ -172,7 +172,9 @@ def _forward_backward(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Ten
 
 def make_scheduler(opt: torch.optim.Optimizer, settings: TrainSettings) -> torch.optim.lr_scheduler.LRScheduler:
     """The learning-rate schedule: a drop by lr_gamma every lr_step (or at each of lr_milestones), and with
-    loc_warmup > 0 the localisation group's rate ramping linearly from 0 over its first loc_warmup steps."""
+    loc_warmup > 0 the localisation group's rate ramping linearly from 0 over its first loc_warmup steps. Without
+    a ramp it stays StepLR / MultiStepLR, so the rates, and the checkpoints of runs written before the ramp
+    existed, are bitwise what they were."""
     lrs = torch.optim.lr_scheduler
     if not settings.loc_warmup:
         return (lrs.MultiStepLR(opt, sorted(settings.lr_milestones), settings.lr_gamma) if settings.lr_milestones
