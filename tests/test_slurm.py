@@ -46,6 +46,17 @@ def test_every_profile_runs_the_bookkeeping_run_blocks_in_threads():
         assert yaml.safe_load(profile.read_text()).get("force-use-threads") is True, profile
 
 
+def test_the_local_profile_does_not_replan_every_second():
+    """Snakemake's default (100 jobs / 1 s) re-plans every second while jobs wait for cores, statting every
+    waiting job's inputs: 38% of a core in the default run. The profile must keep it rare, and must not
+    throttle the ~170 bookkeeping jobs that become ready at once."""
+    from snakemake.settings.types import MaxJobsPerTimespan
+
+    value = yaml.safe_load((ROOT / "profiles" / "default" / "config.yaml").read_text())["max-jobs-per-timespan"]
+    limit = MaxJobsPerTimespan.parse_choice(value)
+    assert 5 <= limit.timespan <= 30 and limit.max_jobs >= 500, value
+
+
 def _results(tmp_path, name, cells, extra=None):
     d = tmp_path / name
     (d / "tables").mkdir(parents=True)
