@@ -48,11 +48,15 @@ class SpatialTransformer(nn.Module):
             raise ValueError(f"out_size {self.out_size} does not match a {self.transform.ndim}-D transform")
         self.num_transformers = int(num_transformers)
         self.mode, self.align_corners, self.impl = mode, align_corners, impl
-        p = self.transform.num_params
-        self.regressor = nn.Linear(loc_features, self.num_transformers * p)
+        self.regressor = nn.Linear(loc_features, self.num_transformers * self.transform.num_params)
+        self.start_at(1.0)
+
+    def start_at(self, scale: float = 1.0) -> None:
+        """Reset the regressor to predict x ↦ scale·x for every input: zero weights and the scaled
+        identity as bias (1: the paper's identity; below 1: zoomed in on the centre, see Transform.scaling)."""
         with torch.no_grad():
             self.regressor.weight.zero_()
-            self.regressor.bias.copy_(self.transform.identity(self.num_transformers).reshape(-1))
+            self.regressor.bias.copy_(self.transform.scaling(scale, self.num_transformers).reshape(-1))
 
     def localisation_parameters(self) -> Iterable[nn.Parameter]:
         """Parameters that predict θ (localisation net and regressor), and a learnt basis if any."""

@@ -52,6 +52,10 @@ class TrainSettings:
                            "steps over which the localisation nets' learning rate ramps linearly from 0 to its "
                            "value, so that the classifier learns before the transformers move (0: no ramp; "
                            "docs/CHOICES.md has what it did on TC)", 0)
+    start_zoom: float = _key({"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+                             "the transformers' regressors start at x -> start_zoom * x instead of the identity (1, the "
+                             "paper's): below 1 each starts zoomed in on the centre (docs/CHOICES.md has what it did on TC)",
+                             1.0)
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda; the config's top-level device"})
 
     @classmethod
@@ -70,9 +74,9 @@ class TrainSettings:
         return cls(**d)
 
     def to_dict(self) -> dict:
-        """The settings as a mapping; optional keys at their defaults (lr_milestones None, compile none, loc_warmup 0) are left
-        out, so a job spec written before the key existed still reads as the same settings."""
-        unset = {"lr_milestones": None, "compile": "none", "loc_warmup": 0}
+        """The settings as a mapping; optional keys at their defaults (lr_milestones None, compile none, loc_warmup 0,
+        start_zoom 1) are left out, so a job spec written before the key existed still reads as the same settings."""
+        unset = {"lr_milestones": None, "compile": "none", "loc_warmup": 0, "start_zoom": 1.0}
         return {k: v for k, v in asdict(self).items() if not (k in unset and v == unset[k])}
 
 

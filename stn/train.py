@@ -24,7 +24,7 @@ from torch import nn
 
 from . import ops
 from .io import atomic_path, load_torch, write_json
-from .modules import param_groups
+from .modules import SpatialTransformer, param_groups
 from .settings import OPTIMIZER_NAMES, TrainSettings, late_fall  # noqa: F401  (TrainSettings is re-exported)
 
 
@@ -214,6 +214,9 @@ def train_run(
     out_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(settings.device)
     torch.manual_seed(seed)
+    if settings.start_zoom != 1:
+        for st in (m for m in model.modules() if isinstance(m, SpatialTransformer)):
+            st.start_at(settings.start_zoom)  # a resumed run's checkpoint replaces it below
     model = model.to(device)
     channels_last = wants_channels_last(model, settings.channels_last)
     if channels_last:

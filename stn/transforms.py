@@ -88,6 +88,20 @@ class Transform(nn.Module):
         p = self._identity_params().to(device=device, dtype=dtype or torch.get_default_dtype())
         return p.unsqueeze(0).repeat(batch_size, 1)
 
+    def scaling(self, scale: float, batch_size: int, device=None, dtype=None) -> Tensor:
+        """θ of x ↦ scale·x, shape (batch_size, num_params): below 1 a window zoomed in on the centre.
+
+        The identity's parameters scaled by `scale`, which is that map for every transform here: their
+        identity holds only the linear part (affine, projective: the diagonal; attention: s; a TPS: its
+        control points, and a TPS reproduces linear maps). A transform whose identity has no scale to
+        multiply (attention with a fixed scale) raises ValueError.
+
+        Example: ``Affine().scaling(0.5, 1)`` is ``[[0.5, 0, 0, 0, 0.5, 0]]``.
+        """
+        if isinstance(self, Attention) and self.scale is not None:
+            raise ValueError(f"an attention transform with a fixed scale ({self.scale}) cannot start at another")
+        return scale * self.identity(batch_size, device, dtype)
+
     def check_theta(self, theta: Tensor) -> None:
         if theta.dim() != 2 or theta.shape[1] != self.num_params:
             raise ValueError(

@@ -22,6 +22,17 @@ def test_starts_at_identity_and_returns_theta():
     assert torch.count_nonzero(st.regressor.weight) == 0
 
 
+def test_start_at_zooms_in_on_the_centre_and_restarts_the_regressor():
+    st = SpatialTransformer(loc_net(9 * 9), 8, "affine", (3, 3))
+    nn.init.normal_(st.regressor.weight)  # as if trained
+    st.start_at(1 / 3)
+    x = torch.arange(81.0).view(1, 1, 9, 9)
+    out, theta = st(x)
+    torch.testing.assert_close(theta, torch.tensor([[1 / 3, 0, 0, 0, 1 / 3, 0]]))
+    torch.testing.assert_close(out, x[:, :, 3:6, 3:6])  # the centre 3x3 block, pixel for pixel
+    assert torch.count_nonzero(st.regressor.weight) == 0
+
+
 def test_down_and_over_sampling():
     x = torch.rand(2, 1, 12, 12)
     for size in [(6, 6), (24, 18)]:

@@ -236,6 +236,25 @@ def test_loc_warmup_ramps_only_the_localisation_rate():
     assert "loc_warmup" not in TrainSettings(**SETTINGS).to_dict()  # a spec without a ramp reads as before
 
 
+def test_start_zoom_starts_every_transformer_zoomed_in_and_a_resumed_run_keeps_its_weights(tmp_path, monkeypatch):
+    from stn import SpatialTransformer
+
+    data = tiny_data()
+    one = TrainSettings(**{**SETTINGS, "iterations": 1, "start_zoom": 0.5, "loc_lr_mult": 1e-9})
+    train_run(model(), data, one, seed=1, out_dir=tmp_path / "one", log=lambda s: None)
+    bias = [v for k, v in torch.load(tmp_path / "one" / "model.pt")["state_dict"].items() if k.endswith("regressor.bias")]
+    assert len(bias) == sum(isinstance(m, SpatialTransformer) for m in model().modules()) > 0
+    for b in bias:  # θ after one step at a vanishing rate: still 0.5 × the identity
+        torch.testing.assert_close(b, 0.5 * torch.tensor([1.0, 0, 0, 0, 1, 0]), atol=1e-6, rtol=0)
+    assert "start_zoom" not in TrainSettings(**SETTINGS).to_dict()  # a spec without it reads as before
+    settings = TrainSettings(**{**SETTINGS, "iterations": 12, "start_zoom": 0.7})
+    full = train_run(model(), data, settings, seed=1, out_dir=tmp_path / "full", log=lambda s: None)
+    train_killed_at(8, data, settings, tmp_path / "resumed", monkeypatch)
+    resumed = train_run(model(), data, settings, seed=1, out_dir=tmp_path / "resumed", log=lambda s: None)
+    assert (tmp_path / "resumed" / "model.pt").read_bytes() == (tmp_path / "full" / "model.pt").read_bytes()
+    assert resumed["test_error"] == full["test_error"]
+
+
 def test_a_warmed_up_run_resumes_to_identical_weights_and_holds_the_window_first(tmp_path, monkeypatch):
     data = tiny_data()
     settings = TrainSettings(**{**SETTINGS, "iterations": 12, "loc_warmup": 8})
