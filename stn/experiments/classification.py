@@ -124,6 +124,8 @@ def run_job(job: dict, inputs: dict[str, Path], out_dir: Path) -> dict:
     metrics = train_run(built.model, data, settings, seed, out_dir, tracker(job, inputs["experiments"], tags, out_dir, inputs["data"]),
                         describe, artifacts)
     metrics.update(transform_stats(built.model, data["x_test"]))
+    if "zoom" in metrics and settings.start_zoom != 1:
+        metrics["start_zoom"] = settings.start_zoom  # the transforms table says where the zoom began
     metrics["data_sha256"] = data_info["sha256"]
     metrics = write_metrics(out_dir, metrics)
     return metrics

@@ -177,14 +177,21 @@ def render_transform_table(records: list[dict], datasets: list[str], models: lis
     mean translation |t| of its transformers over the test set (means over seeds), from the runs' metrics."""
     affine = [r for r in records if "zoom" in r]
     zoom, shift = summarize(affine, "zoom"), summarize(affine, "shift")
+    start = {(r["model"], r["dataset"]): r["start_zoom"] for r in affine if "start_zoom" in r}
     rows = [m for m in models if any((m, d) in zoom for d in datasets)]
-    cells = [[display_name(m), *(f"{zoom[m, d][0]:.2f} / {shift[m, d][0]:.2f}" if (m, d) in zoom else "—"
-                                 for d in datasets)] for m in rows]
+
+    def cell(m: str, d: str) -> str:
+        if (m, d) not in zoom:
+            return "—"
+        return f"{zoom[m, d][0]:.2f} / {shift[m, d][0]:.2f}" + (f" (from {start[m, d]:.2f})" if (m, d) in start else "")
+
+    cells = [[display_name(m), *(cell(m, d) for d in datasets)] for m in rows]
     lines = [f"**{caption}**", "", markdown_table(["Model", *datasets], cells)]
     lines += ["Cells: zoom / shift. Zoom is √|det A| of the affine transform from output to input coordinates "
               "(1 = the identity's scale; below 1 the transformer zooms in; a window that frames a 28 px digit exactly "
               "has 28/42 ≈ 0.67 on RTS's 42 px canvas at scale 1 and 28/60 ≈ 0.47 on TC's 60 px canvas). Shift is the "
-              "length of the translation in half-canvas units (0 = centred)."]
+              "length of the translation in half-canvas units (0 = centred)."
+              + (" (from s): the run's transformers started at zoom s (`start_zoom`), not at the identity." if start else "")]
     path = Path(out_dir) / f"{name}_transforms.md"
     write_text(path, "\n".join(lines) + "\n")
     return path
