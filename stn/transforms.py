@@ -94,11 +94,11 @@ class Transform(nn.Module):
         The identity's parameters scaled by `scale`, which is that map for every transform here: their
         identity holds only the linear part (affine, projective: the diagonal; attention: s; a TPS: its
         control points, and a TPS reproduces linear maps). A transform whose identity has no scale to
-        multiply (attention with a fixed scale) raises ValueError.
+        multiply (attention with a fixed scale) has only its identity (scale 1); any other scale raises ValueError.
 
         Example: ``Affine().scaling(0.5, 1)`` is ``[[0.5, 0, 0, 0, 0.5, 0]]``.
         """
-        if isinstance(self, Attention) and self.scale is not None:
+        if scale != 1 and isinstance(self, Attention) and self.scale is not None:
             raise ValueError(f"an attention transform with a fixed scale ({self.scale}) cannot start at another")
         return scale * self.identity(batch_size, device, dtype)
 

@@ -63,6 +63,7 @@ def test_scaling_maps_every_point_to_its_multiple(make):
 def test_scaling_refuses_a_fixed_scale():
     with pytest.raises(ValueError, match="fixed scale"):
         Attention(scale=0.5).scaling(0.6, 1)
+    torch.testing.assert_close(Attention(scale=0.5).scaling(1.0, 2), Attention(scale=0.5).identity(2))
 
 
 def test_grid_matches_affine_grid():
