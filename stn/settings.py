@@ -24,6 +24,9 @@ COMPILE_MODES = ("none", "default", "reduce-overhead")  # torch.compile modes a 
 INITS = ("default", "he")  # weight initialisations (stn.modules.initialise)
 
 
+LATER_KEYS = ("lr_milestones", "compile", "loc_warmup", "start_zoom")  # left out of a job spec at their defaults
+
+
 @dataclass(frozen=True)
 class TrainSettings:
     """How one classification run trains (appendix A.4 unless the config says otherwise)."""
@@ -74,9 +77,9 @@ class TrainSettings:
         return cls(**d)
 
     def to_dict(self) -> dict:
-        """The settings as a mapping; optional keys at their defaults (lr_milestones None, compile none, loc_warmup 0,
-        start_zoom 1) are left out, so a job spec written before the key existed still reads as the same settings."""
-        unset = {"lr_milestones": None, "compile": "none", "loc_warmup": 0, "start_zoom": 1.0}
+        """The settings as a mapping; the keys added after job specs were first written (LATER_KEYS) are left out
+        at their defaults, so a job spec written before such a key existed still reads as the same settings."""
+        unset = {f.name: f.default for f in fields(self) if f.name in LATER_KEYS}
         return {k: v for k, v in asdict(self).items() if not (k in unset and v == unset[k])}
 
 

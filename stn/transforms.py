@@ -98,8 +98,6 @@ class Transform(nn.Module):
 
         Example: ``Affine().scaling(0.5, 1)`` is ``[[0.5, 0, 0, 0, 0.5, 0]]``.
         """
-        if scale != 1 and isinstance(self, Attention) and self.scale is not None:
-            raise ValueError(f"an attention transform with a fixed scale ({self.scale}) cannot start at another")
         return scale * self.identity(batch_size, device, dtype)
 
     def check_theta(self, theta: Tensor) -> None:
@@ -230,6 +228,11 @@ class Attention(Transform):
 
     def _identity_params(self) -> Tensor:
         return torch.tensor([1.0, 0, 0] if self.scale is None else [0.0, 0], dtype=torch.float64)
+
+    def scaling(self, scale: float, batch_size: int, device=None, dtype=None) -> Tensor:
+        if scale != 1 and self.scale is not None:
+            raise ValueError(f"an attention transform with a fixed scale ({self.scale}) cannot start at another")
+        return super().scaling(scale, batch_size, device, dtype)
 
     def basis(self, points: Tensor) -> Tensor:
         return _homogeneous(points)
