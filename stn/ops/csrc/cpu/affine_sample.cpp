@@ -223,6 +223,7 @@ struct PaddedTile {
 
   // Position of the first interior element of input row r (rows in (z, y) order).
   int64_t row_position(int64_t r) const {
+    if constexpr (D == 2) return (r + 1) * stride[1] + 1;  // r < in[1]: no division
     const int64_t y = r % in[1], z = D == 3 ? r / in[1] : 0;
     return (y + 1) * stride[1] + (D == 3 ? (z + 1) * stride[D - 1] : 0) + 1;
   }
@@ -256,27 +257,37 @@ struct PaddedTile {
 
   void zero() { std::fill(data.begin(), data.end(), acc_t(0)); }
 
-  // For the one-channel kernels on float tiles: pairs[i] = the floats at i and i + 1, built from the
-  // loaded tile in one pass; interpolate_row and accumulate_row then gather half as many elements
-  // (each a pair). Call after every load.
-  void pair_up() {
-    if constexpr (std::is_same_v<acc_t, float>) {
-      pairs.resize(data.size());
-      const int64_t n = static_cast<int64_t>(data.size()) - 1;
-      if (n < 0) return;
-      const uint32_t* __restrict__ bits = reinterpret_cast<const uint32_t*>(data.data());
-      uint64_t* __restrict__ q = pairs.data();
-      for (int64_t i = 0; i < n; ++i) q[i] = uint64_t(bits[i]) | (uint64_t(bits[i + 1]) << 32);
-      q[n] = bits[n];
+  // One sample of a one-channel input, for the one-channel kernels' reads (`reader`). For float, the
+  // tile's x-pairs, pairs[i] = the floats at tile positions i and i + 1, written straight from the
+  // sample (the tile itself stays unused); interpolate_row and accumulate_row then gather half as
+  // many elements, each a pair. The border's pairs are zero from the first call on. For double, `load`.
+  // (Loading the tile and then pairing it up was two passes: 256x1x60²->30² forward, 1 thread,
+  // 0.62 -> 0.52 ms.)
+  template <typename scalar_t>
+  void load_one_channel(const scalar_t* src) {
+    if constexpr (std::is_same_v<acc_t, float> && std::is_same_v<scalar_t, float>) {
+      if (pairs.size() != data.size()) pairs.assign(data.size(), 0);
+      const int64_t w = in[0];
+      if (w == 0) return;
+      for (int64_t r = 0; r < rows(); ++r) {
+        const float* __restrict__ s = src + r * w;
+        uint64_t* __restrict__ q = pairs.data() + row_position(r) - 1;  // from the left border's pair
+        q[0] = uint64_t(std::bit_cast<uint32_t>(s[0])) << 32;
+        for (int64_t x = 0; x + 1 < w; ++x)
+          q[x + 1] = uint64_t(std::bit_cast<uint32_t>(s[x])) | (uint64_t(std::bit_cast<uint32_t>(s[x + 1])) << 32);
+        q[w] = std::bit_cast<uint32_t>(s[w - 1]);  // the right border's own pair, (0, 0), is never written
+      }
+    } else {
+      load(src);
     }
   }
 
-  // How the one-channel kernels read taps: float tiles through their pairs (see pair_up), double directly.
+  // How the one-channel kernels read taps: float tiles through their pairs (see load_one_channel), double directly.
   auto reader() const {
     if constexpr (std::is_same_v<acc_t, float>) return PairedTaps{pairs.data()};
     else return Taps<acc_t>{data.data()};
   }
-  std::vector<uint64_t> pairs;  // float, one channel: see pair_up
+  std::vector<uint64_t> pairs;  // float, one channel: see load_one_channel
 };
 
 // The sampling points of a run of output rows: tile offset of tap 0 and fractional parts per axis.
@@ -400,21 +411,20 @@ __attribute__((noinline)) void interpolate_row(Reader taps, const int32_t* __res
   }
 }
 
-// One chunk's share of dθ, for one channel. d_a(j) = grad[j] * d(interpolated value)/d(point j's
-// coordinate on axis a) is what dθ is reduced from: p_a = scale_a (θ_a0 x + θ_a1 y [+ θ_a2 z] + θ_aD)
-// + shift_a, so dθ_ab / scale_a = Σ over points of d_a times (x, y, [z,] 1)_b. The first loop writes
-// d_a(j) to d[a count + j] (vectorised with gathers, like interpolate_row); the second adds d_a(j)
-// times each weight to lane j of sums[(a (D+1) + b) lanes + j], which are summed once per sample:
-// reductions across the lanes per chunk cost more than the rest of a short chunk. (One loop for
-// both vectorises in 2-D but not in 3-D.)
+// One chunk's share of dθ, for one channel, added to dtheta (D rows of D + 1). d_a(j) = grad[j] *
+// d(interpolated value)/d(point j's coordinate on axis a) is what dθ is reduced from: p_a = scale_a
+// (θ_a0 x + θ_a1 y [+ θ_a2 z] + θ_aD) + shift_a, so dθ_ab / scale_a = Σ over points of d_a times
+// (x, y, [z,] 1)_b. The first loop writes d_a(j) to d[a count + j] (vectorised with gathers, like
+// interpolate_row); the second reduces them per axis in vector registers (an `omp simd` reduction),
+// once per chunk of a few hundred points. (Per-point lanes in memory, summed once per sample, cost a
+// load and a store per sum and point. One loop for both vectorises in 2-D but not in 3-D.)
 template <int D, typename acc_t, typename Reader>
 __attribute__((noinline)) void accumulate_row(Reader taps, const int32_t* __restrict__ off,
                                               const acc_t* __restrict__ fx, const acc_t* __restrict__ fy,
                                               const acc_t* __restrict__ fz, std::array<int32_t, 1 << D> corner,
                                               const acc_t* __restrict__ grad, const acc_t* __restrict__ xs,
                                               const acc_t* __restrict__ ys, const acc_t* __restrict__ zs,
-                                              acc_t* __restrict__ d, acc_t* __restrict__ sums, int64_t count,
-                                              int64_t lanes) {
+                                              acc_t* __restrict__ d, double (*dtheta)[D + 1], int64_t count) {
   acc_t* __restrict__ dy = d + (D > 1 ? count : 0);
   acc_t* __restrict__ dz = d + (D - 1) * count;
   for (int64_t j = 0; j < count; ++j) {
@@ -426,14 +436,18 @@ __attribute__((noinline)) void accumulate_row(Reader taps, const int32_t* __rest
   }
   for (int a = 0; a < D; ++a) {
     const acc_t* __restrict__ da = d + a * count;
-    acc_t* __restrict__ s = sums + a * (D + 1) * lanes;
-#pragma GCC ivdep  // the runs of `s` do not overlap (GCC cannot tell, their distance being `lanes`)
+    acc_t along_x = acc_t(0), along_y = acc_t(0), along_z = acc_t(0), total = acc_t(0);
+#pragma omp simd reduction(+ : along_x, along_y, along_z, total)
     for (int64_t j = 0; j < count; ++j) {
-      s[j] += da[j] * xs[j];
-      if constexpr (D > 1) s[lanes + j] += da[j] * ys[j];
-      if constexpr (D > 2) s[2 * lanes + j] += da[j] * zs[j];
-      s[D * lanes + j] += da[j];
+      along_x += da[j] * xs[j];
+      if constexpr (D > 1) along_y += da[j] * ys[j];
+      if constexpr (D > 2) along_z += da[j] * zs[j];
+      total += da[j];
     }
+    dtheta[a][0] += double(along_x);
+    if constexpr (D > 1) dtheta[a][1] += double(along_y);
+    if constexpr (D > 2) dtheta[a][2] += double(along_z);
+    dtheta[a][D] += double(total);
   }
 }
 
@@ -448,6 +462,35 @@ template <>
 struct PairOf<double> {
   typedef double type __attribute__((vector_size(16)));
 };
+
+// d input from the first `count` points of a chunk, one channel: grad[j] times each tap's weight,
+// added at the tap into the zero-bordered tile d (see scatter_points for the order: `ways`). The
+// taps 2m and 2m + 1 of a point are x-neighbours, adjacent in the tile: one 2-wide add each. Its own
+// function, with restrict-qualified pointers and the corners as values, so that the loop keeps them
+// in registers (inside the backward's lambda it reloaded them from the stack around every store:
+// 256x1x60²->30² backward for d input alone, 1 thread, 0.76 -> 0.61 ms).
+template <int D, typename acc_t>
+__attribute__((noinline)) void scatter_one_channel(const int32_t* __restrict__ off, const acc_t* __restrict__ fx,
+                                                   const acc_t* __restrict__ fy, const acc_t* __restrict__ fz,
+                                                   const acc_t* __restrict__ grad, std::array<int32_t, 1 << D> corner,
+                                                   acc_t* __restrict__ d, int64_t count, int64_t ways) {
+  using Pair = typename PairOf<acc_t>::type;
+  for (int64_t first = 0; first < ways; ++first)
+    for (int64_t j = first; j < count; j += ways) {
+      acc_t f[D];
+      load_fractions<D>(fx, fy, fz, j, f);
+      const Pair x_weights = Pair{acc_t(1) - f[0], f[0]} * grad[j];
+      acc_t* at = d + off[j];
+      for (int m = 0; m < (1 << (D - 1)); ++m) {
+        acc_t s = acc_t(1);
+        for (int a = 1; a < D; ++a) s *= ((m >> (a - 1)) & 1) ? f[a] : acc_t(1) - f[a];
+        Pair v;
+        std::memcpy(&v, at + corner[2 * m], sizeof v);
+        v += x_weights * s;
+        std::memcpy(at + corner[2 * m], &v, sizeof v);
+      }
+    }
+}
 
 // Kernel weight of tap k (bit a of k = upper neighbour on axis a), of every tap, and their
 // derivatives in f[a].
@@ -571,14 +614,14 @@ void forward_kernel(const at::Tensor& input, const at::Tensor& theta, at::Tensor
     std::vector<acc_t> sample(FIXED_C == 1 ? 0 : P * C);  // C > 1: one output sample, channels last
     std::vector<acc_t> staging;                           // and channels first, for one sequential write
     for (int64_t n = begin; n < end; ++n) {
-      tile.load(in + n * S);
-      if constexpr (FIXED_C == 1) tile.pair_up();
+      if constexpr (FIXED_C == 1) tile.load_one_channel(in + n * S);
+      else tile.load(in + n * S);
       for (int64_t r0 = 0; r0 < map.rows; r0 += R) {
         const int64_t count = std::min(R, map.rows - r0);
         map.chunk(n, r0, count, coords.data(), coords.data() + R * W, taps, tile);
         if constexpr (FIXED_C == 1) {  // interpolate the taps straight into the output rows
           interpolate_row<D, acc_t>(tile.reader(), taps.off, taps.fx(), taps.fy(), taps.fz(), tile.corners(),
-                             o + n * P + r0 * W, count * W);
+                                    o + n * P + r0 * W, count * W);
           continue;
         }
         const int64_t r = r0;  // C > 1: one row
@@ -625,8 +668,7 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& input, const 
     const int64_t stride = staged_stride(P);
     std::vector<acc_t> grad_sample(stage ? stride * C : 0);  // dL/d output of one sample, staged (see `staged`)
     std::vector<acc_t> grad_row(R * W * C);  // one chunk of it, zero at absent points
-    std::vector<acc_t> lanes(FIXED_C == 1 ? D * (D + 1) * R * W : 0);  // C = 1: dθ sums per point of a chunk (accumulate_row)
-    std::vector<acc_t> dpoint(FIXED_C == 1 ? D * R * W : 0);           // and its scratch
+    std::vector<acc_t> dpoint(FIXED_C == 1 ? D * R * W : 0);  // C = 1: accumulate_row's scratch
     std::vector<acc_t> channel_sums(2 * D * C);  // C > 1: per-channel partial sums for dθ
     // d input from point j of the current chunk: its C gradients times each tap's weight, added at
     // the tap. With C > 1 called from the same pass over the row as dθ, while the point's taps are
@@ -660,14 +702,16 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& input, const 
     // a pair that partly overlaps one stored just before cannot be forwarded from the store (at a
     // zoom of 0.25 the backward ran twice as long): `ways` keeps points that far apart (scatter_ways).
     const auto scatter_points = [&](int64_t count, int64_t ways) {
+      if constexpr (FIXED_C == 1)
+        return scatter_one_channel<D, acc_t>(taps.off, taps.fx(), taps.fy(), taps.fz(), grad_row.data(),
+                                             dtile.corners(), dtile.data.data(), count, ways);
       for (int64_t first = 0; first < ways; ++first)
         for (int64_t j = first; j < count; j += ways) scatter(j);
     };
     for (int64_t n = begin; n < end; ++n) {
-      if (THETA_GRAD) tile.load(in + n * S);
-      if (FIXED_C == 1 && THETA_GRAD) tile.pair_up();
+      if (THETA_GRAD && FIXED_C == 1) tile.load_one_channel(in + n * S);
+      else if (THETA_GRAD) tile.load(in + n * S);
       if (INPUT_GRAD) dtile.zero();
-      if (FIXED_C == 1) std::fill(lanes.begin(), lanes.end(), acc_t(0));
       double dtheta[D][D + 1] = {};
       const int64_t ways = FIXED_C == 1 ? map.scatter_ways(n) : 2;
       if (stage) copy_planes(go + n * C * P, P, grad_sample.data(), stride, P, C);
@@ -689,7 +733,7 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& input, const 
           // Σ_j dL/dp_a(j) · x_j and Σ_j dL/dp_a(j) along the row, per source axis a
           if constexpr (FIXED_C == 1) {
             accumulate_row<D, acc_t>(tile.reader(), taps.off, taps.fx(), taps.fy(), taps.fz(), tile.corners(),
-                              grad_row.data(), map.xs.data(), ys, zs, dpoint.data(), lanes.data(), L, R * W);
+                              grad_row.data(), map.xs.data(), ys, zs, dpoint.data(), dtheta, L);
             if (INPUT_GRAD) scatter_points(L, ways);
           } else {
             double t[3];
@@ -733,14 +777,6 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& input, const 
         if (INPUT_GRAD && !THETA_GRAD) scatter_points(L, ways);
       }
       if (INPUT_GRAD) dtile.store(gin + n * S);
-      if (FIXED_C == 1 && THETA_GRAD)
-        for (int64_t i = 0; i < D * (D + 1); ++i) {
-          const acc_t* lane = lanes.data() + i * R * W;
-          double sum = 0.0;
-#pragma omp simd reduction(+ : sum)
-          for (int64_t j = 0; j < R * W; ++j) sum += double(lane[j]);
-          dtheta[i / (D + 1)][i % (D + 1)] = sum;
-        }
       if (THETA_GRAD)
         for (int a = 0; a < D; ++a)
           for (int b = 0; b <= D; ++b) gth[(n * D + a) * (D + 1) + b] = acc_t(dtheta[a][b] * double(map.axes.scale[a]));
