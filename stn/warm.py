@@ -46,9 +46,9 @@ PRELOAD = (
 _HEADER = struct.Struct("!I")  # the request's JSON length
 
 
-def socket_path(owner: int | None = None) -> str:
-    """A short socket path per owner process (AF_UNIX paths are limited to ~107 bytes)."""
-    return str(Path(tempfile.gettempdir()) / f"stn-warm-{owner or os.getpid()}.sock")
+def socket_path() -> str:
+    """A short socket path for this (the serving) process (AF_UNIX paths are limited to ~107 bytes)."""
+    return str(Path(tempfile.gettempdir()) / f"stn-warm-{os.getpid()}.sock")
 
 
 # ---- client ------------------------------------------------------------------------------------------------
