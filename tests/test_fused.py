@@ -71,6 +71,31 @@ def test_matches_unfused_float32(impl, shape, align_corners, shift):
 
 
 @pytest.mark.parametrize("impl", FUSED_IMPLS)
+@pytest.mark.parametrize("scale", [0.1, 0.3, 1.0, 2.5])
+@pytest.mark.parametrize("in_shape,out_size", [((6, 1, 40, 36), (30, 20)), ((2, 1, 9, 10, 11), (8, 7, 6))],
+                         ids=["2d", "3d"])
+def test_one_channel_zooms_match_unfused(impl, in_shape, out_size, scale):
+    """One channel in float32 at zooms from 10x in to 2.5x out: the CPU backward scatters d input in a
+    zoom-dependent order (points 4 to 16 apart) and reduces dθ over chunks of several output rows."""
+    require(impl, device_of(impl))
+    dev = device_of(impl)
+    d = len(out_size)
+    x = torch.randn(*in_shape, device=dev)
+    m = random_theta(in_shape[0], d, torch.float32, seed=7, spread=0.05, shift=0.1)
+    m[:, :, :d] *= scale
+    m = m.to(dev)
+    go = torch.randn(in_shape[0], 1, *out_size, device=dev)
+    results = []
+    for fn, dtype in ((lambda a, b: ops.affine_sample(a, b, out_size, False, impl), torch.float32),
+                      (lambda a, b: unfused(a, b, out_size, False, "reference"), torch.float64)):
+        a, b = x.to(dtype).requires_grad_(), m.to(dtype).requires_grad_()
+        out = fn(a, b)
+        results.append((out, *torch.autograd.grad(out, (a, b), go.to(dtype))))
+    for ours, ref, tol in zip(*results, (1e-5, 1e-5, 1e-4)):
+        assert (ours.double() - ref).norm() <= tol * ref.norm()
+
+
+@pytest.mark.parametrize("impl", FUSED_IMPLS)
 @pytest.mark.parametrize("in_shape,out_size", [
     ((300, 2, 42, 42), (30, 36)),
     ((3, 1, 20, 18, 16), (17, 19, 21)),
