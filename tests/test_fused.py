@@ -29,6 +29,20 @@ def unfused(x, m, out_size, align_corners, impl):
     return ops.sample(x, grid, "bilinear", align_corners, impl)
 
 
+def assert_near_float64_reference(x, m, go, out_size, impl, tols):
+    """The fused kernel in float32 against the unfused reference in float64: output, d input and dθ
+    (for the output gradient `go`) each within its relative tolerance in `tols`, by norm."""
+    results = []
+    for fn, dtype in ((lambda a, b: ops.affine_sample(a, b, out_size, False, impl), torch.float32),
+                      (lambda a, b: unfused(a, b, out_size, False, "reference"), torch.float64)):
+        a, b = x.to(dtype).requires_grad_(), m.to(dtype).requires_grad_()
+        out = fn(a, b)
+        results.append((out, *torch.autograd.grad(out, (a, b), go.to(dtype))))
+    for ours, ref, tol in zip(*results, tols):
+        assert ours.dtype == torch.float32
+        assert (ours.double() - ref).norm() <= tol * ref.norm()
+
+
 @pytest.mark.parametrize("impl", FUSED_IMPLS)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s[0])) + "->" + "x".join(map(str, s[1])))
 @pytest.mark.parametrize("align_corners", [False, True])
@@ -85,14 +99,7 @@ def test_one_channel_zooms_match_unfused(impl, in_shape, out_size, scale):
     m[:, :, :d] *= scale
     m = m.to(dev)
     go = torch.randn(in_shape[0], 1, *out_size, device=dev)
-    results = []
-    for fn, dtype in ((lambda a, b: ops.affine_sample(a, b, out_size, False, impl), torch.float32),
-                      (lambda a, b: unfused(a, b, out_size, False, "reference"), torch.float64)):
-        a, b = x.to(dtype).requires_grad_(), m.to(dtype).requires_grad_()
-        out = fn(a, b)
-        results.append((out, *torch.autograd.grad(out, (a, b), go.to(dtype))))
-    for ours, ref, tol in zip(*results, (1e-5, 1e-5, 1e-4)):
-        assert (ours.double() - ref).norm() <= tol * ref.norm()
+    assert_near_float64_reference(x, m, go, out_size, impl, (1e-5, 1e-5, 1e-4))
 
 
 @pytest.mark.parametrize("impl", FUSED_IMPLS)
@@ -119,15 +126,7 @@ def test_large_batches_match_unfused(impl, in_shape, out_size):
     x = torch.randn(*in_shape, device=dev)
     m = random_theta(in_shape[0], len(out_size), torch.float32, seed=5, spread=0.2, shift=0.3).to(dev)
     go = torch.randn(in_shape[0], in_shape[1], *out_size, device=dev)
-    results = []
-    for fn, dtype in ((lambda a, b: ops.affine_sample(a, b, out_size, False, impl), torch.float32),
-                      (lambda a, b: unfused(a, b, out_size, False, "reference"), torch.float64)):
-        a, b = x.to(dtype).requires_grad_(), m.to(dtype).requires_grad_()
-        out = fn(a, b)
-        results.append((out, *torch.autograd.grad(out, (a, b), go.to(dtype))))
-    for ours, ref, tol in zip(*results, (1e-5, 1e-5, 1e-2)):
-        assert ours.dtype == torch.float32
-        assert (ours.double() - ref).norm() <= tol * ref.norm()
+    assert_near_float64_reference(x, m, go, out_size, impl, (1e-5, 1e-5, 1e-2))
 
 
 @pytest.mark.cuda
