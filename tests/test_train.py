@@ -217,6 +217,21 @@ def test_channels_last_applies_to_models_with_convolutions_only():
     assert not wants_channels_last(st_fcn, True)  # no convolution: channels-first, no copies
 
 
+def test_evaluation_in_small_batches_on_the_cpu_gives_the_same_predictions():
+    from stn.train import eval_batch_size, predict
+
+    assert eval_batch_size(torch.device("cpu")) == 32
+    assert (eval_batch_size(torch.device("cuda")), eval_batch_size(torch.device("cuda"), rendered=True)) == (500, 64)
+    torch.manual_seed(0)
+    cnn = zoo.build("CNN", zoo.InputSpec(1, 28, 10, False), 120_000).model
+    with torch.no_grad():
+        cnn[-1].weight.mul_(100)  # spread the untrained logits so that the predictions differ between images
+    x = torch.randint(0, 256, (70, 28, 28), dtype=torch.uint8)  # 70: the last batch of 32 is short
+    whole = predict(cnn, x, torch.device("cpu"), False, batch=500)
+    assert whole.shape == (70,) and len(whole.unique()) > 1
+    assert torch.equal(predict(cnn, x, torch.device("cpu"), False, batch=eval_batch_size(torch.device("cpu"))), whole)
+
+
 def test_loc_warmup_ramps_only_the_localisation_rate():
     from stn.modules import param_groups
     from stn.train import make_scheduler
