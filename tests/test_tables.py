@@ -84,7 +84,8 @@ def test_readme_gets_the_generated_tables_and_the_run_time_from_benchmark_files(
     text = readme.read_text()
     assert "| CNN | 1.2 (1.2) |" in text and "old" not in text and text.endswith("## After\n")
     assert "Wall time of this run: 47 min (Table 1's runs done after 46 min); its training and optimisation jobs " \
-           "took 65 min summed over jobs." in text
+           "took 65 min summed over jobs (table1 65)." in text
+    assert "Speed of this machine" not in text  # no TC CNN run: no yardstick
     update_readme(readme, results, "snakemake --cores all")  # idempotent
     assert readme.read_text() == text
     # a table rerun a day later adds its own stretch, and the line says what it was
@@ -96,6 +97,14 @@ def test_readme_gets_the_generated_tables_and_the_run_time_from_benchmark_files(
     assert ("Wall time of this run: 46 min for the whole run (Table 1's runs done after 46 min), then 10 min rerunning "
             "the runs of table2; <1 min re-rendering (56 min with jobs running in all)") in readme.read_text()
     # a job of the first sitting rerun later leaves a hole there, which its later run's length explains
+    from stn.io import write_json
+    from stn.paper import registry
+    for seed, seconds in ((1, 390.0), (2, 410.0)):  # the yardstick: Table 1's TC CNN, seconds per 100 steps
+        write_json(registry.run_dir(results, "table1", "TC", "CNN", seed) / "metrics.json",
+                   {"iterations": 1300, "seconds": seconds})
+    update_readme(readme, results, "snakemake --cores all")
+    assert ("took 74 min summed over jobs (table1 65, table2 9). Speed of this machine: table1's CNN on TC trained "
+            "at 30.8 s per 100 steps (mean of 2 runs).") in readme.read_text()
     hole = tmp_path / "hole"
     _benchmark(hole, "table1/R_CNN_seed1", 10 * 60, t0 + 10 * 60)
     _benchmark(hole, "table1/R_FCN_seed1", 10 * 60, t0 + 25 * 60)  # 5 min after: where TC's CNN first ran

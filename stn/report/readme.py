@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from ..io import write_text
+from ..io import read_json, write_text
 from ..paper import registry
 from ..paper.registry import EXPERIMENTS
 
@@ -82,8 +82,30 @@ def run_timing(results: Path) -> str:
             parts.append(f"{minutes(b - a)} " + (f"rerunning the runs of {', '.join(rerun)}" if rerun else "re-rendering"))
         text = (f"Wall time of this run: {minutes(first[1] - first[0])} for the whole run{table1_text}, then "
                 f"{'; '.join(parts)} ({minutes(wall)} with jobs running in all)")
-    job_seconds = sum(b - a for a, b, _ in runs)
-    return f"{text}; its training and optimisation jobs took {job_seconds / 60:.0f} min summed over jobs."
+    per_table = {name: sum(b - a for a, b, path in runs if path.parent.name == name) for name in TABLES}
+    split = ", ".join(f"{name} {seconds / 60:.0f}" for name, seconds in per_table.items() if seconds)
+    text += (f"; its training and optimisation jobs took {sum(per_table.values()) / 60:.0f} min summed over jobs "
+             f"({split}).")
+    speed = yardstick(results)
+    return f"{text} {speed}" if speed else text
+
+
+YARDSTICK = ("table1", "TC", "CNN")  # a run whose time per step compares machines: one model, no transformer
+
+
+def yardstick(results: Path) -> str:
+    """How fast this machine trains, to set the wall time beside another machine's: the mean seconds per 100
+    steps of YARDSTICK's runs (training and validation, from their metrics.json); "" without such runs."""
+    experiment, dataset, model = YARDSTICK
+    rates, pattern = [], registry.run_dir(results, experiment, dataset, model, "*")
+    for path in sorted(pattern.parent.glob(f"{pattern.name}/metrics.json")):
+        metrics = read_json(path)
+        if metrics.get("iterations") and metrics.get("seconds"):
+            rates.append(100 * metrics["seconds"] / metrics["iterations"])
+    if not rates:
+        return ""
+    return (f"Speed of this machine: {experiment}'s {model} on {dataset} trained at {sum(rates) / len(rates):.1f} s "
+            f"per 100 steps (mean of {len(rates)} run{'s' if len(rates) > 1 else ''}).")
 
 
 def generated_section(results: Path, command: str) -> str:
