@@ -148,3 +148,9 @@ def test_every_cli_option_says_what_it_does_and_every_step_shows_an_example():
                     if not isinstance(a, argparse._HelpAction) and not a.help]
     assert undocumented == []
     assert [name for name, sp in steps.items() if f"stn {name}" not in (sp.epilog or "")] == []
+
+
+def test_the_speed_yardstick_names_a_run_of_the_registry():
+    experiment, dataset, model = registry.YARDSTICK
+    e = registry.experiment(experiment)
+    assert dataset in e.datasets and model in e.models

@@ -31,6 +31,10 @@ def run_dir(results: str | Path, experiment: str, dataset: str, model: str, seed
     return Path(results) / RUN_DIR.format(experiment=experiment, dataset=dataset, model=model, seed=seed)
 
 
+# A run whose time per step compares machines (`stn readme` prints it beside the wall time): one model, no
+# transformer, the default run's costliest step (experiment, data set, model).
+YARDSTICK = ("table1", "TC", "CNN")
+
 AUX_DIR = "runs/{experiment}/{name}"  # a run that an experiment needs besides its grid
 
 

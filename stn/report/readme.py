@@ -90,13 +90,10 @@ def run_timing(results: Path) -> str:
     return f"{text} {speed}" if speed else text
 
 
-YARDSTICK = ("table1", "TC", "CNN")  # a run whose time per step compares machines: one model, no transformer
-
-
 def yardstick(results: Path) -> str:
     """How fast this machine trains, to set the wall time beside another machine's: the mean seconds per 100
-    steps of YARDSTICK's runs (training and validation, from their metrics.json); "" without such runs."""
-    experiment, dataset, model = YARDSTICK
+    steps of registry.YARDSTICK's runs (training and validation, from their metrics.json); "" without such runs."""
+    experiment, dataset, model = registry.YARDSTICK
     rates, pattern = [], registry.run_dir(results, experiment, dataset, model, "*")
     for path in sorted(pattern.parent.glob(f"{pattern.name}/metrics.json")):
         metrics = read_json(path)
