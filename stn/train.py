@@ -116,7 +116,7 @@ def as_input(x: torch.Tensor, device: torch.device, channels_last: bool) -> torc
 
 def eval_batch_size(device: torch.device, rendered: bool = False) -> int:
     """Images per forward pass when evaluating. On the CPU 32: at 500, a TC CNN's activations (500 × 39 × 52²
-    floats) exceed glibc's 32 MB mmap threshold, so every batch maps fresh pages (page faults, a fifth of
+    floats) exceed glibc's 32 MB mmap threshold, so every batch maps fresh pages (page faults, a quarter of
     the time in the kernel) and spills the caches; 1,000 TC test images took 2.65 s at 500 against 1.49 s
     at 32 (one thread). On a GPU 500, or 64 for rendered 3-D inputs (large)."""
     if device.type == "cpu":
@@ -125,7 +125,9 @@ def eval_batch_size(device: torch.device, rendered: bool = False) -> int:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x, device: torch.device, channels_last: bool, batch: int = 500) -> torch.Tensor:
+def predict(model: nn.Module, x, device: torch.device, channels_last: bool, batch: int | None = None) -> torch.Tensor:
+    """Arg-max predictions (N,) or (N, P), `batch` images at a time (default `eval_batch_size(device)`)."""
+    batch = batch or eval_batch_size(device)
     model.eval()
     out = []
     for start in range(0, len(x), batch):
@@ -134,7 +136,7 @@ def predict(model: nn.Module, x, device: torch.device, channels_last: bool, batc
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
 
 
-def error_rate(model, x, y, device, channels_last, batch: int = 500) -> float:
+def error_rate(model, x, y, device, channels_last, batch: int | None = None) -> float:
     """Percent of wrong predictions; for sequence labels (N, P), of sequences with any position wrong."""
     pred = predict(model, x, device, channels_last, batch)
     wrong = pred != y
