@@ -57,7 +57,7 @@ def main(argv=None) -> int:
     margin = spec["section"]["optimise"]["margin"]
     built = build_model(spec["section"]["encoder_dataset"], "CNN", read_json(enc_dir / "params.json"))
     load_weights(built.model, enc_dir / "model.pt", "e(), Table 5's encoder")
-    encoder = built.model.eval()
+    encoder = co.crop_encoder(built.model.eval(), registry.DATASETS[spec["section"]["encoder_dataset"]].size)
     print(f"{'set':<4} {'class':>5} {'localised':>9} {'eq8 true':>9} {'learnt':>7} {'centre':>7} "
           f"{'spread true':>11} {'learnt':>7}")
     with torch.no_grad():

@@ -25,6 +25,7 @@ from stn.data import mnist as mnist_data
 from stn.experiments import colocalisation as co
 from stn.experiments.classification import build_model
 from stn.io import read_json
+from stn.paper import registry
 from stn.transforms import Attention
 
 
@@ -54,7 +55,8 @@ def main(argv=None) -> None:
     ap.add_argument("--mnist", type=Path, default=Path("results/data/mnist.npz"))
     ap.add_argument("--encoder", type=Path, default=Path("results/runs/table1/R/CNN/seed1/model.pt"))
     ap.add_argument("--params", type=Path, default=Path("results/tables/table1_params.json"))
-    ap.add_argument("--encoder-dataset", choices=["R", "P", "E"], default="R", help="a 28×28 Table 1 data set")
+    ap.add_argument("--encoder-dataset", choices=list(registry.experiment("table1").datasets), default="R",
+                    help="the Table 1 data set the encoder was trained on")
     ap.add_argument("--variant", choices=sorted(co.CLUTTER), default="T")
     ap.add_argument("--digits", type=int, nargs="+", default=[2])
     ap.add_argument("--fractions", type=float, nargs="+", default=[0.0, 0.3, 0.5, 0.7, 0.9])
@@ -70,7 +72,7 @@ def main(argv=None) -> None:
     torch.set_num_threads(min(2, torch.get_num_threads()))
     encoder = build_model(a.encoder_dataset, "CNN", read_json(a.params)).model
     encoder.load_state_dict(torch.load(a.encoder, map_location="cpu", weights_only=False)["state_dict"])
-    encoder.eval().requires_grad_(False)
+    encoder = co.crop_encoder(encoder.eval().requires_grad_(False), registry.DATASETS[a.encoder_dataset].size)
     mnist = mnist_data.load(a.mnist)
     print("digit  f     distance px  mean cos  % towards digit")
     for digit in a.digits:

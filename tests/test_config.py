@@ -120,6 +120,15 @@ def test_an_unknown_key_in_the_encoders_training_settings_is_refused_by_name():
         stn_config.validate(cfg, ROOT / "workflow" / "schemas" / "config.schema.json")
 
 
+def test_e_may_be_any_table1_data_sets_cnn_and_nothing_else():
+    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    cfg["table5"]["encoder_dataset"] = "TC"  # its CNN sees each crop in a blank 60x60 canvas
+    validate(copy.deepcopy(cfg), SCHEMA)
+    cfg["table5"]["encoder_dataset"] = "SVHN64"
+    with pytest.raises(ConfigError, match=r"table5.encoder_dataset: 'SVHN64' is not one of \['R', 'RTS', 'P', 'E', 'TC'\]"):
+        validate(cfg, SCHEMA)
+
+
 def test_a_named_config_file_missing_a_key_is_refused_by_name(tmp_path):
     """--configfile is layered on config/config.yaml: a key missing from the user's file must not come from it."""
     cfg = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())

@@ -84,6 +84,19 @@ def test_box_from_attention_theta():
     torch.testing.assert_close(box, torch.tensor([[28.0, 28, 56, 56], [0, 0, 84, 84]]))
 
 
+def test_a_larger_data_sets_cnn_sees_each_crop_in_the_middle_of_a_blank_canvas_of_its_size():
+    torch.manual_seed(0)
+    cnn = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.MaxPool2d(2), torch.nn.Flatten(), torch.nn.Linear(2 * 29 * 29, 3))
+    crops = torch.rand(4, 1, 28, 28)
+    canvas = torch.zeros(4, 1, 60, 60)
+    canvas[:, :, 16:44, 16:44] = crops  # TC: a 28×28 digit in a 60×60 canvas
+    torch.testing.assert_close(co.crop_encoder(cnn, 60)(crops), cnn(canvas))
+    torch.testing.assert_close(co.encoder_features(co.crop_encoder(cnn, 60), crops), co.encoder_features(cnn, canvas))
+    assert co.crop_encoder(cnn, 28) is cnn  # R, P, E: as it is
+    with pytest.raises(ValueError, match="not 41×41"):
+        co.crop_encoder(cnn, 41)
+
+
 def test_triplet_loss_by_hand():
     e = torch.tensor([[0.0, 0.0], [1.0, 0.0]])
     pair = torch.tensor([[1.0, 0.0], [1.0, 1.0]])  # squared distances 1, 1

@@ -142,6 +142,17 @@ def encoder_features(cnn: nn.Sequential, x: Tensor) -> Tensor:
     return torch.cat([torch.nn.functional.normalize(f, dim=1) for f in feats], 1)
 
 
+def crop_encoder(cnn: nn.Sequential, size: int) -> nn.Sequential:
+    """e() for 28×28 crops from a Table 1 CNN whose images are `size`² (RTS 42², TC 60²): each crop sits at
+    the centre of a blank canvas of that size, as that data set's 28×28 digits sat in theirs. A 28×28
+    data set's CNN (R, P, E) is returned as it is."""
+    pad, odd = divmod(size - CROP, 2)
+    if pad < 0 or odd:
+        raise ValueError(f"e() needs a CNN on {CROP}×{CROP} images or on images an even number of pixels larger, "
+                         f"not {size}×{size}")
+    return nn.Sequential(nn.ZeroPad2d(pad), *cnn) if pad else cnn
+
+
 def triplet_loss(e_crop: Tensor, e_pair: Tensor, e_rand: Tensor, margin: float = 1.0) -> Tensor:
     """Eq. (8) per image n: max(0, ‖e(Iₙᵀ) − e(Iₘᵀ)‖² − ‖e(Iₙᵀ) − e(Iₙʳᵃⁿᵈ)‖² + α), averaged."""
     pos = (e_crop - e_pair).pow(2).sum(1)
@@ -265,8 +276,10 @@ def run_job(job: dict, inputs: dict[str, Path], out_dir: Path) -> dict:
     variant, digit, seed, settings = job["dataset"], int(job["model"]), job["seed"], job["settings"]
     data = make_images(mnist_data.load(inputs["mnist"]), digit, variant, settings["images"], seed)
     save_npz(out_dir / "images.npz", **data)
-    built = build_classifier(job["extra"]["encoder_dataset"], "CNN", read_json(inputs["encoder_params"]))
-    load_weights(built.model, inputs["encoder"], f"e(), the CNN on {job['extra']['encoder_dataset']}")
+    encoder_dataset = job["extra"]["encoder_dataset"]
+    built = build_classifier(encoder_dataset, "CNN", read_json(inputs["encoder_params"]))
+    load_weights(built.model, inputs["encoder"], f"e(), the CNN on {encoder_dataset}")
+    encoder = crop_encoder(built.model, registry.DATASETS[encoder_dataset].size)
     run = tracker(job, inputs["experiments"], {"variant": variant, "digit": str(digit), "encoder": str(inputs["encoder"]),
                                                "torch_version": torch.__version__,
                                                "sampler_impl": ops.resolve_impl("auto", torch.device("cpu"))}, out_dir)()
@@ -274,7 +287,7 @@ def run_job(job: dict, inputs: dict[str, Path], out_dir: Path) -> dict:
     try:
         run.log_params({"settings": settings, "seed": seed})
         t0 = time.time()
-        result = optimise(data["images"], data["boxes"], built.model, settings, seed,
+        result = optimise(data["images"], data["boxes"], encoder, settings, seed,
                           log=lambda s: print(s, flush=True),
                           on_eval=lambda step, rate: run.log_metrics({"localised": rate}, step))
         metrics = {"experiment": job["experiment"], "model": job["model"], "dataset": variant, "seed": seed,
