@@ -8,7 +8,10 @@ directly what a training step sees. Ratios are speed-ups over the baseline measu
 same run (> 1 is faster), each from the fastest of `--repeats` calls: on a shared machine noise
 only ever adds time (another process takes the core, the page cache is evicted), so the minimum
 is the estimate of what the code costs that one load spike cannot move; the median is printed
-beside it to show how noisy the run was. Peak memory is what the step allocates on top of its inputs: from
+beside it to show how noisy the run was. The baseline's and a method's fastest calls are still made
+seconds apart, and a machine whose load drifts moves their ratio (session 20: the baseline's own time
+moved by up to two thirds between runs), so the `paired` column times the two back to back, round after
+round, and reports the median of the rounds' ratios. Peak memory is what the step allocates on top of its inputs: from
 the CUDA caching allocator on GPUs and from the profiler's allocation trace on the CPU.
 
 '% copy' is the fraction of the device's memory bandwidth a fwd+bwd call reaches: the fewest bytes
@@ -180,6 +183,23 @@ def time_method(method: Method, case: Case, device, backward: bool, repeats: int
     return min(times), statistics.median(times)
 
 
+def paired_speedup(base: Method, method: Method, case: Case, device, repeats: int) -> float:
+    """The median, over `repeats` rounds, of the baseline's fwd+bwd time over the method's, the two called back
+    to back in each round (in alternating order). A load spike that slows a whole round cancels in its ratio,
+    where the fastest-of-N ratio compares calls made seconds apart and moves with the machine's load."""
+    x, theta = _inputs(case, device, True)
+    calls = (lambda: _step(base, x, theta, True), lambda: _step(method, x, theta, True))
+    for fn in calls:
+        call_times(fn, device, 0)  # warm-up only
+    ratios = []
+    for i in range(repeats):
+        times = {}
+        for k in ((0, 1) if i % 2 == 0 else (1, 0)):
+            times[k] = call_times(calls[k], device, 1, warmup=0)[1][0]
+        ratios.append(times[0] / times[1])
+    return statistics.median(ratios)
+
+
 def fastest(fn: Callable[[], object], device, repeats: int) -> float:
     """The fastest of `repeats` calls of fn, in seconds (the estimate noise cannot move: see the docstring)."""
     return min(call_times(fn, device, repeats)[1])
@@ -273,11 +293,12 @@ def copy_bandwidth(device: torch.device, mib: int = 512, repeats: int = 10) -> f
 def measure_rows(device: torch.device, repeats: int, cases: list[Case], part: str, bandwidth: float):
     """Yields one row per (case, method) as soon as it is measured."""
     for case in cases:
-        base_f = base_fb = None
+        base_f = base_fb = base = None
         for name, method in methods_for(case, device, part).items():
             fwd, _ = time_method(method, case, device, False, repeats)
             fb, fb_median = time_method(method, case, device, True, repeats)
-            base_f, base_fb = base_f or fwd, base_fb or fb
+            paired = 1.0 if base is None else paired_speedup(base, method, case, device, repeats)
+            base, base_f, base_fb = base or method, base_f or fwd, base_fb or fb
             yield {
                 "case": case.label,
                 "method": name,
@@ -286,20 +307,21 @@ def measure_rows(device: torch.device, repeats: int, cases: list[Case], part: st
                 "fwdbwd_ms": fb * 1e3,
                 "fwdbwd_speedup": base_fb / fb,
                 "fwdbwd_median_ms": fb_median * 1e3,
+                "fwdbwd_paired": paired,
                 "copy_percent": 100 * case.fwdbwd_bytes(torch.float32.itemsize) / fb / bandwidth,
                 "peak_mib": peak_memory(method, case, device),
             }
 
 
 HEADER = (f"{'case':<28} {'method':<30} {'fwd ms':>9} {'x base':>7} {'fwd+bwd ms':>11} {'x base':>7} "
-          f"{'(median)':>9} {'% copy':>7} {'peak MiB':>9} {'left':>7}")
+          f"{'(median)':>9} {'paired':>7} {'% copy':>7} {'peak MiB':>9} {'left':>7}")
 
 
 def format_row(r: dict, left_s: float | None = None) -> str:
     """One table line; `left_s` (the estimated seconds the whole benchmark still needs) as its last column."""
     left = "" if left_s is None else (f"~{left_s:.0f}s" if left_s < 100 else f"~{left_s / 60:.1f}m")
     return (f"{r['case']:<28} {r['method']:<30} {r['fwd_ms']:>9.2f} {r['fwd_speedup']:>7.2f} "
-            f"{r['fwdbwd_ms']:>11.2f} {r['fwdbwd_speedup']:>7.2f} {r['fwdbwd_median_ms']:>9.2f} "
+            f"{r['fwdbwd_ms']:>11.2f} {r['fwdbwd_speedup']:>7.2f} {r['fwdbwd_median_ms']:>9.2f} {r['fwdbwd_paired']:>7.2f} "
             f"{r['copy_percent']:>7.1f} {r['peak_mib']:>9.1f} {left:>7}").rstrip()
 
 
@@ -345,7 +367,9 @@ def main(argv: list[str] | None = None) -> int:
         for part in parts:
             what = "grid generation + sampling" if part == "step" else "sampling from a precomputed grid"
             print(f"\n== {name}: {what}; ms = fastest of {args.repeats} calls, 'x base' = speed-up over the "
-                  "first row of each case (>1 is faster), (median) = the median fwd+bwd ms, "
+                  "first row of each case (>1 is faster), (median) = the median fwd+bwd ms, paired = the median "
+                  f"fwd+bwd speed-up over {args.repeats} rounds that call the first row and this one back to back "
+                  "(the ratio a drifting load moves least), "
                   f"% copy = fwd+bwd bandwidth against a copy's {bandwidth / 1e9:.0f} GB/s, "
                   f"left = the whole benchmark's estimated time still to run; {heap}")
             print(HEADER + "\n" + "-" * len(HEADER), flush=True)

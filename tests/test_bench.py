@@ -15,6 +15,29 @@ def test_time_method_reports_the_fastest_call_and_the_median(monkeypatch):
     assert (fastest, median) == (1.0, 2.5)
 
 
+def test_paired_speedup_is_the_median_of_back_to_back_ratios_in_alternating_order(monkeypatch):
+    calls = []  # which method each timed call ran
+    base = lambda x, theta: calls.append("base") or x * 1  # noqa: E731
+    method = lambda x, theta: calls.append("method") or x * 1  # noqa: E731
+    # per round (base, method) seconds: (4, 1), (2, 1), (9, 3); a round's calls come in alternating order
+    durations = iter([4.0, 1.0, 1.0, 2.0, 9.0, 3.0])  # in call order: round 2 times the method first
+
+    def fake_call_times(fn, device, repeats, warmup=2):
+        for _ in range(warmup):
+            fn()
+        out = []
+        for _ in range(repeats):
+            fn()
+            out.append(next(durations))
+        return 0.0, out
+    monkeypatch.setattr(bench, "call_times", fake_call_times)
+    case = bench.Case(2, 1, (4, 4), (4, 4))
+    ratio = bench.paired_speedup(base, method, case, torch.device("cpu"), repeats=3)
+    assert ratio == 3.0  # median of 4/1, 2/1 and 9/3
+    assert calls[:4] == ["base", "base", "method", "method"]  # two warm-up calls each
+    assert calls[4:] == ["base", "method", "method", "base", "base", "method"]
+
+
 def test_sampler_benchmark_prints_every_method_with_a_ratio_against_the_baseline(capsys):
     assert bench.main(["sampler", "--device", "cpu", "--part", "step", "--cases", "0", "--repeats", "2"]) == 0
     out = capsys.readouterr().out
@@ -24,7 +47,8 @@ def test_sampler_benchmark_prints_every_method_with_a_ratio_against_the_baseline
     assert methods[0] == "torch affine_grid+grid_sample"
     assert "stn reference" in methods
     baseline = rows[0].split()
-    assert baseline[-7] == "1.00" and baseline[-5] == "1.00"  # the baseline's own ratios
+    assert baseline[-8] == baseline[-6] == baseline[-4] == "1.00"  # the baseline's own ratios (fwd, fwd+bwd, paired)
+    assert all(float(r.split()[-4]) > 0 for r in rows)
     assert all(re.search(r"~[\d.]+[sm]$", r) for r in rows)  # the time left, last
     assert "% copy = fwd+bwd bandwidth against a copy's" in out
 
