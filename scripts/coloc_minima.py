@@ -21,10 +21,9 @@ import torch
 
 from stn import ops
 from stn.experiments import colocalisation as co
-from stn.experiments import load_weights
-from stn.experiments.classification import build_model
 from stn.io import read_json
 from stn.paper import registry
+from stn.settings import ENCODER_RUN
 from stn.transforms import Attention
 
 
@@ -39,9 +38,9 @@ def crops_at(x: torch.Tensor, boxes) -> torch.Tensor:
 def eq8(encoder, x: torch.Tensor, crops: torch.Tensor, margin: float, draws: int, seed: int = 0) -> tuple[float, float]:
     """(eq. 8 averaged over `draws` pairings and random patches, spread of the crops' encodings)."""
     gen = torch.Generator().manual_seed(seed)
-    e = co.encoder_features(encoder, crops)
-    losses = [co.triplet_loss(e, e[co.derangement(len(x), gen)], co.encoder_features(encoder, co.random_crops(x, gen)),
-                              margin) for _ in range(draws)]
+    e = encoder(crops)
+    losses = [co.triplet_loss(e, e[co.derangement(len(x), gen)], encoder(co.random_crops(x, gen)), margin * encoder.weight)
+              for _ in range(draws)]
     return float(torch.stack(losses).mean()), float((e - e.mean(0)).pow(2).sum(1).mean())
 
 
@@ -52,12 +51,12 @@ def main(argv=None) -> int:
     ap.add_argument("--draws", type=int, default=20, help="pairings and random patches averaged per loss")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
-    enc_dir = registry.aux_dir(a.results, "table5", "encoder")
     spec = read_json(a.results / registry.SPEC_FILE.format(experiment="table5"))
     margin = spec["section"]["optimise"]["margin"]
-    built = build_model(spec["section"]["encoder_dataset"], "CNN", read_json(enc_dir / "params.json"))
-    load_weights(built.model, enc_dir / "model.pt", "e(), Table 5's encoder")
-    encoder = co.crop_encoder(built.model.eval(), registry.DATASETS[spec["section"]["encoder_dataset"]].size)
+    encoders = {}  # e() per variant, as its runs used it
+    for variant, weights in spec["section"]["encoders"].items():
+        encoders[variant] = co.load_encoder(weights, {d: registry.aux_dir(a.results, "table5", ENCODER_RUN.format(dataset=d))
+                                                      / "model.pt" for d in weights})
     print(f"{'set':<4} {'class':>5} {'localised':>9} {'eq8 true':>9} {'learnt':>7} {'centre':>7} "
           f"{'spread true':>11} {'learnt':>7}")
     with torch.no_grad():
@@ -71,7 +70,7 @@ def main(argv=None) -> int:
             tr = json.loads((run / "trajectory.json").read_text())
             centre = [[co.CANVAS / 2 - co.CROP / 2, co.CANVAS / 2 - co.CROP / 2,
                        co.CANVAS / 2 + co.CROP / 2, co.CANVAS / 2 + co.CROP / 2]] * len(x)
-            (lt, st), (lp, sp), (lc, _) = (eq8(encoder, x, crops_at(x, b), margin, a.draws)
+            (lt, st), (lp, sp), (lc, _) = (eq8(encoders[variant], x, crops_at(x, b), margin, a.draws)
                                            for b in (tr["true_boxes"], tr["predicted_boxes"], centre))
             print(f"{variant:<4} {digit:>5} {tr['localised']:>8.0f}% {lt:>9.3f} {lp:>7.3f} {lc:>7.3f} "
                   f"{st:>11.3f} {sp:>7.3f}", flush=True)

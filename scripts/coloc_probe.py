@@ -29,7 +29,7 @@ from stn.paper import registry
 from stn.transforms import Attention
 
 
-def descent_alignment(x: torch.Tensor, boxes: torch.Tensor, encoder: torch.nn.Module, fraction: float,
+def descent_alignment(x: torch.Tensor, boxes: torch.Tensor, encoder: co.Encoder, fraction: float,
                       draws: int, gen: torch.Generator, s: float = co.CROP / co.CANVAS) -> tuple[float, float, float]:
     """(mean distance to the digits in px, mean cosine, % pointing towards the digit) at one f,
     for windows of side s (relative to the canvas)."""
@@ -38,12 +38,12 @@ def descent_alignment(x: torch.Tensor, boxes: torch.Tensor, encoder: torch.nn.Mo
     if s < 1:
         t = t.clamp(-(1 - s), 1 - s)
     t = t.requires_grad_(True)
-    e = co.encoder_features(encoder, ops.sample(x, Attention(s).grid(t, (co.CROP, co.CROP))))
+    e = encoder(ops.sample(x, Attention(s).grid(t, (co.CROP, co.CROP))))
     grad = torch.zeros_like(t)
     for _ in range(draws):
         with torch.no_grad():
-            e_rand = co.encoder_features(encoder, co.random_crops(x, gen))
-        loss = co.triplet_loss(e, e[co.derangement(len(x), gen)], e_rand)
+            e_rand = encoder(co.random_crops(x, gen))
+        loss = co.triplet_loss(e, e[co.derangement(len(x), gen)], e_rand, encoder.weight)
         grad += torch.autograd.grad(loss, t, retain_graph=True)[0]
     towards = centre - t.detach()
     cos = F.cosine_similarity(-grad, towards, dim=1)
@@ -70,9 +70,9 @@ def main(argv=None) -> None:
         if not path.exists():
             raise SystemExit(f"{path} is missing: run the pipeline (snakemake) first, or pass its location")
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    encoder = build_model(a.encoder_dataset, "CNN", read_json(a.params)).model
-    encoder.load_state_dict(torch.load(a.encoder, map_location="cpu", weights_only=False)["state_dict"])
-    encoder = co.crop_encoder(encoder.eval().requires_grad_(False), registry.DATASETS[a.encoder_dataset].size)
+    cnn = build_model(a.encoder_dataset, "CNN", read_json(a.params)).model
+    cnn.load_state_dict(torch.load(a.encoder, map_location="cpu", weights_only=False)["state_dict"])
+    encoder = co.Encoder([co.crop_encoder(cnn, registry.DATASETS[a.encoder_dataset].size)], [1.0])
     mnist = mnist_data.load(a.mnist)
     print("digit  f     distance px  mean cos  % towards digit")
     for digit in a.digits:

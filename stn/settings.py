@@ -93,7 +93,7 @@ def _train_properties() -> dict:
 
 def train_schema(complete: bool = True) -> dict:
     """The schema of a config's `train` mapping, from TrainSettings' fields; with complete=False, of some of
-    its keys (settings given over another section's, such as table5.encoder.train)."""
+    its keys (settings given over another section's, such as table5.encoder_training.P.train)."""
     required = [f.name for f in _config_keys() if f.default is MISSING] if complete else []
     return {"type": "object", "additionalProperties": False, "required": required, "properties": _train_properties()}
 
@@ -160,14 +160,37 @@ def resolve_job(config: dict, name: str, dataset: str, model: str, seed: int) ->
             "extra": extra, "results": config["results"]})
 
 
-def encoder_job(config: dict) -> dict:
-    """The job of Table 5's e(): a Table 1 CNN run (its first seed, the settings Table 1 gives that data
-    set's CNN, with table5.encoder.train over them) trained on its own data reading and inputs
-    (table5.encoder), in runs/table5/encoder/."""
-    section, dataset = config["table5"], config["table5"]["encoder_dataset"]
+ENCODER_RUN = "encoder_{dataset}"  # the auxiliary run (registry.AUX_DIR) of Table 5's e() CNN on a data set
+
+
+def encoder_datasets(config: dict) -> list[str]:
+    """The data sets whose CNNs Table 5's e() uses for any of the config's variants (table5.encoders)."""
+    section = config["table5"]
+    return sorted({d for v in section["variants"] for d in section["encoders"].get(v, {})})
+
+
+def encoder_file(config: dict, dataset: str, file: str) -> str:
+    """A file of the run that trains Table 5's e() CNN on `dataset` (a wildcard such as "{encoder}" is kept)."""
+    return str(registry.aux_dir(config["results"], "table5", ENCODER_RUN.format(dataset=dataset)) / file)
+
+
+def encoder_inputs(config: dict, variant: str) -> dict[str, str]:
+    """{input name: model.pt} of the CNNs Table 5's e() uses for `variant`; its run reads them by these names."""
+    return {ENCODER_RUN.format(dataset=d): encoder_file(config, d, "model.pt") for d in config["table5"]["encoders"][variant]}
+
+
+def encoder_job(config: dict, dataset: str) -> dict:
+    """The job of one of Table 5's e() CNNs: a Table 1 CNN run on `dataset` (its first seed, the settings Table 1
+    gives that data set's CNN, with table5.encoder_training[dataset].train over them), trained on its own data
+    reading and inputs (the rest of that entry; what the entry leaves out is Table 1's own), in
+    runs/table5/encoder_<dataset>/."""
+    section = config["table5"]
+    own = section.get("encoder_training", {}).get(dataset, {})
     job = resolve_job(config, "table1", dataset, "CNN", registry.experiment("table1").grid(config["table1"], config).seeds[0])
-    job["settings"] = _typed(config, "table1", {**job["settings"], **section["encoder"].get("train", {})})
-    extra = {"encoder": section["encoder"], "init": config["table1"]["net"]["init"], "data_seed": config["data"]["seed"],
+    job["settings"] = _typed(config, "table1", {**job["settings"], **own.get("train", {})})
+    encoder = {key: own.get(key, config["data"][key]) for key, _ in registry.DATASETS[dataset].options}
+    encoder.update(standardise=own.get("standardise", config["table1"]["net"]["standardise"]), train=own.get("train", {}))
+    extra = {"encoder": encoder, "init": config["table1"]["net"]["init"], "data_seed": config["data"]["seed"],
              "limits": config["data"].get("limits") or {}}
     return canonical({**job, "experiment": "table5", "model": "encoder", "extra": extra})
 

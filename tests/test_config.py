@@ -101,7 +101,9 @@ def test_table5_encoder_job_trains_table1s_cnn_with_its_own_data_and_inputs():
     from stn import settings
 
     cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
-    job = settings.encoder_job(cfg)
+    cfg["table5"]["encoders"]["TC"] = {"P": 0.25, "TC": 1.0}
+    assert settings.encoder_datasets(cfg) == ["P", "TC"]
+    job = settings.encoder_job(cfg, "P")
     assert (job["experiment"], job["dataset"], job["model"], job["seed"]) == ("table5", "P", "encoder", cfg["table1"]["seeds"][0])
     table1 = settings.resolve_job(cfg, "table1", "P", "CNN", cfg["table1"]["seeds"][0])["settings"]
     # Table 1's P CNN drops its rate 10x at step 900; e() keeps the recipe's encoder, trained without a drop
@@ -109,23 +111,30 @@ def test_table5_encoder_job_trains_table1s_cnn_with_its_own_data_and_inputs():
     assert job["extra"]["encoder"] == {"projective_corners": "independent", "standardise": False,
                                        "train": {"lr_step": 50000}}
     assert list(job) == sorted(job)  # canonical, so a re-dumped YAML reruns nothing
+    # a data set without an encoder_training entry: trained exactly as Table 1's CNN (its reading, inputs, settings)
+    tc = settings.encoder_job(cfg, "TC")
+    assert tc["settings"] == settings.resolve_job(cfg, "table1", "TC", "CNN", cfg["table1"]["seeds"][0])["settings"]
+    assert tc["extra"]["encoder"] == {"standardise": cfg["table1"]["net"]["standardise"], "train": {}}
 
 
 def test_an_unknown_key_in_the_encoders_training_settings_is_refused_by_name():
     from stn import config as stn_config
 
     cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
-    cfg["table5"]["encoder"]["train"] = {"lr_stepp": 900}
-    with pytest.raises(stn_config.ConfigError, match=r"table5.encoder.train: unknown key\(s\) \['lr_stepp'\]"):
+    cfg["table5"]["encoder_training"]["P"]["train"] = {"lr_stepp": 900}
+    with pytest.raises(stn_config.ConfigError, match=r"table5.encoder_training.P.train: unknown key\(s\) \['lr_stepp'\]"):
         stn_config.validate(cfg, ROOT / "workflow" / "schemas" / "config.schema.json")
 
 
-def test_e_may_be_any_table1_data_sets_cnn_and_nothing_else():
+def test_e_may_be_made_of_any_table1_data_sets_cnns_and_nothing_else():
     cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
-    cfg["table5"]["encoder_dataset"] = "TC"  # its CNN sees each crop in a blank 60x60 canvas
+    cfg["table5"]["encoders"]["TC"] = {"P": 0.25, "TC": 1.0}  # the TC CNN sees each crop in a blank 60x60 canvas
     validate(copy.deepcopy(cfg), SCHEMA)
-    cfg["table5"]["encoder_dataset"] = "SVHN64"
-    with pytest.raises(ConfigError, match=r"table5.encoder_dataset: 'SVHN64' is not one of \['R', 'RTS', 'P', 'E', 'TC'\]"):
+    cfg["table5"]["encoders"]["TC"] = {"SVHN64": 1.0}
+    with pytest.raises(ConfigError, match=r"table5.encoders.TC: 'SVHN64' is not one of \['R', 'RTS', 'P', 'E', 'TC'\]"):
+        validate(copy.deepcopy(cfg), SCHEMA)
+    cfg["table5"]["encoders"]["TC"] = {"P": 0}
+    with pytest.raises(ConfigError, match=r"table5.encoders.TC.P: 0 is less than or equal to the minimum of 0"):
         validate(cfg, SCHEMA)
 
 

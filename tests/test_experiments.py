@@ -97,6 +97,25 @@ def test_a_larger_data_sets_cnn_sees_each_crop_in_the_middle_of_a_blank_canvas_o
         co.crop_encoder(cnn, 41)
 
 
+def test_e_concatenates_its_cnns_features_each_scaled_so_its_squared_distances_count_its_weight():
+    torch.manual_seed(0)
+    small = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.MaxPool2d(2), torch.nn.Flatten(), torch.nn.Linear(2 * 13 * 13, 3))
+    large = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.MaxPool2d(2), torch.nn.Flatten(), torch.nn.Linear(2 * 29 * 29, 4))
+    e = co.Encoder([small, co.crop_encoder(large, 60)], [0.25, 1.0])
+    a, b = torch.rand(2, 3, 1, 28, 28)
+    d_small = (co.encoder_features(small, a) - co.encoder_features(small, b)).pow(2).sum(1)
+    d_large = (co.encoder_features(co.crop_encoder(large, 60), a) - co.encoder_features(co.crop_encoder(large, 60), b)).pow(2).sum(1)
+    torch.testing.assert_close((e(a) - e(b)).pow(2).sum(1), 0.25 * d_small + d_large)
+    assert e.weight == 1.25 and not any(p.requires_grad for p in e.parameters())
+    with pytest.raises(ValueError, match="one positive weight per CNN"):
+        co.Encoder([small], [0.0])
+
+
+def test_a_missing_cnn_of_e_is_named_with_the_input_that_would_give_it():
+    with pytest.raises(KeyError, match=r"e\(\) needs the CNN on TC: pass its model.pt as input encoder_TC=PATH"):
+        co.load_encoder({"TC": 1.0}, {})
+
+
 def test_triplet_loss_by_hand():
     e = torch.tensor([[0.0, 0.0], [1.0, 0.0]])
     pair = torch.tensor([[1.0, 0.0], [1.0, 1.0]])  # squared distances 1, 1

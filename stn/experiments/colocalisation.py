@@ -27,6 +27,7 @@ from ..data import distort
 from ..io import read_json, save_npz, write_json
 from ..modules import SpatialTransformer
 from ..paper import registry
+from ..settings import ENCODER_RUN
 from ..train import make_optimizer
 from ..transforms import Attention
 
@@ -142,6 +143,27 @@ def encoder_features(cnn: nn.Sequential, x: Tensor) -> Tensor:
     return torch.cat([torch.nn.functional.normalize(f, dim=1) for f in feats], 1)
 
 
+class Encoder(nn.Module):
+    """e(): the `encoder_features` of one or more frozen CNNs, concatenated, each CNN's scaled by √weight so its
+    squared distances count `weight` times in eq. 8. `weight` (the sum) scales the margin.
+
+        e = Encoder([crop_encoder(p_cnn, 28), crop_encoder(tc_cnn, 60)], [0.25, 1.0])
+        e(crops)  # (N, 1, 28, 28) -> (N, D)
+    """
+
+    def __init__(self, cnns: list[nn.Sequential], weights: list[float]) -> None:
+        super().__init__()
+        if len(cnns) != len(weights) or not cnns or min(weights) <= 0:
+            raise ValueError(f"e() needs one positive weight per CNN, got {len(cnns)} CNNs and weights {weights}")
+        self.cnns = nn.ModuleList(cnns)
+        self.scales = [w ** 0.5 for w in weights]
+        self.weight = float(sum(weights))
+        self.eval().requires_grad_(False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.cat([encoder_features(cnn, x) * s for cnn, s in zip(self.cnns, self.scales)], 1)
+
+
 def crop_encoder(cnn: nn.Sequential, size: int) -> nn.Sequential:
     """e() for 28×28 crops from a Table 1 CNN whose images are `size`² (RTS 42², TC 60²): each crop sits at
     the centre of a blank canvas of that size, as that data set's 28×28 digits sat in theirs. A 28×28
@@ -194,9 +216,10 @@ def derangement(n: int, gen: torch.Generator) -> Tensor:
     return partner
 
 
-def optimise(images: np.ndarray, boxes: np.ndarray, encoder: nn.Sequential, settings: dict, seed: int,
+def optimise(images: np.ndarray, boxes: np.ndarray, encoder: Encoder, settings: dict, seed: int,
              log=print, on_eval=None) -> dict:
-    """Train a localiser on one image set; returns the final localisation rate and the θ trajectory."""
+    """Train a localiser on one image set; returns the final localisation rate and the θ trajectory. The margin
+    is settings["margin"] per unit of the encoder's weight."""
     torch.manual_seed(seed)
     x = torch.from_numpy(images).float().div(255).unsqueeze(1)
     true = torch.from_numpy(boxes).double()
@@ -204,9 +227,7 @@ def optimise(images: np.ndarray, boxes: np.ndarray, encoder: nn.Sequential, sett
     if centre not in CENTRES:
         raise ValueError(f"optimise.centre must be one of {list(CENTRES)}, got {centre!r}")
     st = localiser(centre != "none")
-    encoder.eval()
-    for p in encoder.parameters():
-        p.requires_grad_(False)
+    margin = settings["margin"] * encoder.weight
     opt = make_optimizer(settings["optimizer"], st.parameters(), settings["lr"], settings["momentum"])
     gen = torch.Generator().manual_seed(seed)
     trajectory = []
@@ -229,8 +250,8 @@ def optimise(images: np.ndarray, boxes: np.ndarray, encoder: nn.Sequential, sett
             recentre(st, crops, scale)
         partner = derangement(len(x), gen)
         rand = random_crops(x, gen)
-        e_crop, e_rand = encoder_features(encoder, crops), encoder_features(encoder, rand)
-        loss = triplet_loss(e_crop, e_crop[partner], e_rand, settings["margin"])
+        e_crop, e_rand = encoder(crops), encoder(rand)
+        loss = triplet_loss(e_crop, e_crop[partner], e_rand, margin)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -264,23 +285,37 @@ def train_encoder(job: dict, inputs: dict[str, Path], out_dir: Path) -> dict:
         data.with_suffix(".json").unlink(missing_ok=True)
 
 
+def load_encoder(weights: dict[str, float], models: dict[str, Path]) -> Encoder:
+    """e() from its CNNs' model.pt files ({data set: path}; the params.json its run wrote lies beside each),
+    weighted as `weights` ({data set: weight}, table5.encoders of one variant)."""
+    from .classification import build_model as build_classifier
+
+    cnns = []
+    for dataset in weights:
+        if dataset not in models:
+            raise KeyError(f"e() needs the CNN on {dataset}: pass its model.pt as input "
+                           f"{ENCODER_RUN.format(dataset=dataset)}=PATH (runs/table5/{ENCODER_RUN.format(dataset=dataset)}/)")
+        built = build_classifier(dataset, "CNN", read_json(Path(models[dataset]).parent / "params.json"))
+        load_weights(built.model, models[dataset], f"e()'s CNN on {dataset}")
+        cnns.append(crop_encoder(built.model, registry.DATASETS[dataset].size))
+    return Encoder(cnns, list(weights.values()))
+
+
 def run_job(job: dict, inputs: dict[str, Path], out_dir: Path) -> dict:
     """One class of one variant (the job's data set T or TC, its model the digit), or (model "encoder")
-    the training of e(). Inputs: mnist, encoder (e()'s model.pt), encoder_params (its parameter table),
-    experiments (MLflow ids)."""
+    the training of one of e()'s CNNs. Inputs: mnist, encoder_<data set> (the model.pt of each CNN the
+    variant's e() uses, table5.encoders), experiments (MLflow ids)."""
     from ..data import mnist as mnist_data
-    from .classification import build_model as build_classifier
 
     if job["model"] == "encoder":
         return train_encoder(job, inputs, out_dir)
     variant, digit, seed, settings = job["dataset"], int(job["model"]), job["seed"], job["settings"]
+    weights = job["extra"]["encoders"][variant]
+    models = {d: inputs[name] for d in weights if (name := ENCODER_RUN.format(dataset=d)) in inputs}
+    encoder = load_encoder(weights, models)
     data = make_images(mnist_data.load(inputs["mnist"]), digit, variant, settings["images"], seed)
     save_npz(out_dir / "images.npz", **data)
-    encoder_dataset = job["extra"]["encoder_dataset"]
-    built = build_classifier(encoder_dataset, "CNN", read_json(inputs["encoder_params"]))
-    load_weights(built.model, inputs["encoder"], f"e(), the CNN on {encoder_dataset}")
-    encoder = crop_encoder(built.model, registry.DATASETS[encoder_dataset].size)
-    run = tracker(job, inputs["experiments"], {"variant": variant, "digit": str(digit), "encoder": str(inputs["encoder"]),
+    run = tracker(job, inputs["experiments"], {"variant": variant, "digit": str(digit), "encoders": str(models),
                                                "torch_version": torch.__version__,
                                                "sampler_impl": ops.resolve_impl("auto", torch.device("cpu"))}, out_dir)()
     status = "FAILED"
@@ -311,7 +346,7 @@ def render(spec: dict, results: Path) -> list[Path]:
     s = spec["settings"]
     caption = (f"{e.title}, {spec['config_name']} config "
                f"({s['steps']} {OPTIMIZER_NAMES[s['optimizer']]} steps per class, {s['images']} images each, "
-               f"e() a Table 1 CNN trained on {section['encoder_dataset']}{_encoder_words(section)}; "
+               f"{_encoder_words(section)}; "
                f"the window shrinks from the whole canvas{CENTRE_WORDS[s['centre']]}, see docs/CHOICES.md).")
     paths = tables.render_table(run_records(results, "table5", grid), list(e.datasets), list(e.models), caption,
                                 results / "tables", "table5")
@@ -329,9 +364,19 @@ OPTIMIZER_NAMES = {"adam": "Adam", "sgd": "SGD"}  # as the caption spells them
 
 
 def _encoder_words(section: dict) -> str:
-    enc, words = section["encoder"], []
-    if section["encoder_dataset"] == "P":
-        words.append(f"{enc['projective_corners']} corner moves")
-    words.append("standardised inputs" if enc["standardise"] else "raw inputs")
-    words += [f"{key} {value}" for key, value in sorted(enc.get("train", {}).items())]  # over Table 1's settings
-    return " (" + ", ".join(words) + ")"
+    """How e() is made for each variant, e.g. "e() on T the Table 1 CNN on P (raw inputs); on TC 0.25× the CNN on P
+    (raw inputs) + the CNN on TC (as Table 1's)": the weights, and what each CNN's training changes."""
+    def cnn(dataset: str) -> str:
+        own = section.get("encoder_training", {}).get(dataset, {})
+        words = [f"{own['projective_corners']} corner moves"] if "projective_corners" in own else []
+        if "standardise" in own:
+            words.append("standardised inputs" if own["standardise"] else "raw inputs")
+        words += [f"{key} {value}" for key, value in sorted(own.get("train", {}).items())]  # over Table 1's settings
+        return f"{dataset} ({', '.join(words) or 'as Table 1'})"
+
+    parts = []
+    for variant in section["variants"]:
+        weights = section["encoders"][variant]
+        terms = [("" if w == 1 else f"{w:g}× ") + cnn(d) for d, w in weights.items()]
+        parts.append(f"on {variant} the Table 1 CNN{'s' if len(terms) > 1 else ''} on " + " + ".join(terms))
+    return "e() " + "; ".join(parts)

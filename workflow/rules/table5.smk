@@ -1,16 +1,20 @@
 # Table 5 and Fig. 4: co-localisation (appendix A.2), one optimisation per (variant, digit class).
-# e() is a CNN trained as Table 1's on table5.encoder_dataset (first seed), with table5.encoder's data
-# reading and inputs, in its own run directory.
+# e() concatenates the features of CNNs trained as Table 1's on the data sets of table5.encoders (first
+# seed), each with table5.encoder_training's data reading, inputs and settings, in its own run directory.
+
+
+wildcard_constraints:
+    encoder="|".join(stn_settings.encoder_datasets(config)) or "(?!)",
 
 
 rule table5_encoder_spec:
-    """job.json of e()'s training run."""
+    """job.json of the run that trains one of e()'s CNNs."""
     output:
-        aux_file("table5", "encoder", "job.json"),
+        stn_settings.encoder_file(config, "{encoder}", "job.json"),
     params:
-        job=stn_settings.encoder_job(config),
+        job=lambda w: stn_settings.encoder_job(config, w.encoder),
     log:
-        log_file("table5/encoder_job"),
+        log_file("table5/encoder_{encoder}_job"),
     localrule: True
     run:
         from stn.io import write_json, write_text
@@ -20,23 +24,23 @@ rule table5_encoder_spec:
 
 
 rule table5_encoder:
-    """Train e(): the Table 1 CNN architecture on the encoder's data set."""
+    """Train one of e()'s CNNs: the Table 1 CNN architecture on its data set."""
     input:
-        job=rules.table5_encoder_spec.output[0],
+        job=stn_settings.encoder_file(config, "{encoder}", "job.json"),
         mnist=data_file("mnist"),
         params=params_file("table1"),
         experiments=mlflow_file("table5"),
         ext=rules.build_extension.output[0],
     output:
-        model=aux_file("table5", "encoder", "model.pt"),
-        params=aux_file("table5", "encoder", "params.json"),
-        metrics=aux_file("table5", "encoder", "metrics.json"),
+        model=stn_settings.encoder_file(config, "{encoder}", "model.pt"),
+        params=stn_settings.encoder_file(config, "{encoder}", "params.json"),
+        metrics=stn_settings.encoder_file(config, "{encoder}", "metrics.json"),
     threads: 1
     priority: run_priority("table5") + 5  # every Table 5 run waits for it
     log:
-        log_file("table5/encoder"),
+        log_file("table5/encoder_{encoder}"),
     benchmark:
-        benchmark_file("table5/encoder")
+        benchmark_file("table5/encoder_{encoder}")
     shell:
         "stn run --job {input.job} --threads {threads} --input mnist={input.mnist} params={input.params} "
         "experiments={input.experiments} > {log} 2>&1"
@@ -45,15 +49,16 @@ rule table5_encoder:
 rule table5_run:
     """Optimise an attention transformer on the images of one class with the triplet loss of eq. (8)."""
     input:
+        unpack(lambda w: stn_settings.encoder_inputs(config, w.dataset)),
         job=run_file("job.json", "table5"),
         mnist=data_file("mnist"),
-        encoder=rules.table5_encoder.output.model,
-        encoder_params=rules.table5_encoder.output.params,
         experiments=mlflow_file("table5"),
         ext=rules.build_extension.output[0],
     output:
         metrics=run_file("metrics.json", "table5"),
         trajectory=run_file("trajectory.json", "table5"),
+    params:
+        encoders=lambda w, input: " ".join(f"{name}={input[name]}" for name in stn_settings.encoder_inputs(config, w.dataset)),
     priority: run_priority("table5")
     threads: 1
     log:
@@ -61,8 +66,8 @@ rule table5_run:
     benchmark:
         run_benchmark("table5")
     shell:
-        "stn run --job {input.job} --threads {threads} --input mnist={input.mnist} encoder={input.encoder} "
-        "encoder_params={input.encoder_params} experiments={input.experiments} > {log} 2>&1"
+        "stn run --job {input.job} --threads {threads} --input mnist={input.mnist} {params.encoders} "
+        "experiments={input.experiments} > {log} 2>&1"
 
 
 rule table5:
