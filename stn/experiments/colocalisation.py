@@ -3,8 +3,9 @@
 For one digit class, 100 images of a 28×28 digit at a uniform random place in an 84×84 canvas
 (T), with sixteen 6×6 distractor crops in TC. An attention transformer crops each image; nothing
 but the triplet hinge loss of eq. (8) trains it: the encodings e() of two images' crops should be
-closer than an image's crop and a random crop of the same image. e() is a Table 1 CNN the
-pipeline trained, frozen; its features are its two hidden layers and its logits.
+closer than an image's crop and a random crop of the same image. e() is made of Table 1 CNNs the
+pipeline trained, frozen (`Encoder`, per variant `table5.encoders`): each CNN's features are its two
+hidden layers and its logits, and on TC the TC CNN's stand beside the P CNN's.
 
 Four departures make eq. 8 find the digits (docs/CHOICES.md has the measurements): the window
 starts as the whole canvas and shrinks to the digit's size over the first steps instead of
