@@ -163,10 +163,25 @@ def resolve_job(config: dict, name: str, dataset: str, model: str, seed: int) ->
 ENCODER_RUN = "encoder_{dataset}"  # the auxiliary run (registry.AUX_DIR) of Table 5's e() CNN on a data set
 
 
-def encoder_datasets(config: dict) -> list[str]:
-    """The data sets whose CNNs Table 5's e() uses for any of the config's variants (table5.encoders)."""
+def encoder_datasets(config: dict, from_table1: bool | None = None) -> list[str]:
+    """The data sets whose CNNs Table 5's e() uses for any of the config's variants (table5.encoders); with
+    `from_table1`, only those whose CNN is (True) or is not (False) Table 1's own run (`encoder_from_table1`)."""
     section = config["table5"]
-    return sorted({d for v in section["variants"] for d in section["encoders"].get(v, {})})
+    used = {d for v in section["variants"] for d in section["encoders"].get(v, {})}
+    return sorted(d for d in used if from_table1 is None or encoder_from_table1(config, d) == from_table1)
+
+
+def encoder_from_table1(config: dict, dataset: str) -> bool:
+    """Whether e()'s CNN on `dataset` is Table 1's first-seed CNN run itself: without a table5.encoder_training
+    entry its job is that run's (same data, inputs, settings and seed; the weights came out bitwise equal), so
+    Table 5 copies it instead of training it again."""
+    return dataset not in config["table5"].get("encoder_training", {})
+
+
+def encoder_table1_run(config: dict, dataset: str) -> str:
+    """The run directory of Table 1's first-seed CNN on `dataset` (what `encoder_from_table1` reuses)."""
+    seed = registry.experiment("table1").grid(config["table1"], config).seeds[0]
+    return str(registry.run_dir(config["results"], "table1", dataset, "CNN", seed))
 
 
 def encoder_file(config: dict, dataset: str, file: str) -> str:

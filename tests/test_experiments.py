@@ -1,4 +1,5 @@
 """Appendix A.1-A.3 generators and pieces: addition data, co-localisation data, IoU, the triplet loss, 3-D volumes."""
+import json
 import math
 
 import numpy as np
@@ -114,6 +115,22 @@ def test_e_concatenates_its_cnns_features_each_scaled_so_its_squared_distances_c
 def test_a_missing_cnn_of_e_is_named_with_the_input_that_would_give_it():
     with pytest.raises(KeyError, match=r"e\(\) needs the CNN on TC: pass its model.pt as input encoder_TC=PATH"):
         co.load_encoder({"TC": 1.0}, {})
+
+
+def test_e_from_table1s_run_copies_its_model_its_parameter_entry_and_its_metrics(tmp_path):
+    run = tmp_path / "runs" / "table1" / "TC" / "CNN" / "seed1"
+    run.mkdir(parents=True)
+    (run / "model.pt").write_bytes(b"weights")
+    (run / "metrics.json").write_text(json.dumps({"dataset": "TC", "model": "CNN", "test_error": 7.98}))
+    (tmp_path / "params.json").write_text(json.dumps({"TC": {"target": 120000}, "P": {"target": 1}}))
+    out = tmp_path / "encoder_TC"
+    metrics = co.copy_table1_encoder("TC", run, tmp_path / "params.json", out, tmp_path / "copy.log")
+    assert (tmp_path / "copy.log").read_text() == f"copied {run} (Table 1's CNN on TC) to {out}\n"
+    assert (out / "model.pt").read_bytes() == b"weights" and json.loads((out / "params.json").read_text()) == {"TC": {"target": 120000}}
+    assert json.loads((out / "metrics.json").read_text()) == metrics == {"dataset": "TC", "model": "CNN", "test_error": 7.98,
+                                                                         "from_run": str(run)}
+    with pytest.raises(KeyError, match="parameter table .* has no RTS"):
+        co.copy_table1_encoder("RTS", run, tmp_path / "params.json", tmp_path / "encoder_RTS")
 
 
 def test_triplet_loss_by_hand():

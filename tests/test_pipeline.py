@@ -140,11 +140,17 @@ def test_smoke_appendix_experiments(smoke):
     done = {(r["model"], r["dataset"]) for r in t5 if r["ours_mean"]}
     assert done == {(str(d), v) for d in cfg["table5"]["digits"] for v in cfg["table5"]["variants"]}
     t5_runs = [json.loads(p.read_text()) for p in (smoke / "runs" / "table5").rglob("seed*/metrics.json")]
-    for dataset in ("R", "TC"):  # e()'s CNNs, each trained apart: R's for both variants, TC's beside it for TC
+    for dataset in ("R", "TC"):  # e()'s CNNs: R's (raw inputs) trained apart for both variants, TC's beside it for TC
         encoder = json.loads((smoke / "runs" / "table5" / f"encoder_{dataset}" / "metrics.json").read_text())
         assert (encoder["dataset"], encoder["model"]) == (dataset, "CNN")
         assert ("pixel_mean" in encoder) == cfg["table1"]["net"]["standardise"] * (dataset == "TC")  # R's: raw inputs
         assert not (smoke / "runs" / "table5" / f"encoder_{dataset}" / "data.npz").exists()  # its data is not kept
+    # TC has no encoder_training entry: its CNN is Table 1's first-seed run, copied, not trained again
+    table1_tc = smoke / "runs" / "table1" / "TC" / "CNN" / f"seed{cfg['table1']['seeds'][0]}"
+    encoder_tc = smoke / "runs" / "table5" / "encoder_TC"
+    assert json.loads((encoder_tc / "metrics.json").read_text())["from_run"] == str(table1_tc)
+    assert (encoder_tc / "model.pt").read_bytes() == (table1_tc / "model.pt").read_bytes()
+    assert "from_run" not in json.loads((smoke / "runs" / "table5" / "encoder_R" / "metrics.json").read_text())
     assert "on T the Table 1 CNN on R (raw inputs); on TC the Table 1 CNNs on 0.25× R (raw inputs) + TC (as Table 1)" in (
         smoke / "tables" / "table5.md").read_text()
     assert len(t5_runs) == len(done) and all(m["seconds"] > 0 for m in t5_runs)  # counted in the README's job time
@@ -171,7 +177,7 @@ def test_smoke_appendix_experiments(smoke):
         (f"SEQ{s}", m) for s in cfg["table2"]["sizes"] for m in cfg["table2"]["models"]}
     assert all(0 < m["zoom"] < 2 and m["shift"] >= 0 for m in t2_runs if m["model"] != "CNN")
     assert json.loads((smoke / "data" / "SEQ128.json").read_text())["sizes"] == cfg["table2"]["sequences"]
-    for experiment, n in [("table2", 6), ("table4", 3), ("table5", 2 + 2), ("volumetric", 2)]:  # Table 5: + e()'s two CNNs
+    for experiment, n in [("table2", 6), ("table4", 3), ("table5", 2 + 1), ("volumetric", 2)]:  # Table 5: + e()'s CNN on R (TC's is Table 1's run)
         runs = tracking.find_runs(tracking.default_uri(smoke), experiment)
         assert len(runs) == n and all(r.info.status == "FINISHED" for r in runs)
         (parent,) = tracking.find_runs(tracking.default_uri(smoke), experiment, parents=True)  # they nest under it

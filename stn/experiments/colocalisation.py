@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from . import load_weights, run_records, tracker, write_metrics
 from .. import ops
 from ..data import distort
-from ..io import read_json, save_npz, write_json
+from ..io import read_json, save_npz, write_json, write_text
 from ..modules import SpatialTransformer
 from ..paper import registry
 from ..settings import ENCODER_RUN
@@ -284,6 +284,29 @@ def train_encoder(job: dict, inputs: dict[str, Path], out_dir: Path) -> dict:
     finally:
         data.unlink(missing_ok=True)
         data.with_suffix(".json").unlink(missing_ok=True)
+
+
+def copy_table1_encoder(dataset: str, run: Path, params: Path, out_dir: Path, log: Path | None = None) -> dict:
+    """e()'s CNN on `dataset` from Table 1's own run of the same job (`settings.encoder_from_table1`): its model.pt,
+    its entry of Table 1's parameter table as params.json, and its metrics.json with `from_run` naming the run,
+    written into out_dir as `train_encoder` writes them (and a line saying so into `log`)."""
+    import shutil
+
+    from ..io import atomic_path
+
+    run, out_dir = Path(run), Path(out_dir)
+    table = read_json(params)
+    if dataset not in table:
+        raise KeyError(f"Table 1's parameter table {params} has no {dataset}; e()'s CNN on {dataset} comes from its run")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out_dir / "model.pt") as tmp:
+        shutil.copyfile(run / "model.pt", tmp)
+    write_json(out_dir / "params.json", {dataset: table[dataset]})
+    metrics = {**read_json(run / "metrics.json"), "from_run": str(run)}
+    write_json(out_dir / "metrics.json", metrics)
+    if log:
+        write_text(log, f"copied {run} (Table 1's CNN on {dataset}) to {out_dir}\n")
+    return metrics
 
 
 def load_encoder(weights: dict[str, float], models: dict[str, Path]) -> Encoder:

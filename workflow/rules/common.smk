@@ -115,9 +115,10 @@ def job_spec(wildcards):
     return stn_settings.resolve_job(config, wildcards.experiment, wildcards.dataset, wildcards.model, int(wildcards.seed))
 
 
-def aux_file(experiment, name, file):
-    """A file of an auxiliary run (registry.AUX_DIR), e.g. Table 5's encoder."""
-    return str(registry.aux_dir(RESULTS, experiment, name) / file)
+def encoder_pattern(from_table1=None):
+    """Wildcard constraint: the data sets of Table 5's e() CNNs (stn.settings.encoder_datasets), or a regex
+    matching nothing."""
+    return "|".join(stn_settings.encoder_datasets(config, from_table1)) or "(?!)"
 
 
 def experiment_spec(wildcards):

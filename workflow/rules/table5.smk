@@ -1,14 +1,17 @@
 # Table 5 and Fig. 4: co-localisation (appendix A.2), one optimisation per (variant, digit class).
 # e() concatenates the features of CNNs trained as Table 1's on the data sets of table5.encoders (first
-# seed), each with table5.encoder_training's data reading, inputs and settings, in its own run directory.
+# seed), each with table5.encoder_training's data reading, inputs and settings, in its own run directory;
+# a data set without such an entry takes Table 1's own run of that CNN (the same job), copied there.
 
 
 wildcard_constraints:
-    encoder="|".join(stn_settings.encoder_datasets(config)) or "(?!)",
+    encoder=encoder_pattern(),
 
 
 rule table5_encoder_spec:
     """job.json of the run that trains one of e()'s CNNs."""
+    wildcard_constraints:
+        encoder=encoder_pattern(from_table1=False),
     output:
         stn_settings.encoder_file(config, "{encoder}", "job.json"),
     params:
@@ -25,6 +28,8 @@ rule table5_encoder_spec:
 
 rule table5_encoder:
     """Train one of e()'s CNNs: the Table 1 CNN architecture on its data set."""
+    wildcard_constraints:
+        encoder=encoder_pattern(from_table1=False),
     input:
         job=stn_settings.encoder_file(config, "{encoder}", "job.json"),
         mnist=data_file("mnist"),
@@ -44,6 +49,27 @@ rule table5_encoder:
     shell:
         "stn run --job {input.job} --threads {threads} --input mnist={input.mnist} params={input.params} "
         "experiments={input.experiments} > {log} 2>&1"
+
+
+rule table5_encoder_from_table1:
+    """One of e()'s CNNs that is Table 1's first-seed CNN run: its model, parameter-table entry and metrics."""
+    wildcard_constraints:
+        encoder=encoder_pattern(from_table1=True),
+    input:
+        model=lambda w: f"{stn_settings.encoder_table1_run(config, w.encoder)}/model.pt",
+        metrics=lambda w: f"{stn_settings.encoder_table1_run(config, w.encoder)}/metrics.json",
+        params=params_file("table1"),
+    output:
+        model=stn_settings.encoder_file(config, "{encoder}", "model.pt"),
+        params=stn_settings.encoder_file(config, "{encoder}", "params.json"),
+        metrics=stn_settings.encoder_file(config, "{encoder}", "metrics.json"),
+    log:
+        log_file("table5/encoder_{encoder}"),
+    localrule: True
+    run:
+        from stn.experiments.colocalisation import copy_table1_encoder
+
+        copy_table1_encoder(wildcards.encoder, Path(input.model).parent, input.params, Path(output.model).parent, log[0])
 
 
 rule table5_run:
