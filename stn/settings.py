@@ -166,9 +166,8 @@ ENCODER_RUN = "encoder_{dataset}"  # the auxiliary run (registry.AUX_DIR) of Tab
 def encoder_datasets(config: dict, from_table1: bool | None = None) -> list[str]:
     """The data sets whose CNNs Table 5's e() uses for any of the config's variants (table5.encoders); with
     `from_table1`, only those whose CNN is (True) or is not (False) Table 1's own run (`encoder_from_table1`)."""
-    section = config["table5"]
-    used = {d for v in section["variants"] for d in section["encoders"].get(v, {})}
-    return sorted(d for d in used if from_table1 is None or encoder_from_table1(config, d) == from_table1)
+    used = registry.table5_encoder_datasets(config["table5"], config["table5"]["variants"])
+    return [d for d in used if from_table1 is None or encoder_from_table1(config, d) == from_table1]
 
 
 def encoder_from_table1(config: dict, dataset: str) -> bool:

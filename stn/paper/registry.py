@@ -272,6 +272,23 @@ def googlenet_hub_path() -> Path:
 
     return Path(get_dir()) / "checkpoints" / GOOGLENET_WEIGHTS
 
+
+def table5_encoder_datasets(section: dict, variants: list[str] | None = None) -> list[str]:
+    """The data sets whose Table 1 CNNs make Table 5's e() (table5.encoders), for `variants` or for every entry."""
+    encoders = section["encoders"]
+    return sorted({d for v in (encoders if variants is None else variants) for d in encoders.get(v, {})})
+
+
+def _table5_references(cfg: dict) -> list[tuple[str, list, list]]:
+    section, used = cfg["table5"], table5_encoder_datasets(cfg["table5"])
+    return [("table5.encoders (their Table 1 CNNs make e())", used, cfg["table1"]["datasets"]),
+            ("table5.encoders (e() is made of Table 1's CNNs)", ["CNN"], cfg["table1"]["models"]),
+            ("table5.variants (each needs its e() in table5.encoders)", section["variants"], list(section["encoders"])),
+            ("table5.encoder_training (for a data set of table5.encoders)", list(section.get("encoder_training", {})), used),
+            ("table5.figure_variant", [section["figure_variant"]], section["variants"]),
+            ("table5.figure_digit", [section["figure_digit"]], section["digits"])]
+
+
 EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
     Experiment(
         name="table1", module="classification", title="Table 1: test error (%) on distorted MNIST",
@@ -333,16 +350,7 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
                            f"figures/table5_{c['figure_variant']}_{c['figure_digit']}.gif"],
         metric="localised", metric_words="percent localised", row_label="Class", column_label="variant",
         settings_key="optimise", job_keys=("encoders",),
-        references=lambda cfg: [
-            ("table5.encoders (their Table 1 CNNs make e())",
-             sorted({d for v in cfg["table5"]["encoders"].values() for d in v}), cfg["table1"]["datasets"]),
-            ("table5.encoders (e() is made of Table 1's CNNs)", ["CNN"], cfg["table1"]["models"]),
-            ("table5.variants (each needs its e() in table5.encoders)", cfg["table5"]["variants"],
-             list(cfg["table5"]["encoders"])),
-            ("table5.encoder_training (for a data set of table5.encoders)", list(cfg["table5"].get("encoder_training", {})),
-             sorted({d for v in cfg["table5"]["encoders"].values() for d in v})),
-            ("table5.figure_variant", [cfg["table5"]["figure_variant"]], cfg["table5"]["variants"]),
-            ("table5.figure_digit", [cfg["table5"]["figure_digit"]], cfg["table5"]["digits"])],
+        references=_table5_references,
     ),
     Experiment(
         name="volumetric", priority=5, module="volumetric",
