@@ -307,6 +307,13 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _message(exc: BaseException) -> str:
+    """An error's text for the one line `main` prints: a KeyError's own message, without the quotes its str() adds."""
+    if isinstance(exc, KeyError) and len(exc.args) == 1 and isinstance(exc.args[0], str):
+        return exc.args[0]
+    return str(exc)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     from . import warm
@@ -319,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.fn(args)
     except (FileNotFoundError, KeyError, ValueError, RuntimeError, ArithmeticError, PermissionError) as exc:
-        print(f"stn {args.step}: error: {exc}", file=sys.stderr)
+        print(f"stn {args.step}: error: {_message(exc)}", file=sys.stderr)
         return 1
     return 0
 

@@ -69,6 +69,20 @@ def test_readme_command_does_not_clash_with_the_step_name(capsys):
     assert capsys.readouterr().err.startswith("stn readme: error:")
 
 
+def test_a_missing_input_is_one_plain_line_naming_the_input(tmp_path, capsys):
+    """A KeyError's message reaches the user as written, not quoted as str(KeyError) quotes it."""
+    import json
+
+    from stn.cli import main
+
+    job = tmp_path / "job.json"
+    job.write_text(json.dumps({"experiment": "table5", "dataset": "TC", "model": "1", "seed": 0, "settings": {},
+                               "extra": {"encoders": {"TC": {"TC": 1.0}}}, "results": str(tmp_path)}))
+    assert main(["run", "--job", str(job)]) == 1
+    assert capsys.readouterr().err == ("stn run: error: e() needs the CNN on TC: pass its model.pt as input encoder_TC=PATH "
+                                       "(runs/table5/encoder_TC/)\n")
+
+
 def test_training_keys_are_listed_once():
     keys = {f.name for f in fields(settings.TrainSettings)} - {"device"}
     assert set(settings.train_schema()["properties"]) == keys
