@@ -195,6 +195,35 @@ def test_optimise_names_the_centre_choices(monkeypatch):
                     {"centre": True}, 0)
 
 
+def test_a_random_bank_encodes_k_patches_once_and_each_step_draws_its_patch_from_them(monkeypatch):
+    torch.manual_seed(0)
+    images = (torch.rand(5, co.CANVAS, co.CANVAS) * 255).to(torch.uint8).numpy()
+    boxes = np.tile(np.array([[20, 20, 48, 48]], np.float32), (5, 1))
+    cnn = torch.nn.Sequential(torch.nn.Conv2d(1, 3, 5), torch.nn.MaxPool2d(2), torch.nn.Flatten(), torch.nn.Linear(3 * 12 * 12, 4))
+    calls, drawn = [], []
+
+    class Counting(co.Encoder):
+        def forward(self, x):
+            calls.append(len(x))
+            return super().forward(x)
+
+    loss = co.triplet_loss
+    monkeypatch.setattr(co, "triplet_loss", lambda a, b, r, m: drawn.append(r.detach()) or loss(a, b, r, m))
+    settings = {"images": 5, "steps": 8, "optimizer": "adam", "lr": 0.003, "momentum": 0.9, "margin": 4.0, "scale_from": 1.0,
+                "anneal_steps": 4, "centre": "ink", "record_every": 4, "figure_images": 2}
+    co.optimise(images, boxes, Counting([cnn], [1.0]), settings, 0, log=lambda s: None)
+    assert len(calls) == 2 * 8  # fresh patches: e() of the crops and of new patches every step
+    calls.clear(), drawn.clear()
+    co.optimise(images, boxes, Counting([cnn], [1.0]), {**settings, "random_bank": 3}, 0, log=lambda s: None)
+    assert len(calls) == 3 + 8  # the bank once, then only the crops
+    x = torch.from_numpy(images).float().div(255).unsqueeze(1)
+    bank = co.random_bank(x, co.Encoder([cnn], [1.0]), 3, torch.Generator().manual_seed(0))  # drawn first from the seed
+    assert bank.shape[:2] == (5, 3) and len(drawn) == 8
+    for e_rand in drawn:  # every image's patch is one of its own three
+        assert all(any(torch.equal(e_rand[n], bank[n, k]) for k in range(3)) for n in range(5))
+    assert len({float(e_rand[0, 0]) for e_rand in drawn}) > 1  # and not always the same one
+
+
 def test_derangement_never_pairs_an_image_with_itself():
     gen = torch.Generator().manual_seed(0)
     for n in (2, 3, 100):
