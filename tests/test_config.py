@@ -130,6 +130,15 @@ def test_an_unknown_key_in_the_encoders_training_settings_is_refused_by_name():
         stn_config.validate(cfg, ROOT / "workflow" / "schemas" / "config.schema.json")
 
 
+def test_a_random_bank_is_a_count_of_patches():
+    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    cfg["table5"]["optimise"]["random_bank"] = 16
+    validate(copy.deepcopy(cfg), SCHEMA)
+    cfg["table5"]["optimise"]["random_bank"] = -1
+    with pytest.raises(ConfigError, match=r"table5.optimise.random_bank: -1 is less than the minimum of 0"):
+        validate(copy.deepcopy(cfg), SCHEMA)
+
+
 def test_e_may_be_made_of_any_table1_data_sets_cnns_and_nothing_else():
     cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     cfg["table5"]["encoders"]["TC"] = {"P": 0.25, "TC": 1.0}  # the TC CNN sees each crop in a blank 60x60 canvas
