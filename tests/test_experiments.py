@@ -203,9 +203,9 @@ def test_a_random_bank_encodes_k_patches_once_and_each_step_draws_its_patch_from
     calls, drawn = [], []
 
     class Counting(co.Encoder):
-        def forward(self, x):
+        def parts(self, x, only=None):
             calls.append(len(x))
-            return super().forward(x)
+            return super().parts(x, only)
 
     loss = co.triplet_loss
     monkeypatch.setattr(co, "triplet_loss", lambda a, b, r, m: drawn.append(r.detach()) or loss(a, b, r, m))
@@ -218,10 +218,35 @@ def test_a_random_bank_encodes_k_patches_once_and_each_step_draws_its_patch_from
     assert len(calls) == 3 + 8  # the bank once, then only the crops
     x = torch.from_numpy(images).float().div(255).unsqueeze(1)
     bank = co.random_bank(x, co.Encoder([cnn], [1.0]), 3, torch.Generator().manual_seed(0))  # drawn first from the seed
-    assert bank.shape[:2] == (5, 3) and len(drawn) == 8
+    assert len(bank) == 1 and bank[0].shape[:2] == (5, 3) and len(drawn) == 8
     for e_rand in drawn:  # every image's patch is one of its own three
-        assert all(any(torch.equal(e_rand[n], bank[n, k]) for k in range(3)) for n in range(5))
+        assert all(any(torch.equal(e_rand[n], bank[0][n, k]) for k in range(3)) for n in range(5))
     assert len({float(e_rand[0, 0]) for e_rand in drawn}) > 1  # and not always the same one
+
+
+def test_a_cnn_of_e_joins_from_its_start_step_with_its_weight_in_the_margin(monkeypatch):
+    torch.manual_seed(0)
+    small = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.MaxPool2d(2), torch.nn.Flatten(), torch.nn.Linear(2 * 13 * 13, 3))
+    large = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.MaxPool2d(2), torch.nn.Flatten(), torch.nn.Linear(2 * 29 * 29, 4))
+    e = co.Encoder([small, co.crop_encoder(large, 60)], [0.25, 1.0], ["P", "TC"])
+    in_use = co.encoder_schedule(e, {"TC": 4})
+    assert [in_use(step) for step in (0, 3, 4, 7)] == [(0,), (0,), (0, 1), (0, 1)]
+    crops = torch.rand(3, 1, 28, 28)
+    torch.testing.assert_close(e(crops, (0,)), e(crops)[:, :e(crops, (0,)).shape[1]])  # P's block alone
+    assert co.encoder_schedule(e, {"E": 4})(0) == (0, 1)  # another variant's CNN: not this e()'s concern
+    with pytest.raises(ValueError, match="some CNN of e.* must start at step 0"):
+        co.encoder_schedule(e, {"P": 2, "TC": 4})
+    seen = []
+    loss = co.triplet_loss
+    monkeypatch.setattr(co, "triplet_loss", lambda a, b, r, m: seen.append((a.shape[1], r.shape[1], m)) or loss(a, b, r, m))
+    images = (torch.rand(4, co.CANVAS, co.CANVAS) * 255).to(torch.uint8).numpy()
+    settings = {"images": 4, "steps": 8, "optimizer": "adam", "lr": 0.003, "momentum": 0.9, "margin": 4.0, "scale_from": 1.0,
+                "anneal_steps": 4, "centre": "ink", "record_every": 4, "figure_images": 2, "encoder_start": {"TC": 4}}
+    for bank in (0, 2):
+        seen.clear()
+        co.optimise(images, np.zeros((4, 4), np.float32), e, {**settings, "random_bank": bank}, 0, log=lambda s: None)
+        p_width, both = e(crops, (0,)).shape[1], e(crops).shape[1]
+        assert seen == [(p_width, p_width, 1.0)] * 4 + [(both, both, 5.0)] * 4  # margin 4 per unit of weight in use
 
 
 def test_derangement_never_pairs_an_image_with_itself():

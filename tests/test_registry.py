@@ -115,6 +115,8 @@ def test_resolve_job_applies_overrides_in_order_and_checks_the_run():
     (lambda c: c["table5"]["encoders"]["TC"].update(E=1.0), "table5.encoders (their Table 1 CNNs make e()): 'E' is not among"),
     (lambda c: c["table5"]["encoders"].pop("T"), "table5.variants (each needs its e() in table5.encoders): 'T' is not among"),
     (lambda c: c["table5"]["encoder_training"].update(RTS={}), "table5.encoder_training (for a data set of table5.encoders): 'RTS'"),
+    (lambda c: c["table5"]["optimise"].update(encoder_start={"P": 5}),
+     "table5.optimise.encoder_start (for a data set of table5.encoders): 'P' is not among"),
     (lambda c: c["table1"]["train_overrides"].append({"dataset": "ADD", "lr": 1.0}), "table1.train_overrides.1.dataset"),
 ])
 def test_references_between_sections_are_checked_before_any_job(edit, message):

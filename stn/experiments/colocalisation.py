@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -146,23 +147,35 @@ def encoder_features(cnn: nn.Sequential, x: Tensor) -> Tensor:
 
 class Encoder(nn.Module):
     """e(): the `encoder_features` of one or more frozen CNNs, concatenated, each CNN's scaled by √weight so its
-    squared distances count `weight` times in eq. 8. `weight` (the sum) scales the margin.
+    squared distances count `weight` times in eq. 8. `weight` (the sum) scales the margin. `names` (the CNNs'
+    data sets) let `optimise.encoder_start` say from which step each CNN joins e(); `only` picks CNNs by index.
 
-        e = Encoder([crop_encoder(p_cnn, 28), crop_encoder(tc_cnn, 60)], [0.25, 1.0])
+        e = Encoder([crop_encoder(p_cnn, 28), crop_encoder(tc_cnn, 60)], [0.25, 1.0], ["P", "TC"])
         e(crops)  # (N, 1, 28, 28) -> (N, D)
+        e(crops, only=(0,))  # P's features alone, weighed 0.25 (e.weight_of((0,)))
     """
 
-    def __init__(self, cnns: list[nn.Sequential], weights: list[float]) -> None:
+    def __init__(self, cnns: list[nn.Sequential], weights: list[float], names: list[str] | None = None) -> None:
         super().__init__()
         if len(cnns) != len(weights) or not cnns or min(weights) <= 0:
             raise ValueError(f"e() needs one positive weight per CNN, got {len(cnns)} CNNs and weights {weights}")
         self.cnns = nn.ModuleList(cnns)
+        self.weights = [float(w) for w in weights]
         self.scales = [w ** 0.5 for w in weights]
+        self.names = list(names) if names is not None else [str(i) for i in range(len(cnns))]
         self.weight = float(sum(weights))
         self.eval().requires_grad_(False)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return torch.cat([encoder_features(cnn, x) * s for cnn, s in zip(self.cnns, self.scales)], 1)
+    def parts(self, x: Tensor, only: tuple[int, ...] | None = None) -> list[Tensor]:
+        """Each chosen CNN's scaled features (N, D_i), in order."""
+        chosen = range(len(self.cnns)) if only is None else only
+        return [encoder_features(self.cnns[i], x) * self.scales[i] for i in chosen]
+
+    def weight_of(self, only: tuple[int, ...] | None = None) -> float:
+        return self.weight if only is None else float(sum(self.weights[i] for i in only))
+
+    def forward(self, x: Tensor, only: tuple[int, ...] | None = None) -> Tensor:
+        return torch.cat(self.parts(x, only), 1)
 
 
 def crop_encoder(cnn: nn.Sequential, size: int) -> nn.Sequential:
@@ -208,12 +221,22 @@ def random_crops(x: Tensor, gen: torch.Generator) -> Tensor:
     return ops.sample(x, Attention().grid(theta, (CROP, CROP)))
 
 
-def random_bank(x: Tensor, encoder: Encoder, count: int, gen: torch.Generator) -> Tensor:
-    """e(Iₙʳᵃⁿᵈ) for `count` random patches of each image, encoded once: (N, count, D). e() is frozen and the
-    images fixed, so a patch's encoding never changes; drawing one of these per step (`optimise.random_bank`)
-    spares the forward pass through e() that a fresh patch costs every step (a third of a TC step's work)."""
+def random_bank(x: Tensor, encoder: Encoder, count: int, gen: torch.Generator) -> list[Tensor]:
+    """e(Iₙʳᵃⁿᵈ) for `count` random patches of each image, encoded once: per CNN of e(), (N, count, D_i). e() is
+    frozen and the images fixed, so a patch's encoding never changes; drawing one of these per step
+    (`optimise.random_bank`) spares the forward pass through e() that a fresh patch costs every step (a third of
+    a TC step's work)."""
     with torch.no_grad():
-        return torch.stack([encoder(random_crops(x, gen)) for _ in range(count)], 1)
+        draws = [encoder.parts(random_crops(x, gen)) for _ in range(count)]
+    return [torch.stack([d[i] for d in draws], 1) for i in range(len(encoder.cnns))]
+
+
+def encoder_schedule(encoder: Encoder, starts: dict[str, int]) -> Callable[[int], tuple[int, ...]]:
+    """step -> the indices of e()'s CNNs in use at that step: each from its `starts` step on (absent: step 0). A data
+    set of `starts` that this e() is not made of is another variant's (the config's check refuses one of none)."""
+    if all(starts.get(name, 0) > 0 for name in encoder.names):
+        raise ValueError(f"optimise.encoder_start {starts}: some CNN of e() ({encoder.names}) must start at step 0")
+    return lambda step: tuple(i for i, name in enumerate(encoder.names) if starts.get(name, 0) <= step)
 
 
 def derangement(n: int, gen: torch.Generator) -> Tensor:
@@ -228,8 +251,9 @@ def derangement(n: int, gen: torch.Generator) -> Tensor:
 def optimise(images: np.ndarray, boxes: np.ndarray, encoder: Encoder, settings: dict, seed: int,
              log=print, on_eval=None) -> dict:
     """Train a localiser on one image set; returns the final localisation rate and the θ trajectory. The margin
-    is settings["margin"] per unit of the encoder's weight. Iₙʳᵃⁿᵈ is a fresh patch every step, or with
-    settings["random_bank"] = K > 0 one of K patches per image encoded once at the start (`random_bank`)."""
+    is settings["margin"] per unit of the weight of e()'s CNNs in use, each from its settings["encoder_start"] step
+    on (`encoder_schedule`). Iₙʳᵃⁿᵈ is a fresh patch every step, or with settings["random_bank"] = K > 0 one of K
+    patches per image encoded once at the start (`random_bank`)."""
     torch.manual_seed(seed)
     x = torch.from_numpy(images).float().div(255).unsqueeze(1)
     true = torch.from_numpy(boxes).double()
@@ -237,7 +261,7 @@ def optimise(images: np.ndarray, boxes: np.ndarray, encoder: Encoder, settings: 
     if centre not in CENTRES:
         raise ValueError(f"optimise.centre must be one of {list(CENTRES)}, got {centre!r}")
     st = localiser(centre != "none")
-    margin = settings["margin"] * encoder.weight
+    in_use = encoder_schedule(encoder, settings.get("encoder_start") or {})
     opt = make_optimizer(settings["optimizer"], st.parameters(), settings["lr"], settings["momentum"])
     gen = torch.Generator().manual_seed(seed)
     bank = random_bank(x, encoder, settings["random_bank"], gen) if settings.get("random_bank", 0) else None
@@ -259,13 +283,14 @@ def optimise(images: np.ndarray, boxes: np.ndarray, encoder: Encoder, settings: 
             break
         if centre == "ink" and step >= settings["anneal_steps"]:  # the window holds a digit's size from here
             recentre(st, crops, scale)
-        partner = derangement(len(x), gen)
+        partner, only = derangement(len(x), gen), in_use(step)
         if bank is None:
-            e_rand = encoder(random_crops(x, gen))
+            e_rand = encoder(random_crops(x, gen), only)
         else:
-            e_rand = bank[torch.arange(len(x)), torch.randint(bank.shape[1], (len(x),), generator=gen)]
-        e_crop = encoder(crops)
-        loss = triplet_loss(e_crop, e_crop[partner], e_rand, margin)
+            draw = torch.arange(len(x)), torch.randint(bank[0].shape[1], (len(x),), generator=gen)
+            e_rand = torch.cat([bank[i][draw] for i in only], 1)
+        e_crop = encoder(crops, only)
+        loss = triplet_loss(e_crop, e_crop[partner], e_rand, settings["margin"] * encoder.weight_of(only))
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -335,7 +360,7 @@ def load_encoder(weights: dict[str, float], models: dict[str, Path]) -> Encoder:
         built = build_classifier(dataset, "CNN", read_json(Path(models[dataset]).parent / "params.json"))
         load_weights(built.model, models[dataset], f"e()'s CNN on {dataset}")
         cnns.append(crop_encoder(built.model, registry.DATASETS[dataset].size))
-    return Encoder(cnns, list(weights.values()))
+    return Encoder(cnns, list(weights.values()), list(weights))
 
 
 def run_job(job: dict, inputs: dict[str, Path], out_dir: Path) -> dict:
@@ -385,7 +410,7 @@ def render(spec: dict, results: Path) -> list[Path]:
     patches = f", each image's random patch one of {bank} encoded once" if bank else ""
     caption = (f"{e.title}, {spec['config_name']} config "
                f"({s['steps']} {OPTIMIZER_NAMES[s['optimizer']]} steps per class, {s['images']} images each, "
-               f"{_encoder_words(section)}{patches}; "
+               f"{_encoder_words(section, s.get('encoder_start') or {})}{patches}; "
                f"the window shrinks from the whole canvas{CENTRE_WORDS[s['centre']]}, see docs/CHOICES.md).")
     paths = tables.render_table(run_records(results, "table5", grid), list(e.datasets), list(e.models), caption,
                                 results / "tables", "table5")
@@ -402,9 +427,10 @@ def render(spec: dict, results: Path) -> list[Path]:
 OPTIMIZER_NAMES = {"adam": "Adam", "sgd": "SGD"}  # as the caption spells them
 
 
-def _encoder_words(section: dict) -> str:
+def _encoder_words(section: dict, starts: dict[str, int]) -> str:
     """How e() is made for each variant, e.g. "e() on T the Table 1 CNN on P (raw inputs); on TC 0.25× the CNN on P
-    (raw inputs) + the CNN on TC (as Table 1's)": the weights, and what each CNN's training changes."""
+    (raw inputs) + the CNN on TC (as Table 1's) from step 240": the weights, what each CNN's training changes, and
+    from which step a CNN joins (`starts`, optimise.encoder_start)."""
     def cnn(dataset: str) -> str:
         own = section.get("encoder_training", {}).get(dataset, {})
         words = [f"{own['projective_corners']} corner moves"] if "projective_corners" in own else []
@@ -416,6 +442,7 @@ def _encoder_words(section: dict) -> str:
     parts = []
     for variant in section["variants"]:
         weights = section["encoders"][variant]
-        terms = [("" if w == 1 else f"{w:g}× ") + cnn(d) for d, w in weights.items()]
+        terms = [("" if w == 1 else f"{w:g}× ") + cnn(d) + (f" from step {starts[d]}" if starts.get(d) else "")
+                 for d, w in weights.items()]
         parts.append(f"on {variant} the Table 1 CNN{'s' if len(terms) > 1 else ''} on " + " + ".join(terms))
     return "e() " + "; ".join(parts)

@@ -285,6 +285,8 @@ def _table5_references(cfg: dict) -> list[tuple[str, list, list]]:
             ("table5.encoders (e() is made of Table 1's CNNs)", ["CNN"], cfg["table1"]["models"]),
             ("table5.variants (each needs its e() in table5.encoders)", section["variants"], list(section["encoders"])),
             ("table5.encoder_training (for a data set of table5.encoders)", list(section.get("encoder_training", {})), used),
+            ("table5.optimise.encoder_start (for a data set of table5.encoders)",
+             list(section["optimise"].get("encoder_start") or {}), used),
             ("table5.figure_variant", [section["figure_variant"]], section["variants"]),
             ("table5.figure_digit", [section["figure_digit"]], section["digits"])]
 
