@@ -1,6 +1,7 @@
 """`python -m stn.bench sampler`: time every sampler implementation against F.affine_grid + F.grid_sample.
 (The other subcommands, in SUBCOMMANDS: `train`, training steps per second and the protocol's device-hours;
-`pool`, average pooling against torch's; `grid`, the projective and TPS grid generators against autograd's.)
+`pool`, average pooling against torch's; `grid`, the projective and TPS grid generators against autograd's;
+`coloc`, a Table 5 class's optimisation step with fresh random patches against a bank of them.)
 
 Each method runs the whole transformer step that a model pays for (grid generation from θ and
 sampling; forward, and forward+backward with gradients for input and θ), so ratios are
@@ -325,7 +326,7 @@ def format_row(r: dict, left_s: float | None = None) -> str:
             f"{r['copy_percent']:>7.1f} {r['peak_mib']:>9.1f} {left:>7}").rstrip()
 
 
-SUBCOMMANDS = {"train": "bench_train", "pool": "bench_pool", "grid": "bench_grid"}  # name -> module with main(argv)
+SUBCOMMANDS = {"train": "bench_train", "pool": "bench_pool", "grid": "bench_grid", "coloc": "bench_coloc"}  # name -> module with main(argv)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -231,6 +231,15 @@ def random_bank(x: Tensor, encoder: Encoder, count: int, gen: torch.Generator) -
     return [torch.stack([d[i] for d in draws], 1) for i in range(len(encoder.cnns))]
 
 
+def random_encodings(x: Tensor, encoder: Encoder, only: tuple[int, ...], bank: list[Tensor] | None,
+                     gen: torch.Generator) -> Tensor:
+    """This step's e(Iₙʳᵃⁿᵈ) from the CNNs `only`: a fresh patch of each image, or one of its patches in `bank`."""
+    if bank is None:
+        return encoder(random_crops(x, gen), only)
+    draw = torch.arange(len(x)), torch.randint(bank[0].shape[1], (len(x),), generator=gen)
+    return torch.cat([bank[i][draw] for i in only], 1)
+
+
 def encoder_schedule(encoder: Encoder, starts: dict[str, int]) -> Callable[[int], tuple[int, ...]]:
     """step -> the indices of e()'s CNNs in use at that step: each from its `starts` step on (absent: step 0). A data
     set of `starts` that this e() is not made of is another variant's (the config's check refuses one of none)."""
@@ -284,11 +293,7 @@ def optimise(images: np.ndarray, boxes: np.ndarray, encoder: Encoder, settings: 
         if centre == "ink" and step >= settings["anneal_steps"]:  # the window holds a digit's size from here
             recentre(st, crops, scale)
         partner, only = derangement(len(x), gen), in_use(step)
-        if bank is None:
-            e_rand = encoder(random_crops(x, gen), only)
-        else:
-            draw = torch.arange(len(x)), torch.randint(bank[0].shape[1], (len(x),), generator=gen)
-            e_rand = torch.cat([bank[i][draw] for i in only], 1)
+        e_rand = random_encodings(x, encoder, only, bank, gen)
         e_crop = encoder(crops, only)
         loss = triplet_loss(e_crop, e_crop[partner], e_rand, settings["margin"] * encoder.weight_of(only))
         opt.zero_grad()

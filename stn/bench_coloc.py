@@ -1,0 +1,121 @@
+"""`python -m stn.bench coloc`: what a Table 5 class costs, per optimisation step and per class, with fresh random
+patches (the baseline, A.2's) against a bank of patches encoded once (`optimise.random_bank`) and against e()'s
+costly CNNs joining late (`optimise.encoder_start`).
+
+For each variant of the config, e() is built as its runs build it (table5.encoders: Table 1's CNNs at the widths
+`stn params` gives them, random weights: the time does not depend on them) over random canvases of the set's size.
+Per CNN subset in use it times the optimiser's whole step (localise, e() of the crops and of the random patches,
+eq. 8, backward, update) with fresh patches and with a bank, the two back to back in each of `--steps` rounds
+(median), and the bank's one-off encoding; then the seconds a class takes under the config's schedule and bank
+(or `--bank`, `--start`), and the ratio to fresh patches with every CNN from step 0.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+
+import torch
+
+from .bench import call_times
+
+
+def _encoder(config: dict, variant: str):
+    from .experiments import colocalisation as co
+    from .experiments.classification import build_model, param_table
+    from .paper import registry
+
+    weights = config["table5"]["encoders"][variant]
+    section = config["table1"]
+    table = param_table(list(weights), list(section["models"]), section["param_target"], section.get("net"))
+    cnns = [co.crop_encoder(build_model(d, "CNN", table, seed=0).model, registry.DATASETS[d].size) for d in weights]
+    return co.Encoder(cnns, list(weights.values()), list(weights))
+
+
+def step_seconds(encoder, settings: dict, only: tuple[int, ...], bank_size: int, rounds: int) -> tuple[float, float, float]:
+    """(fresh, bank) median seconds of one optimiser step with the CNNs `only`, timed back to back in each round,
+    and the seconds the bank of `bank_size` patches per image takes to encode."""
+    from .experiments import colocalisation as co
+    from .train import make_optimizer
+
+    torch.manual_seed(0)
+    x = torch.rand(settings["images"], 1, co.CANVAS, co.CANVAS)
+    st = co.localiser(settings["centre"] != "none")
+    opt = make_optimizer(settings["optimizer"], st.parameters(), settings["lr"], settings["momentum"])
+    gen = torch.Generator().manual_seed(0)
+    _, built = call_times(lambda: co.random_bank(x, encoder, bank_size, gen), torch.device("cpu"), 1, warmup=0)
+    bank = co.random_bank(x, encoder, 1, gen)
+
+    def step(patches):
+        crops, _ = co.localise(st, x, co.CROP / co.CANVAS)
+        e_rand = co.random_encodings(x, encoder, only, patches, gen)
+        e_crop = encoder(crops, only)
+        loss = co.triplet_loss(e_crop, e_crop[co.derangement(len(x), gen)], e_rand, settings["margin"])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    calls = (lambda: step(None), lambda: step(bank))
+    for fn in calls:
+        call_times(fn, torch.device("cpu"), 0)  # warm-up
+    times = {0: [], 1: []}
+    for i in range(rounds):
+        for k in ((0, 1) if i % 2 == 0 else (1, 0)):
+            times[k].append(call_times(calls[k], torch.device("cpu"), 1, warmup=0)[1][0])
+    return statistics.median(times[0]), statistics.median(times[1]), built[0]
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .config import read_config
+    from .experiments import colocalisation as co
+
+    parser = argparse.ArgumentParser(prog="python -m stn.bench coloc", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="config/config.yaml")
+    parser.add_argument("--variants", default=None, help="comma-separated Table 5 variants (default: the config's)")
+    parser.add_argument("--bank", type=int, default=None, help="patches per image in the bank (default: the config's "
+                                                                 "optimise.random_bank, else 16)")
+    parser.add_argument("--start", nargs="*", default=None, metavar="DATASET=STEP",
+                        help="optimise.encoder_start in place of the config's (none: every CNN from step 0)")
+    parser.add_argument("--steps", type=int, default=10, help="timed rounds per CNN subset (their median is used)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (a pipeline job uses 1)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    config = read_config(args.config)  # as written: only table1 and table5 are read
+    settings = dict(config["table5"]["optimise"])
+    bank_size = args.bank or settings.get("random_bank") or 16
+    starts = settings.get("encoder_start") or {}
+    if args.start is not None:
+        starts = {k: int(v) for k, v in (item.split("=", 1) for item in args.start)}
+    variants = args.variants.split(",") if args.variants else list(config["table5"]["variants"])
+    steps = settings["steps"]
+    print(f"== CPU, {torch.get_num_threads()} threads: one Table 5 class, {settings['images']} images, {steps} steps; "
+          f"ms = median of {args.steps} rounds timing fresh patches and a bank back to back; a bank of {bank_size} "
+          f"patches per image; encoder_start {starts or 'none'}")
+    header = (f"{'variant':<8} {'CNNs in use':<14} {'steps':>6} {'fresh ms':>9} {'bank ms':>8} {'x':>5} "
+              f"{'bank build s':>12}")
+    print(header + "\n" + "-" * len(header), flush=True)
+    for variant in variants:
+        encoder = _encoder(config, variant)
+        in_use = co.encoder_schedule(encoder, starts)
+        phases: dict[tuple[int, ...], int] = {}
+        for step in range(steps):
+            phases[in_use(step)] = phases.get(in_use(step), 0) + 1
+        everything = tuple(range(len(encoder.cnns)))
+        measured = {}
+        for only in dict.fromkeys([everything, *phases]):
+            measured[only] = step_seconds(encoder, settings, only, bank_size, args.steps)
+            fresh, bank, built = measured[only]
+            names = "+".join(encoder.names[i] for i in only)
+            print(f"{variant:<8} {names:<14} {phases.get(only, 0):>6} {fresh * 1e3:>9.0f} {bank * 1e3:>8.0f} "
+                  f"{fresh / bank:>5.2f} {built:>12.1f}", flush=True)
+        baseline = steps * measured[everything][0]
+        fresh_sched = sum(n * measured[only][0] for only, n in phases.items())
+        bank_sched = measured[everything][2] + sum(n * measured[only][1] for only, n in phases.items())
+        print(f"{variant:<8} per class: fresh patches, every CNN from step 0 (baseline) {baseline:.0f} s; this schedule "
+              f"{fresh_sched:.0f} s ({baseline / fresh_sched:.2f}x); with the bank {bank_sched:.0f} s "
+              f"({baseline / bank_sched:.2f}x)", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
