@@ -177,10 +177,11 @@ def encoder_from_table1(config: dict, dataset: str) -> bool:
     return dataset not in config["table5"].get("encoder_training", {})
 
 
-def encoder_table1_run(config: dict, dataset: str) -> str:
-    """The run directory of Table 1's first-seed CNN on `dataset` (what `encoder_from_table1` reuses)."""
+def encoder_table1_files(config: dict, dataset: str) -> dict[str, str]:
+    """{"model", "metrics": file} of Table 1's first-seed CNN run on `dataset` (what `encoder_from_table1` reuses)."""
     seed = registry.experiment("table1").grid(config["table1"], config).seeds[0]
-    return str(registry.run_dir(config["results"], "table1", dataset, "CNN", seed))
+    run = registry.run_dir(config["results"], "table1", dataset, "CNN", seed)
+    return {"model": str(run / "model.pt"), "metrics": str(run / "metrics.json")}
 
 
 def encoder_file(config: dict, dataset: str, file: str) -> str:

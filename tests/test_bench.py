@@ -156,17 +156,21 @@ def test_grid_benchmark_prints_ratios_against_the_autograd_reference(capsys, mon
 def test_coloc_benchmark_costs_a_class_under_the_schedule_and_the_bank(capsys, monkeypatch):
     from stn import bench_coloc
 
-    # (fresh, bank) seconds per step and the bank's build, per set of CNNs in use (smoke: TC's e() is R + TC)
-    seconds = {(0, 1): (2.0, 1.0, 3.0), (0,): (0.5, 0.25, 3.0)}
-    monkeypatch.setattr(bench_coloc, "step_seconds", lambda encoder, settings, only, bank, rounds: seconds[only])
+    # (fresh, bank) seconds per step per set of CNNs in use (smoke: TC's e() is R + TC); the bank builds in 3 s, once
+    seconds = {(0, 1): (2.0, 1.0), (0,): (0.5, 0.25)}
+    builds = []
+    monkeypatch.setattr(bench_coloc, "step_seconds", lambda encoder, settings, only, rounds: seconds[only])
+    monkeypatch.setattr(bench_coloc, "bank_seconds", lambda encoder, settings, size: builds.append(size) or 3.0)
     assert bench.main(["coloc", "--config", "config/smoke.yaml", "--variants", "TC", "--steps", "1"]) == 0
     out = capsys.readouterr().out
     assert "a bank of 2 patches per image; encoder_start {'TC': 2}" in out  # the smoke config's
     rows = [line.split() for line in out.splitlines() if line.startswith("TC ") and "per class" not in line]
-    assert rows == [["TC", "R+TC", "4", "2000", "1000", "2.00", "3.0"], ["TC", "R", "2", "500", "250", "2.00", "3.0"]]
+    assert rows == [["TC", "R+TC", "4", "2000", "1000", "2.00"], ["TC", "R", "2", "500", "250", "2.00"]]
+    assert builds == [2]  # one bank per variant, of the config's size
     # 6 steps: 6 x 2 s with every CNN and fresh patches; 4 x 2 + 2 x 0.5 on the schedule; 3 + 4 x 1 + 2 x 0.25 with the bank
     assert ("per class: fresh patches, every CNN from step 0 (baseline) 12 s; this schedule 9 s (1.33x); "
-            "with the bank 8 s (1.60x)") in out
+            "with the bank (3.0 s to build) 8 s (1.60x)") in out
     bench.main(["coloc", "--config", "config/smoke.yaml", "--variants", "TC", "--start", "--bank", "4"])
     out = capsys.readouterr().out
     assert "a bank of 4 patches per image; encoder_start none" in out and "this schedule 12 s (1.00x)" in out
+    assert builds == [2, 4]

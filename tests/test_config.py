@@ -118,7 +118,8 @@ def test_table5_encoder_job_trains_table1s_cnn_with_its_own_data_and_inputs():
     # ... which is Table 1's own first-seed run, so the pipeline copies that run rather than training it again
     assert [settings.encoder_from_table1(cfg, d) for d in ("P", "TC")] == [False, True]
     assert settings.encoder_datasets(cfg, from_table1=True) == ["TC"] and settings.encoder_datasets(cfg, False) == ["P"]
-    assert settings.encoder_table1_run(cfg, "TC") == f"{cfg['results']}/runs/table1/TC/CNN/seed{cfg['table1']['seeds'][0]}"
+    run = f"{cfg['results']}/runs/table1/TC/CNN/seed{cfg['table1']['seeds'][0]}"
+    assert settings.encoder_table1_files(cfg, "TC") == {"model": f"{run}/model.pt", "metrics": f"{run}/metrics.json"}
 
 
 def test_an_unknown_key_in_the_encoders_training_settings_is_refused_by_name():

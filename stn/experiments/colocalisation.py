@@ -147,8 +147,9 @@ def encoder_features(cnn: nn.Sequential, x: Tensor) -> Tensor:
 
 class Encoder(nn.Module):
     """e(): the `encoder_features` of one or more frozen CNNs, concatenated, each CNN's scaled by √weight so its
-    squared distances count `weight` times in eq. 8. `weight` (the sum) scales the margin. `names` (the CNNs'
-    data sets) let `optimise.encoder_start` say from which step each CNN joins e(); `only` picks CNNs by index.
+    squared distances count `weight` times in eq. 8; the weights' sum (`weight_of`) scales the margin. `names`
+    (the CNNs' data sets) let `optimise.encoder_start` say from which step each CNN joins e(); `only` picks CNNs
+    by index.
 
         e = Encoder([crop_encoder(p_cnn, 28), crop_encoder(tc_cnn, 60)], [0.25, 1.0], ["P", "TC"])
         e(crops)  # (N, 1, 28, 28) -> (N, D)
@@ -161,18 +162,17 @@ class Encoder(nn.Module):
             raise ValueError(f"e() needs one positive weight per CNN, got {len(cnns)} CNNs and weights {weights}")
         self.cnns = nn.ModuleList(cnns)
         self.weights = [float(w) for w in weights]
-        self.scales = [w ** 0.5 for w in weights]
         self.names = list(names) if names is not None else [str(i) for i in range(len(cnns))]
-        self.weight = float(sum(weights))
         self.eval().requires_grad_(False)
 
     def parts(self, x: Tensor, only: tuple[int, ...] | None = None) -> list[Tensor]:
         """Each chosen CNN's scaled features (N, D_i), in order."""
         chosen = range(len(self.cnns)) if only is None else only
-        return [encoder_features(self.cnns[i], x) * self.scales[i] for i in chosen]
+        return [encoder_features(self.cnns[i], x) * self.weights[i] ** 0.5 for i in chosen]
 
     def weight_of(self, only: tuple[int, ...] | None = None) -> float:
-        return self.weight if only is None else float(sum(self.weights[i] for i in only))
+        """The summed weight of the CNNs `only` (all: None), by which eq. 8's margin is scaled."""
+        return float(sum(self.weights[i] for i in (range(len(self.weights)) if only is None else only)))
 
     def forward(self, x: Tensor, only: tuple[int, ...] | None = None) -> Tensor:
         return torch.cat(self.parts(x, only), 1)

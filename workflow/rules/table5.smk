@@ -56,8 +56,7 @@ rule table5_encoder_from_table1:
     wildcard_constraints:
         encoder=encoder_pattern(from_table1=True),
     input:
-        model=lambda w: f"{stn_settings.encoder_table1_run(config, w.encoder)}/model.pt",
-        metrics=lambda w: f"{stn_settings.encoder_table1_run(config, w.encoder)}/metrics.json",
+        unpack(lambda w: stn_settings.encoder_table1_files(config, w.encoder)),
         params=params_file("table1"),
     output:
         model=stn_settings.encoder_file(config, "{encoder}", "model.pt"),
