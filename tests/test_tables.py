@@ -94,8 +94,8 @@ def test_readme_gets_the_generated_tables_and_the_run_time_from_benchmark_files(
     _benchmark(results, "table1_render", 10, t0 + 2 * 86_400)
     update_readme(readme, results, "snakemake --cores all")
     # (the re-render replaced the first render's benchmark file, so the first sitting ends with the last run)
-    assert ("Wall time of this run: 46 min for the whole run (Table 1's runs done after 46 min), then 10 min rerunning "
-            "the runs of table2; <1 min re-rendering (56 min with jobs running in all)") in readme.read_text()
+    assert ("Wall time of this run, in 3 sittings: 46 min (runs of table1), 10 min (runs of table2), <1 min "
+            "(re-rendering); 56 min with jobs running in all; its training") in readme.read_text()
     # a job of the first sitting rerun later leaves a hole there, which its later run's length explains
     from stn.io import write_json
     from stn.paper import registry
@@ -110,8 +110,8 @@ def test_readme_gets_the_generated_tables_and_the_run_time_from_benchmark_files(
     _benchmark(hole, "table1/R_FCN_seed1", 10 * 60, t0 + 25 * 60)  # 5 min after: where TC's CNN first ran
     _benchmark(hole, "table1/TC_CNN_seed1", 6 * 60, t0 + 3_600 + 6 * 60)  # its rerun, an hour later
     from stn.report.readme import run_timing
-    assert run_timing(hole).startswith("Wall time of this run: 25 min for the whole run (Table 1's runs done after "
-                                       "25 min), then 6 min rerunning the runs of table1 (31 min")
+    assert run_timing(hole).startswith("Wall time of this run, in 2 sittings: 25 min (runs of table1), 6 min (runs of "
+                                       "table1); 31 min")
     readme.write_text("no markers\n")
     with pytest.raises(ValueError, match="must contain the lines <!-- results:begin -->"):
         update_readme(readme, results, "x")

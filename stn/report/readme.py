@@ -58,9 +58,10 @@ def sittings(intervals: list[tuple[float, float, Path]]) -> list[tuple[float, fl
 
 
 def run_timing(results: Path) -> str:
-    """The run's wall time from its jobs' Snakemake benchmark files (the time some job was running; a part
-    rerun later adds only its own stretch, and the line says what it reran), when Table 1's runs were done,
-    and the summed time of the training and optimisation jobs (benchmarks/<table>/*.tsv)."""
+    """The run's wall time from its jobs' Snakemake benchmark files (the time some job was running: a run in
+    one sitting says when Table 1's runs were done; a run assembled over several sittings, a part rerun later
+    or tables run on different days, gives each sitting's time and the tables whose runs it ran), and the
+    summed time of the training and optimisation jobs (benchmarks/<table>/*.tsv)."""
     results = Path(results)
     intervals = job_intervals(results)
     runs = [(a, b, path) for a, b, path in intervals if path.parent.name in TABLES]
@@ -69,19 +70,18 @@ def run_timing(results: Path) -> str:
                                 f"run `snakemake --cores all` first")
     spans = sittings(intervals)
     wall = sum(b - a for a, b in spans)
-    first = spans[0]
-    table1 = [b for _, b, path in runs if path.parent.name == TABLES[0] and b <= first[1]]
     minutes = lambda seconds: f"{seconds / 60:.0f} min" if seconds >= 30 else "<1 min"  # noqa: E731
-    table1_text = f" (Table 1's runs done after {minutes(max(table1) - first[0])})" if table1 else ""
     if len(spans) == 1:
+        table1 = [b for _, b, path in runs if path.parent.name == TABLES[0]]
+        table1_text = f" (Table 1's runs done after {minutes(max(table1) - spans[0][0])})" if table1 else ""
         text = f"Wall time of this run: {minutes(wall)}{table1_text}"
-    else:
+    else:  # say what each sitting ran: a run assembled over several sittings is not timed as a whole
         parts = []
-        for a, b in spans[1:]:
-            rerun = sorted({path.parent.name for s, _, path in runs if a <= s <= b}, key=TABLES.index)
-            parts.append(f"{minutes(b - a)} " + (f"rerunning the runs of {', '.join(rerun)}" if rerun else "re-rendering"))
-        text = (f"Wall time of this run: {minutes(first[1] - first[0])} for the whole run{table1_text}, then "
-                f"{'; '.join(parts)} ({minutes(wall)} with jobs running in all)")
+        for a, b in spans:
+            ran = sorted({path.parent.name for s, _, path in runs if a <= s <= b}, key=TABLES.index)
+            parts.append(f"{minutes(b - a)} (" + (f"runs of {', '.join(ran)}" if ran else "re-rendering") + ")")
+        text = (f"Wall time of this run, in {len(spans)} sittings: {', '.join(parts)}; {minutes(wall)} with jobs "
+                f"running in all")
     per_table = {name: sum(b - a for a, b, path in runs if path.parent.name == name) for name in TABLES}
     split = ", ".join(f"{name} {seconds / 60:.0f}" for name, seconds in per_table.items() if seconds)
     text += (f"; its training and optimisation jobs took {sum(per_table.values()) / 60:.0f} min summed over jobs "
