@@ -39,7 +39,7 @@ def eq8(encoder, x: torch.Tensor, crops: torch.Tensor, margin: float, draws: int
     """(eq. 8 averaged over `draws` pairings and random patches, spread of the crops' encodings)."""
     gen = torch.Generator().manual_seed(seed)
     e = encoder(crops)
-    losses = [co.triplet_loss(e, e[co.derangement(len(x), gen)], encoder(co.random_crops(x, gen)), margin * encoder.weight)
+    losses = [co.triplet_loss(e, e[co.derangement(len(x), gen)], encoder(co.random_crops(x, gen)), margin * encoder.weight_of())
               for _ in range(draws)]
     return float(torch.stack(losses).mean()), float((e - e.mean(0)).pow(2).sum(1).mean())
 

@@ -43,7 +43,7 @@ def descent_alignment(x: torch.Tensor, boxes: torch.Tensor, encoder: co.Encoder,
     for _ in range(draws):
         with torch.no_grad():
             e_rand = encoder(co.random_crops(x, gen))
-        loss = co.triplet_loss(e, e[co.derangement(len(x), gen)], e_rand, encoder.weight)
+        loss = co.triplet_loss(e, e[co.derangement(len(x), gen)], e_rand, encoder.weight_of())
         grad += torch.autograd.grad(loss, t, retain_graph=True)[0]
     towards = centre - t.detach()
     cos = F.cosine_similarity(-grad, towards, dim=1)
