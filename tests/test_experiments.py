@@ -107,7 +107,7 @@ def test_e_concatenates_its_cnns_features_each_scaled_so_its_squared_distances_c
     d_small = (co.encoder_features(small, a) - co.encoder_features(small, b)).pow(2).sum(1)
     d_large = (co.encoder_features(co.crop_encoder(large, 60), a) - co.encoder_features(co.crop_encoder(large, 60), b)).pow(2).sum(1)
     torch.testing.assert_close((e(a) - e(b)).pow(2).sum(1), 0.25 * d_small + d_large)
-    assert e.weight == 1.25 and not any(p.requires_grad for p in e.parameters())
+    assert e.weight_of() == 1.25 and e.weight_of((0,)) == 0.25 and not any(p.requires_grad for p in e.parameters())
     with pytest.raises(ValueError, match="one positive weight per CNN"):
         co.Encoder([small], [0.0])
 
