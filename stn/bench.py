@@ -332,7 +332,13 @@ SUBCOMMANDS = {"train": "bench_train", "pool": "bench_pool", "grid": "bench_grid
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] and argv[0] in SUBCOMMANDS:
-        return importlib.import_module(f".{SUBCOMMANDS[argv[0]]}", __package__).main(argv[1:])
+        from .config import ConfigError
+
+        try:
+            return importlib.import_module(f".{SUBCOMMANDS[argv[0]]}", __package__).main(argv[1:])
+        except ConfigError as exc:  # a missing or invalid --config: one line naming it, as `stn` gives
+            print(f"python -m stn.bench {argv[0]}: error: {exc}", file=sys.stderr)
+            return 2
     parser = argparse.ArgumentParser(prog="python -m stn.bench", description=__doc__)
     parser.add_argument("what", choices=["sampler", *SUBCOMMANDS],
                         help=f"what to benchmark (the others: see `{' --help`, `'.join(SUBCOMMANDS)} --help`)")

@@ -116,6 +116,13 @@ def test_train_benchmark_names_what_it_cannot_cost(capsys):
         assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("sub", ["train", "coloc"])
+def test_benchmarks_name_a_missing_config_in_one_line(sub, capsys):
+    assert bench.main([sub, "--config", "config/nope.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"python -m stn.bench {sub}: error: config file config/nope.yaml does not exist\n"
+
+
 def test_pool_benchmark_prints_ratios_against_torch_for_every_case(capsys, monkeypatch):
     from stn import bench_pool
 
