@@ -173,6 +173,9 @@ def serve(path: str, owner: int | None = None, idle_s: float = IDLE_S) -> None:
     before = dict(os.environ)
     for name in PRELOAD:
         importlib.import_module(name)
+    from .experiments import code_version
+
+    code_version()  # hashed now, of the code loaded here and run by every child, not of later edits on disk
     added_env = {k: v for k, v in os.environ.items() if before.get(k) != v}  # what the imports set (stn.tracking)
     if threading.active_count() != 1:
         raise RuntimeError(f"the warm server has {threading.active_count()} threads after its imports; forking is unsafe")

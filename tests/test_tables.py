@@ -112,6 +112,15 @@ def test_readme_gets_the_generated_tables_and_the_run_time_from_benchmark_files(
     from stn.report.readme import run_timing
     assert run_timing(hole).startswith("Wall time of this run, in 2 sittings: 25 min (runs of table1), 6 min (runs of "
                                        "table1); 31 min")
+    # a run's metrics.json says when it finished: touching or copying its benchmark file does not move it
+    write_json(registry.run_dir(hole, "table1", "TC", "CNN", 1) / "metrics.json", {"finished": t0 + 15 * 60})
+    assert run_timing(hole).startswith("Wall time of this run: 25 min (Table 1's runs done after 25 min)")
+    os.utime(hole / "benchmarks" / "table1" / "TC_CNN_seed1.tsv", (t0 + 9_000, t0 + 9_000))  # snakemake --touch
+    assert run_timing(hole).startswith("Wall time of this run: 25 min (Table 1's runs done after 25 min)")
+    assert registry.run_of_benchmark(hole, hole / "benchmarks" / "table5" / "TC_9_seed0.tsv") == \
+        registry.run_dir(hole, "table5", "TC", "9", 0)
+    assert registry.run_of_benchmark(hole, hole / "benchmarks" / "table5" / "encoder_TC.tsv") is None
+    assert registry.run_of_benchmark(hole, hole / "benchmarks" / "distort_TC.tsv") is None
     readme.write_text("no markers\n")
     with pytest.raises(ValueError, match="must contain the lines <!-- results:begin -->"):
         update_readme(readme, results, "x")
@@ -186,6 +195,56 @@ def test_cells_of_runs_still_learning_are_marked(tmp_path):
     assert "| CNN | 2.0 ± 1.4‡ (0.8) |" in md and "| ST-CNN Aff | 0.5 (0.5) |" in md
     assert "‡ Still learning: in at least one seed the validation error fell by more than 2 points over the last 20%" in md
     lines = paths["csv"].read_text().splitlines()
-    assert lines[0].endswith(",still_learning") and lines[1].endswith(",1") and lines[2].endswith(",0")
+    assert lines[0].endswith(",still_learning,code_versions")
+    assert lines[1].endswith(",1,unrecorded") and lines[2].endswith(",0,unrecorded")
     assert "2.0 $\\pm$ 1.4$^\\ddagger$ (0.8)" in paths["tex"].read_text()
     assert "Still learning" not in render_table(records(), ["RTS"], ["CNN"], "c", tmp_path, "table1")["md"].read_text()
+
+
+def test_cells_of_runs_from_another_code_version_are_marked_and_the_versions_named(tmp_path):
+    recs = records()
+    for r, version in zip(recs, ["aaa111", "bbb222", "aaa111"]):  # CNN seed 2 from other code
+        r["code_version"] = version
+    paths = render_table(recs, ["RTS"], ["CNN", "ST-CNN-Aff"], "c", tmp_path, "table1")
+    md = paths["md"].read_text()
+    assert "| CNN | 2.0 ± 1.4§ (0.8) |" in md and "| ST-CNN Aff | 0.5 (0.5) |" in md
+    assert ("§ Mixed code: this table's runs come from 2 versions of the stn library (aaa111: 2 runs, bbb222: 1 run); "
+            "cells marked § hold runs not of the most common one.") in md
+    lines = paths["csv"].read_text().splitlines()
+    assert lines[1].endswith(",aaa111 bbb222") and lines[2].endswith(",aaa111")
+    assert "2.0 $\\pm$ 1.4\\S{} (0.8)" in paths["tex"].read_text()
+    recs[1]["code_version"] = "aaa111"  # one version: nothing said
+    assert "§" not in render_table(recs, ["RTS"], ["CNN", "ST-CNN-Aff"], "c", tmp_path, "table1")["md"].read_text()
+    old = records()  # all from before versions were recorded: nothing said either
+    assert "§" not in render_table(old, ["RTS"], ["CNN", "ST-CNN-Aff"], "c", tmp_path, "table1")["md"].read_text()
+    old[2]["code_version"] = "ccc333"  # one rerun among older runs: the rerun's cell is the odd one
+    md = render_table(old, ["RTS"], ["CNN", "ST-CNN-Aff"], "c", tmp_path, "table1")["md"].read_text()
+    assert "| ST-CNN Aff | 0.5§ (0.5) |" in md and "| CNN | 2.0 ± 1.4 (0.8) |" in md
+    assert "(from before versions were recorded: 2 runs, ccc333: 1 run)" in md
+
+
+def test_code_version_hashes_the_source_a_run_depends_on(tmp_path):
+    from stn.experiments import code_version
+
+    files = {"train.py": "a = 1\n", "ops/csrc/cpu/k.cpp": "int k;\n", "report/tables.py": "t = 1\n",
+             "bench_train.py": "b = 1\n", "cli.py": "c = 1\n"}
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    version = code_version.__wrapped__(tmp_path)
+    assert len(version) == 12 and int(version, 16) >= 0
+    for name in ["report/tables.py", "bench_train.py", "cli.py"]:  # rendering, benchmarks, command line: same version
+        (tmp_path / name).write_text("changed = 2\n")
+        assert code_version.__wrapped__(tmp_path) == version, name
+    for name in ["train.py", "ops/csrc/cpu/k.cpp"]:
+        (tmp_path / name).write_text("changed = 2\n")
+        assert code_version.__wrapped__(tmp_path) != version, name
+        version = code_version.__wrapped__(tmp_path)
+
+
+def test_every_run_records_the_code_version_in_its_metrics(tmp_path):
+    from stn.experiments import code_version, write_metrics
+
+    written = write_metrics(tmp_path, {"test_error": 1.5})
+    on_disk = json.loads((tmp_path / "metrics.json").read_text())
+    assert on_disk == written and on_disk["code_version"] == code_version() and on_disk["test_error"] == 1.5

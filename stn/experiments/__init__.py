@@ -10,6 +10,8 @@ Which module serves which experiment is declared in the registry (stn/paper/regi
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import importlib
 from pathlib import Path
 from types import ModuleType
@@ -42,12 +44,35 @@ def scheduler() -> dict[str, str]:
     return {"slurm_job_id": os.environ["SLURM_JOB_ID"]} if os.environ.get("SLURM_JOB_ID") else {}
 
 
+# What a run's numbers do not depend on: rendering, benchmarks and the command line (relative to stn/).
+NOT_IN_CODE_VERSION = ("report/", "bench", "cli.py")
+
+
+@functools.cache
+def code_version(root: Path = Path(__file__).parents[1]) -> str:
+    """The version of the code a run's numbers come from: the sha256 (first 12 hex digits) of the library's source
+    under `root` (stn/: its .py, .h, .cpp and .cu files, paths and contents, NOT_IN_CODE_VERSION left out). Runs of
+    one version are bitwise repeatable; runs of two versions may differ with the same seed, so a table that mixes
+    them says so (`stn.report.tables.mixed_code`). Edits to comments count: the version says "may differ"."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in Path(root).rglob("*") if p.suffix in (".py", ".h", ".cpp", ".cu")):
+        rel = path.relative_to(root).as_posix()
+        if "__pycache__" in rel or rel.startswith(NOT_IN_CODE_VERSION):
+            continue
+        h.update(rel.encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:12]
+
+
 def write_metrics(out_dir: str | Path, metrics: dict) -> dict:
     """Write a run's metrics.json (its last file: the run counts as finished once it exists), with the
-    batch job that ran it; returns what was written."""
+    version of the code that made it (`code_version`), when it finished (`finished`, Unix seconds: `stn readme`
+    times the run from it, as file times change when results are copied or touched) and the batch job that
+    ran it; returns what was written."""
+    import time
+
     from ..io import write_json
 
-    metrics = {**metrics, **scheduler()}
+    metrics = {**metrics, "code_version": code_version(), "finished": round(time.time(), 1), **scheduler()}
     write_json(Path(out_dir) / "metrics.json", metrics)
     return metrics
 
@@ -91,7 +116,8 @@ def transform_stats(model, x, batch: int = 500) -> dict[str, float]:
 
 
 def standard_tags(job_file: Path) -> dict[str, str]:
-    """MLflow's own tags for who ran what from which commit (the run page's User, Source and Git commit)."""
+    """MLflow's own tags for who ran what from which commit (the run page's User, Source and Git commit), and
+    the version of the library's code (`code_version`)."""
     import getpass
 
     from ..train import git_commit
@@ -101,7 +127,8 @@ def standard_tags(job_file: Path) -> dict[str, str]:
     except Exception:  # no USER/LOGNAME and no passwd entry (some containers)
         user = "unknown"
     return {"mlflow.user": user, "mlflow.source.type": "LOCAL",
-            "mlflow.source.name": f"stn run --job {job_file}", "mlflow.source.git.commit": git_commit()}
+            "mlflow.source.name": f"stn run --job {job_file}", "mlflow.source.git.commit": git_commit(),
+            "code_version": code_version()}
 
 
 def tracker(job: dict, experiments_file: Path, tags: dict, out_dir: Path, data: Path | None = None):

@@ -11,6 +11,7 @@ config section and schema part (`workflow/schemas/<name>.schema.json`) and its r
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -29,6 +30,14 @@ RUN_BENCHMARK = "{experiment}/{dataset}_{model}_seed{seed}"  # the name of a run
 
 def run_dir(results: str | Path, experiment: str, dataset: str, model: str, seed: int | str) -> Path:
     return Path(results) / RUN_DIR.format(experiment=experiment, dataset=dataset, model=model, seed=seed)
+
+
+def run_of_benchmark(results: str | Path, benchmark: str | Path) -> Path | None:
+    """The run directory whose job wrote `benchmark` (a BENCHMARK_FILE named by RUN_BENCHMARK), or None for another
+    job's. Data set names hold no "_"; a model's name may."""
+    rel = Path(benchmark).relative_to(Path(results) / Path(BENCHMARK_FILE).parent).with_suffix("")
+    match = re.fullmatch(r"(?P<experiment>[^/]+)/(?P<dataset>[^_/]+)_(?P<model>[^/]+)_seed(?P<seed>\d+)", rel.as_posix())
+    return run_dir(results, **match.groupdict()) if match else None
 
 
 # A run whose time per step compares machines (`stn readme` prints it beside the wall time): one model, no

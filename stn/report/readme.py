@@ -22,14 +22,20 @@ GAP = 120.0  # s: jobs further apart than this ran in different sittings (a part
 
 def job_intervals(results: Path) -> list[tuple[float, float, Path]]:
     """(start, end, file) of every job that recorded a Snakemake benchmark file (results/benchmarks/**.tsv):
-    the file is written when the job ends, and its `s` column is the job's wall time."""
+    its `s` column is the job's wall time; it ended when its run's metrics.json says it `finished`, or, for
+    other jobs and runs from before that was recorded, when the benchmark file was written (its mtime, which
+    `snakemake --touch` or a copy of results/ moves)."""
     out = []
-    top = Path(results) / Path(registry.BENCHMARK_FILE).parent
+    results = Path(results)
+    top = results / Path(registry.BENCHMARK_FILE).parent
     for path in sorted(top.rglob("*" + Path(registry.BENCHMARK_FILE).suffix)):
         with path.open() as fh:
             rows = list(csv.DictReader(fh, delimiter="\t"))
         if rows and rows[0].get("s"):
-            end = path.stat().st_mtime
+            run = registry.run_of_benchmark(results, path)
+            metrics = run / "metrics.json" if run else None
+            finished = read_json(metrics).get("finished") if metrics and metrics.exists() else None
+            end = float(finished) if finished else path.stat().st_mtime
             out.append((end - float(rows[0]["s"]), end, path))
     return out
 

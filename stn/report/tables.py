@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import html
 import statistics
+from collections import Counter
 from pathlib import Path
 from typing import Callable
 
@@ -70,6 +71,11 @@ def render_table(records: list[dict], datasets: list[str], models: list[str], ca
                if d in registry.DATASETS and registry.DATASETS[d].stands_in_for}
     out_dir = Path(out_dir)
     learning = still_learning(records)
+    odd, code_note = mixed_code(records)
+    mark = lambda m, d: ("‡" if (m, d) in learning else "") + ("§" if (m, d) in odd else "")  # noqa: E731
+    cell_versions = {}
+    for r in records:
+        cell_versions.setdefault((r["model"], r["dataset"]), set()).add(r.get("code_version") or UNRECORDED)
     csv_rows = []
     for m in models:
         for d in datasets:
@@ -79,6 +85,7 @@ def render_table(records: list[dict], datasets: list[str], models: list[str], ca
                              "ours_std": f"{s[1]:.4f}" if s and s[1] is not None else None, "seeds": s[2] if s else 0,
                              "paper": None if d in standin else number, "paper_from_text": int(from_text),
                              "still_learning": int((m, d) in learning),
+                             "code_versions": " ".join(sorted(cell_versions.get((m, d), ()))),
                              **({"stands_in_for": standin.get(d, ""),
                                  "paper_of_original": number if d in standin else None} if standin else {})})
     csv_path = out_dir / f"{name}.csv"
@@ -87,7 +94,7 @@ def render_table(records: list[dict], datasets: list[str], models: list[str], ca
     header = [e.row_label, *datasets, *(f"paper: {o}" for o in standin.values())]
     rows = []
     for m in models:
-        ours = lambda d: _ours(stats.get((m, d))) + ("‡" if (m, d) in learning else "")  # noqa: E731
+        ours = lambda d: _ours(stats.get((m, d))) + mark(m, d)  # noqa: E731
         cells = [ours(d) if d in standin else f"{ours(d)} ({_theirs(*paper(m, d))})" for d in datasets]
         rows.append([display_name(m), *cells, *(_theirs(*paper(m, d)) for d in standin)])
     if standin:
@@ -100,6 +107,8 @@ def render_table(records: list[dict], datasets: list[str], models: list[str], ca
         notes.append(f"‡ Still learning: in at least one seed the validation error fell by more than {STILL_LEARNING:g} "
                      f"points over the last {LATE:.0%} of the run's steps (`late_fall` in its metrics.json), so the "
                      "number is not where the run was heading.")
+    if code_note:
+        notes.append(code_note)
     if any(paper(m, d)[1] for m in models for d in datasets):
         notes.append("† TC: the paper reports one ST-FCN and one ST-CNN number in the text without naming the transform.")
 
@@ -117,6 +126,28 @@ def render_table(records: list[dict], datasets: list[str], models: list[str], ca
     return {"csv": csv_path, "md": md_path, "tex": tex_path, "html": html_path}
 
 
+UNRECORDED = "unrecorded"  # a run from before metrics.json recorded its code_version
+
+
+def mixed_code(records: list[dict]) -> tuple[set[tuple[str, str]], str | None]:
+    """Whether a table's runs come from more than one version of the library's code (`code_version` in their
+    metrics.json; stn.experiments.code_version): the (model, data set) cells holding a run of any version but the
+    most common one, and a note naming every version with its number of runs. Runs of one version only: (set(),
+    None). Snakemake reruns a job when its config changes, not when the code does, so a results directory can hold
+    runs of several versions; determinism holds within a version, not across versions."""
+    counts = Counter(r.get("code_version") or UNRECORDED for r in records)
+    if len(counts) < 2:
+        return set(), None
+    main = max(counts, key=lambda v: (counts[v], v != UNRECORDED))
+    cells = {(r["model"], r["dataset"]) for r in records if (r.get("code_version") or UNRECORDED) != main}
+    names = ", ".join(f"{'from before versions were recorded' if v == UNRECORDED else v}: {n} run{'s' * (n > 1)}"
+                      for v, n in counts.most_common())
+    return cells, (f"§ Mixed code: this table's runs come from {len(counts)} versions of the stn library ({names}); "
+                   f"cells marked § hold runs not of the most common one. Runs of different versions can differ with "
+                   f"the same seed: rerun those cells (`snakemake --forcerun` with their runs' metrics.json) to compare like "
+                   f"with like.")
+
+
 def still_learning(records: list[dict]) -> set[tuple[str, str]]:
     """(model, data set) of every cell with a run whose validation error fell by more than STILL_LEARNING points
     over its last LATE of steps (runs from before `late_fall` was recorded count as settled)."""
@@ -130,8 +161,8 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
                       *("| " + " | ".join(r) + " |" for r in rows)]) + "\n"
 
 
-_TEX_SYMBOLS = [("±", "$\\pm$"), ("†", "$^\\dagger$"), ("‡", "$^\\ddagger$"), ("≈", "$\\approx$"), ("—", "--"),
-                ("×", "$\\times$"), ("√", "$\\surd$")]
+_TEX_SYMBOLS = [("±", "$\\pm$"), ("†", "$^\\dagger$"), ("‡", "$^\\ddagger$"), ("§", "\\S{}"), ("≈", "$\\approx$"),
+                ("—", "--"), ("×", "$\\times$"), ("√", "$\\surd$")]
 
 
 def _tex_symbols(s: str) -> str:
