@@ -92,9 +92,10 @@ def cmd_run(a) -> None:
 
     import torch
 
-    from .experiments import module
+    from .experiments import code_version, module
     from .io import read_json
 
+    code_version()  # hashed now, of the code this process loaded, not of edits made while it trains
     # Snakemake stops jobs with SIGTERM: turn it into an exception so the MLflow run ends FAILED.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(SystemExit("terminated (SIGTERM)")))
     torch.set_num_threads(a.threads)
