@@ -296,3 +296,42 @@ def test_depth_flatten_sums_the_slab_as_the_paper_does():
     flat = volumetric.DepthFlatten()(v)
     assert flat.shape == (1, 1, 4, 4)
     torch.testing.assert_close(flat, torch.full((1, 1, 4, 4), 8.0))
+
+
+def test_centroid_spread_is_the_rms_distance_of_ink_centroids_from_their_mean():
+    from stn.experiments import centroid_spread
+
+    images = torch.zeros(2, 5, 5)
+    images[0, 2, 1] = images[1, 2, 3] = 1.0  # centroids (1, 2) and (3, 2): 1 px either side of their mean
+    assert centroid_spread(images) == pytest.approx(1.0)
+    images[1] = images[0]
+    assert centroid_spread(images) == 0.0
+
+
+class _TwoTransformers(torch.nn.Module):
+    """ST1 puts channel 1's dot in one place and moves channel 2's; ST2 the other way round."""
+
+    def __init__(self, count=2):
+        super().__init__()
+        self.sts = torch.nn.ModuleList([torch.nn.Identity() for _ in range(count)])
+
+    def transform(self, x):
+        fixed = torch.zeros_like(x[:, :1])
+        fixed[:, :, 4, 4] = 1.0
+        return torch.cat([fixed, x[:, 1:].roll(2, dims=3), x[:, :1].roll(1, dims=2), fixed], 1), None
+
+
+def test_channel_focus_finds_the_channel_each_parallel_transformer_holds():
+    from stn.experiments import channel_focus
+    from stn.report.tables import held_channels
+
+    x = torch.zeros(4, 2, 10, 10)
+    for i in range(4):  # each channel's dot at a different place in every image
+        x[i, 0, 1 + i, 2] = x[i, 1, 6, 1 + 2 * i] = 1.0
+    focus = channel_focus(_TwoTransformers(), x)
+    assert list(focus) == ["input", "ST1", "ST2"]
+    assert focus["ST1"][0] == 0.0 and focus["ST2"][1] == 0.0  # each holds one channel's dot in place
+    assert focus["ST1"][1] == pytest.approx(focus["input"][1]) and focus["ST2"][0] == pytest.approx(focus["input"][0])
+    assert held_channels(focus) == {"ST1": 0, "ST2": 1}
+    assert held_channels({"input": [2.0, 2.0], "ST1": [1.5, 3.0]}) == {"ST1": None}  # 1.5 is not below 0.5 × 2.0
+    assert channel_focus(_TwoTransformers(count=1), x) == {}  # one transformer: nothing to split

@@ -248,3 +248,17 @@ def test_every_run_records_the_code_version_in_its_metrics(tmp_path):
     written = write_metrics(tmp_path, {"test_error": 1.5})
     on_disk = json.loads((tmp_path / "metrics.json").read_text())
     assert on_disk == written and on_disk["code_version"] == code_version() and on_disk["test_error"] == 1.5
+
+
+def test_focus_table_gives_each_channels_spread_and_what_each_transformer_holds(tmp_path):
+    from stn.report.tables import render_focus_table
+
+    focus = {"2xST-FCN-Aff": {"input": [6.5, 6.4], "ST1": [0.9, 11.4], "ST2": [9.6, 0.8]},
+             "2xST-FCN-TPS": {"input": [6.5, 6.4], "ST1": [5.0, 6.0], "ST2": [0.9, 8.4]}}
+    md = render_focus_table(focus, "cap", tmp_path, "table4").read_text()
+    assert md.startswith("**cap**\n\n| Model | input | ST1 | ST2 | held in place |\n")
+    assert "| 2xST-FCN Aff | 6.5 / 6.4 | 0.9 / 11.4 | 9.6 / 0.8 | ST1: ch1, ST2: ch2 |" in md
+    assert "| 2xST-FCN TPS | 6.5 / 6.4 | 5.0 / 6.0 | 0.9 / 8.4 | ST1: none, ST2: ch1 |" in md
+    assert "less than 0.5× as much as in the input" in md
+    empty = render_focus_table({}, "cap", tmp_path, "table4").read_text()
+    assert empty == "**cap**\n\nNo model of this config has parallel transformers.\n"

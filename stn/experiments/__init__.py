@@ -115,6 +115,39 @@ def transform_stats(model, x, batch: int = 500) -> dict[str, float]:
     return {"zoom": float(det.abs().sqrt().mean()), "shift": float(theta[:, [2, 5]].norm(dim=1).mean())}
 
 
+def centroid_spread(images) -> float:
+    """How much the content of one channel moves about: over images (N, H, W), the RMS distance in pixels of each
+    image's ink centroid (negative values count as no ink) from the images' mean centroid."""
+    import torch
+
+    ink = images.clamp(min=0)
+    mass = ink.sum((1, 2)).clamp(min=1e-6)
+    rows, cols = (torch.arange(n, dtype=ink.dtype) for n in ink.shape[1:])
+    centre = torch.stack([(ink.sum(1) * cols).sum(1) / mass, (ink.sum(2) * rows).sum(1) / mass], 1)
+    return float((centre - centre.mean(0)).pow(2).sum(1).mean().sqrt())
+
+
+def channel_focus(model, x) -> dict[str, list[float]]:
+    """Which channel each of a model's parallel transformers takes (Table 4 (right): "the two spatial transformers
+    co-adapt to focus on a single channel each"): for the images x (N, C, H, W) in [0, 1], the `centroid_spread` of
+    every input channel ("input") and of every channel of each transformer's output ("ST1", "ST2", ...). A
+    transformer that has taken a channel's digit holds it in one place (about 1 px); a channel it leaves moves as
+    much as in the input (RTS: about 6.5 px) or more. {} for a model without parallel transformers."""
+    import torch
+
+    sts = getattr(model, "sts", None)
+    if sts is None or len(sts) < 2:
+        return {}
+    model.eval()
+    with torch.no_grad():
+        out, _ = model.transform(x)
+    c = x.shape[1]
+    focus = {"input": [centroid_spread(x[:, j]) for j in range(c)]}
+    for k in range(len(sts)):
+        focus[f"ST{k + 1}"] = [centroid_spread(out[:, k * c + j]) for j in range(c)]
+    return focus
+
+
 def standard_tags(job_file: Path) -> dict[str, str]:
     """MLflow's own tags for who ran what from which commit (the run page's User, Source and Git commit), and
     the version of the library's code (`code_version`)."""

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import load_weights, run_records, tracker, transform_stats, write_metrics
+from . import channel_focus, load_weights, run_records, tracker, transform_stats, write_metrics
 from ..data import distort
 from ..io import load_npz, read_json, write_json
 from ..models import mnist as zoo
@@ -76,9 +76,9 @@ def load_model(results: Path, experiment: str, dataset: str, model: str, seed: i
                         f"{experiment}/{dataset}/{model}/seed{seed}")
 
 
-def test_inputs(data: Path | dict[str, np.ndarray], count: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first `count` test images of a data set (its file, or its arrays already loaded) as floats in [0, 1]
-    (N, C, H, W), and their labels."""
+def test_inputs(data: Path | dict[str, np.ndarray], count: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first `count` test images (None: all) of a data set (its file, or its arrays already loaded) as floats in
+    [0, 1] (N, C, H, W), and their labels."""
     data = data if isinstance(data, dict) else load_npz(data)
     x = torch.from_numpy(data["x_test"][:count]).float().div(255)
     return (x if x.dim() == 4 else x.unsqueeze(1)), torch.from_numpy(data["y_test"][:count])
@@ -170,11 +170,18 @@ def _table1_figures(spec: dict, results: Path, grid: registry.Grid) -> list[Path
 
 
 def _table4_figures(spec: dict, results: Path, grid: registry.Grid) -> list[Path]:
-    model = spec["section"]["figure_model"]
-    x, y = test_inputs(registry.data_path(results, "ADD"), 5)
-    return [figures.parallel_transformers(load_model(results, "table4", "ADD", model, grid.seeds[0]), x, y,
-                                          results / "figures" / "table4_transformers.png",
-                                          f"Table 4 (right): the two transformers of {model}")]
+    """Table 4 (right), and beside it which channel each parallel transformer takes (tables/table4_focus.md), for
+    every model with two transformers, from its first seed's weights on the whole test set."""
+    name, model, seed = "table4", spec["section"]["figure_model"], grid.seeds[0]
+    x, y = test_inputs(registry.data_path(results, "ADD"), None)
+    focus = {m: channel_focus(load_model(results, name, "ADD", m, seed), x) for m in grid.models
+             if zoo.ModelSpec.parse(m).transformers > 1}
+    made = [tables.render_focus_table(
+        focus, f"Which channel each transformer of Table 4's 2xST models takes, {spec['config_name']} config "
+        f"(seed {seed}, {len(x):,} test images)", results / "tables", name)]
+    return made + [figures.parallel_transformers(load_model(results, name, "ADD", model, seed), x[:5], y[:5],
+                                                 results / "figures" / "table4_transformers.png",
+                                                 f"Table 4 (right): the two transformers of {model}", focus.get(model))]
 
 
-FIGURES = {"table1": _table1_figures, "table4": _table4_figures}
+FIGURES = {"table1": _table1_figures, "table4": _table4_figures}  # each table's figures and companion tables

@@ -347,7 +347,7 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
         datasets=("ADD",), models=TABLE4_MODELS,
         grid=lambda c, cfg: Grid(["ADD"], list(c["models"]), list(c["seeds"])),
         figures=lambda c: ["figures/table4_transformers.png"], protocol=MNIST_PROTOCOL, job_keys=("pairings",),
-        extra_tables=("transforms",),
+        extra_tables=("transforms", "focus"),
         references=lambda cfg: [("table4.figure_model", [cfg["table4"]["figure_model"]], cfg["table4"]["models"])],
     ),
     Experiment(

@@ -182,8 +182,10 @@ def figure1(model, x: torch.Tensor, y: torch.Tensor, out: Path, title: str) -> P
     return save(fig, out)
 
 
-def parallel_transformers(model, x: torch.Tensor, y: torch.Tensor, out: Path, title: str) -> Path:
-    """Table 4 (right): a two-channel input and what each of the parallel transformers makes of it."""
+def parallel_transformers(model, x: torch.Tensor, y: torch.Tensor, out: Path, title: str,
+                          focus: dict[str, list[float]] | None = None) -> Path:
+    """Table 4 (right): a two-channel input and what each of the parallel transformers makes of it; with `focus`
+    (stn.experiments.channel_focus over the test set) each column's title gives how far its content moves (px)."""
     with torch.no_grad():
         pred = model(x).argmax(1)
         warped, _ = model.transform(x)  # (N, k·C, H, W)
@@ -198,6 +200,9 @@ def parallel_transformers(model, x: torch.Tensor, y: torch.Tensor, out: Path, ti
             a.set_yticks([])
         axes[i, 0].set_ylabel(f"sum {int(y[i])}\npred {int(pred[i])}", fontsize=7)
     labels = [f"input ch{j + 1}" for j in range(c)] + [f"ST{t + 1} ch{j + 1}" for t in range(k) for j in range(c)]
+    if focus:
+        spreads = focus["input"] + [v for t in range(k) for v in focus[f"ST{t + 1}"]]
+        labels = [f"{label}\nmoves {v:.1f} px" for label, v in zip(labels, spreads)]
     for a, t in zip(axes[0], labels):
         a.set_title(t, fontsize=8)
     fig.suptitle(title, fontsize=9)

@@ -228,6 +228,45 @@ def render_transform_table(records: list[dict], datasets: list[str], models: lis
     return path
 
 
+HELD = 0.5  # a transformer holds a channel whose content moves less than this fraction of the input's
+
+
+def held_channels(focus: dict[str, list[float]]) -> dict[str, int | None]:
+    """Per transformer ("ST1", ...), the 0-based channel it holds in place (`channel_focus`): the one whose centroid
+    spread is smallest, if below HELD times that channel's spread in the input; else None."""
+    held = {}
+    for name, spreads in focus.items():
+        if name == "input":
+            continue
+        j = min(range(len(spreads)), key=spreads.__getitem__)
+        held[name] = j if spreads[j] < HELD * focus["input"][j] else None
+    return held
+
+
+def render_focus_table(focus: dict[str, dict[str, list[float]]], caption: str, out_dir: Path, name: str) -> Path:
+    """results/tables/<name>_focus.md: per model with parallel transformers ({model: `channel_focus`}), how much
+    each channel's content moves in the input and in each transformer's output, and which channel each holds."""
+    path = Path(out_dir) / f"{name}_focus.md"
+    if not focus:
+        write_text(path, f"**{caption}**\n\nNo model of this config has parallel transformers.\n")
+        return path
+    columns = list(next(iter(focus.values())))
+    cells = []
+    for model, f in focus.items():
+        held = held_channels(f)
+        words = ", ".join(f"{st}: {'none' if j is None else f'ch{j + 1}'}" for st, j in held.items())
+        cells.append([display_name(model), *(" / ".join(f"{v:.1f}" for v in f[c]) for c in columns), words])
+    channels = len(next(iter(focus.values()))["input"])
+    lines = [f"**{caption}**", "", markdown_table(["Model", *columns, "held in place"], cells)]
+    lines += [f"Cells: {' / '.join(f'ch{j + 1}' for j in range(channels))}, the RMS distance in pixels of a channel's "
+              f"ink centroid from its mean over the test images, in the input and in each transformer's output. A "
+              f"transformer holds a channel (last column) whose content moves less than {HELD:g}× as much as in the "
+              f"input: it has taken that digit and puts it in one place, as the paper's transformers \"co-adapt to "
+              f"focus on a single channel each\"."]
+    write_text(path, "\n".join(lines) + "\n")
+    return path
+
+
 def render_param_table(table: dict, models: list[str], out_dir: Path, name: str) -> Path:
     """Markdown table of parameter counts and widths per data set (out-of-range widths marked *)."""
     datasets = list(table)
