@@ -36,7 +36,10 @@ def run_of_benchmark(results: str | Path, benchmark: str | Path) -> Path | None:
     """The run directory whose job wrote `benchmark` (a BENCHMARK_FILE named by RUN_BENCHMARK), or None for another
     job's. Data set names hold no "_"; a model's name may."""
     rel = Path(benchmark).relative_to(Path(results) / Path(BENCHMARK_FILE).parent).with_suffix("")
-    match = re.fullmatch(r"(?P<experiment>[^/]+)/(?P<dataset>[^_/]+)_(?P<model>[^/]+)_seed(?P<seed>\d+)", rel.as_posix())
+    pattern = re.escape(RUN_BENCHMARK)
+    for key, part in (("experiment", r"[^/]+"), ("dataset", r"[^_/]+"), ("model", r"[^/]+"), ("seed", r"\d+")):
+        pattern = pattern.replace(re.escape("{" + key + "}"), f"(?P<{key}>{part})")
+    match = re.fullmatch(pattern, rel.as_posix())
     return run_dir(results, **match.groupdict()) if match else None
 
 

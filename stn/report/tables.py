@@ -143,9 +143,9 @@ def mixed_code(records: list[dict]) -> tuple[set[tuple[str, str]], str | None]:
     names = ", ".join(f"{'from before versions were recorded' if v == UNRECORDED else v}: {n} run{'s' * (n > 1)}"
                       for v, n in counts.most_common())
     return cells, (f"§ Mixed code: this table's runs come from {len(counts)} versions of the stn library ({names}); "
-                   f"cells marked § hold runs not of the most common one. Runs of different versions can differ with "
-                   f"the same seed: rerun those cells (`snakemake --forcerun` with their runs' metrics.json) to compare like "
-                   f"with like.")
+                   "cells marked § hold runs not of the most common one. Runs of different versions can differ with "
+                   "the same seed: rerun those cells (`snakemake --forcerun` with their runs' metrics.json) to "
+                   "compare like with like.")
 
 
 def still_learning(records: list[dict]) -> set[tuple[str, str]]:
@@ -161,8 +161,8 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
                       *("| " + " | ".join(r) + " |" for r in rows)]) + "\n"
 
 
-_TEX_SYMBOLS = [("±", "$\\pm$"), ("†", "$^\\dagger$"), ("‡", "$^\\ddagger$"), ("§", "\\S{}"), ("≈", "$\\approx$"),
-                ("—", "--"), ("×", "$\\times$"), ("√", "$\\surd$")]
+_TEX_SYMBOLS = [("±", "$\\pm$"), ("†", "$^\\dagger$"), ("‡", "$^\\ddagger$"), ("§", "\\S{}"),
+                ("≈", "$\\approx$"), ("—", "--"), ("×", "$\\times$"), ("√", "$\\surd$")]
 
 
 def _tex_symbols(s: str) -> str:
