@@ -142,8 +142,12 @@ check() {
   log "smoke run through profiles/slurm into $work/slurm (log: $work/slurm.log)"
   # squeue as the status command (no accounting here); no account (none exists); the controller's
   # first status check after 10 s instead of 40. timeout: the outer Snakemake must never hang.
+  # Status checks every 2 s, not Snakemake's 10 (a real cluster's scheduler deserves the profile's gentler
+  # polling): the smoke run's 94 Slurm jobs, most of them seconds long, waited on the 10-s ticks (the check's
+  # Slurm run 10.0 -> 9.3 min; the rest is each job's two Snakemake start-ups and the stn imports).
   if ! smoke "$work/slurm" --workflow-profile profiles/slurm \
-      --slurm-status-command squeue --slurm-no-account --slurm-init-seconds-before-status-checks 10 \
+      --seconds-between-status-checks 2 --max-status-checks-per-second 1 \
+      --slurm-status-command squeue --slurm-no-account --slurm-init-seconds-before-status-checks 2 \
       --slurm-logdir "$work/slurm-logs" --slurm-keep-successful-logs > "$work/slurm.log" 2>&1; then
     tail -20 "$work/slurm.log" >&2
     die "the smoke run under Slurm failed or timed out; see $work/slurm.log and $work/slurm-logs"
