@@ -174,12 +174,13 @@ def _table4_figures(spec: dict, results: Path, grid: registry.Grid) -> list[Path
     every model with two transformers, from its first seed's weights on the whole test set."""
     name, model, seed = "table4", spec["section"]["figure_model"], grid.seeds[0]
     x, y = test_inputs(registry.data_path(results, "ADD"), None)
-    focus = {m: channel_focus(load_model(results, name, "ADD", m, seed), x) for m in grid.models
-             if zoo.ModelSpec.parse(m).transformers > 1}
+    parallel = [m for m in grid.models if zoo.ModelSpec.parse(m).transformers > 1]
+    models = {m: load_model(results, name, "ADD", m, seed) for m in {*parallel, model}}  # each loaded once
+    focus = {m: channel_focus(models[m], x) for m in parallel}
     made = [tables.render_focus_table(
         focus, f"Which channel each transformer of Table 4's 2xST models takes, {spec['config_name']} config "
         f"(seed {seed}, {len(x):,} test images)", results / "tables", name)]
-    return made + [figures.parallel_transformers(load_model(results, name, "ADD", model, seed), x[:5], y[:5],
+    return made + [figures.parallel_transformers(models[model], x[:5], y[:5],
                                                  results / "figures" / "table4_transformers.png",
                                                  f"Table 4 (right): the two transformers of {model}", focus.get(model))]
 

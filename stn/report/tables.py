@@ -75,7 +75,7 @@ def render_table(records: list[dict], datasets: list[str], models: list[str], ca
     mark = lambda m, d: ("‡" if (m, d) in learning else "") + ("§" if (m, d) in odd else "")  # noqa: E731
     cell_versions = {}
     for r in records:
-        cell_versions.setdefault((r["model"], r["dataset"]), set()).add(r.get("code_version") or UNRECORDED)
+        cell_versions.setdefault((r["model"], r["dataset"]), set()).add(version_of(r))
     csv_rows = []
     for m in models:
         for d in datasets:
@@ -129,17 +129,22 @@ def render_table(records: list[dict], datasets: list[str], models: list[str], ca
 UNRECORDED = "unrecorded"  # a run from before metrics.json recorded its code_version
 
 
+def version_of(record: dict) -> str:
+    """A run's code_version (stn.experiments.code_version), or UNRECORDED."""
+    return record.get("code_version") or UNRECORDED
+
+
 def mixed_code(records: list[dict]) -> tuple[set[tuple[str, str]], str | None]:
     """Whether a table's runs come from more than one version of the library's code (`code_version` in their
     metrics.json; stn.experiments.code_version): the (model, data set) cells holding a run of any version but the
     most common one, and a note naming every version with its number of runs. Runs of one version only: (set(),
     None). Snakemake reruns a job when its config changes, not when the code does, so a results directory can hold
     runs of several versions; determinism holds within a version, not across versions."""
-    counts = Counter(r.get("code_version") or UNRECORDED for r in records)
+    counts = Counter(map(version_of, records))
     if len(counts) < 2:
         return set(), None
     main = max(counts, key=lambda v: (counts[v], v != UNRECORDED))
-    cells = {(r["model"], r["dataset"]) for r in records if (r.get("code_version") or UNRECORDED) != main}
+    cells = {(r["model"], r["dataset"]) for r in records if version_of(r) != main}
     names = ", ".join(f"{'from before versions were recorded' if v == UNRECORDED else v}: {n} run{'s' * (n > 1)}"
                       for v, n in counts.most_common())
     return cells, (f"§ Mixed code: this table's runs come from {len(counts)} versions of the stn library ({names}); "
