@@ -10,8 +10,8 @@
 # Needs root and Debian's slurm-wlm and munge packages (installed here with apt-get if missing). Slurm
 # runs without accounting storage, so the executor reads job states with squeue (MinJobAge keeps finished
 # jobs there for 10 minutes). Every wait is bounded; a daemon that does not come up is named with the
-# tail of its log. Files: /etc/slurm/slurm.conf (a stn-managed one; an existing foreign one is left
-# alone and the script stops), /var/spool/slurm-stn, /var/log/slurm-stn. Environment: WORK (scratch
+# tail of its log. Files: /etc/slurm/slurm.conf (a stn-managed one, removed again by stop; an existing
+# foreign one is left alone and the script stops), /var/spool/slurm-stn, /var/log/slurm-stn. Environment: WORK (scratch
 # directory, default a new temporary one), SLURM_CHECK_TIMEOUT (seconds for the Slurm run, default 2400).
 set -euo pipefail
 
@@ -115,6 +115,12 @@ stop() {
     ((SECONDS < end)) || { pkill -9 -x slurmd || true; pkill -9 -x slurmctld || true; break; }
     sleep 1
   done
+  # A slurm.conf whose controller is down makes every `scontrol` wait ~9 s before it fails, and the Slurm
+  # executor plugin runs `scontrol show config` when Snakemake imports it: every later `snakemake` on this
+  # machine, Slurm or not, would start 9 s slower. Ours goes with the daemons (start writes it again).
+  if [[ -f $CONF ]] && grep -q "^$MARK" "$CONF"; then
+    rm -f "$CONF"
+  fi
   if [[ -f $STATE/started-munged ]]; then
     pkill -x munged 2>/dev/null || true
     rm -f "$STATE/started-munged"

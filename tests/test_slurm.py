@@ -89,3 +89,6 @@ def test_smoke_run_under_a_local_slurm_equals_the_local_run(smoke, tmp_path):
                           text=True, timeout=3600, env={**os.environ, "WORK": str(tmp_path), "PYTHON": sys.executable})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "every run was a Slurm job and every table equals the local run's" in proc.stdout
+    # stop takes its slurm.conf with it: left behind, with no controller, it held every later Snakemake start 9 s
+    conf = Path("/etc/slurm/slurm.conf")
+    assert not (conf.exists() and "managed by stn" in conf.read_text())
