@@ -54,10 +54,10 @@ rule all:
 
 
 # One warm server imports torch and MLflow once and forks each local job's `stn` (stn/warm.py): ~6 s of
-# CPU a job, ~15 of the default run's CPU-minutes. Jobs on other machines (Slurm) start cold. STN_WARM=0: off.
+# CPU a job, ~15 of the default run's CPU-minutes. Under Slurm only the local rules (localrule: True) use it;
+# Slurm jobs start cold, in their own allocation, even on this machine. STN_WARM=0: off.
 onstart:
-    if workflow.local_exec:
-        warm.start(log_file("warm_server"))
+    warm.start(log_file("warm_server"))
 
 
 onsuccess:

@@ -51,7 +51,10 @@ write_conf() {
     die "$CONF exists and was not written by this script; refusing to replace a real cluster's config"
   fi
   local cpus mem
-  cpus=$(nproc)
+  # Two job slots per core: a smoke job spends ~20% of its time waiting (the launch through slurmd and srun,
+  # the executor's status checks), and a second job fills those gaps; config_overrides lets slurmd accept
+  # more CPUs than it finds.
+  cpus=$(( 2 * $(nproc) ))
   mem=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 - 2048 ))
   mkdir -p /etc/slurm "$STATE/ctld" "$STATE/d" "$LOGS"
   cat > "$CONF" <<EOF
@@ -77,6 +80,7 @@ SelectTypeParameters=CR_Core
 MinJobAge=600
 MpiDefault=none
 ReturnToService=2
+SlurmdParameters=config_overrides
 NodeName=$NODE CPUs=$cpus RealMemory=$mem State=UNKNOWN
 PartitionName=local Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
 EOF

@@ -29,6 +29,7 @@ from .settings import OPTIMIZER_NAMES, TrainSettings, late_fall  # noqa: F401  (
 
 
 EXPLODE = 100.0  # a loss above EXPLODE × max(first loss, 1) counts as divergence
+FIRST_LOG_S, LOG_EVERY_S = 5.0, 30.0  # progress lines: the first after 5 s (a rate and eta to go by), then every 30 s
 
 
 class Diverged(FloatingPointError):
@@ -211,6 +212,13 @@ def _saved_settings(ckpt: dict) -> TrainSettings | None:
         return None
 
 
+def input_transformers(model: nn.Module) -> list[SpatialTransformer]:
+    """The transformers that sample the model's input, which `start_zoom` starts zoomed in: the model's own
+    `input_transformers()` where it has transformers deeper in (ST-CNN Multi's warp feature maps), else all."""
+    own = getattr(model, "input_transformers", None)
+    return list(own()) if own else [m for m in model.modules() if isinstance(m, SpatialTransformer)]
+
+
 def train_run(
     model: nn.Module,
     data: dict[str, np.ndarray],
@@ -226,9 +234,9 @@ def train_run(
     out_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(settings.device)
     torch.manual_seed(seed)
-    if settings.start_zoom != 1:
-        for st in (m for m in model.modules() if isinstance(m, SpatialTransformer)):
-            st.start_at(settings.start_zoom)  # a resumed run's checkpoint replaces it below
+    zoomed = input_transformers(model) if settings.start_zoom != 1 else []
+    for st in zoomed:
+        st.start_at(settings.start_zoom)  # a resumed run's checkpoint replaces it below
     model = model.to(device)
     channels_last = wants_channels_last(model, settings.channels_last)
     if channels_last:
@@ -269,7 +277,7 @@ def train_run(
     try:
         t0 = time.time() - elapsed
         running, seen = (ckpt["running"], ckpt["seen"]) if ckpt is not None and "running" in ckpt else (0.0, 0)
-        last_log = time.time()
+        next_log = time.time() + FIRST_LOG_S
         model.train()
         step_model = model if settings.compile == "none" else torch.compile(model, mode=settings.compile, dynamic=False)
         for it in range(start_it + 1, settings.iterations + 1):
@@ -303,14 +311,14 @@ def train_run(
                 running, seen = 0.0, 0
                 if run is not None:
                     run.log_metrics({k: v for k, v in point.items() if k != "iteration"}, step=it)
-            if time.time() - last_log > 30 or it == settings.iterations:
+            if time.time() >= next_log or it == settings.iterations:
                 done = it - start_it
                 rate = done / max(time.time() - t0 - elapsed, 1e-9)
                 eta = (settings.iterations - it) / max(rate, 1e-9)
                 last = f"{curve[-1]['val_error']:.2f}%" if curve else "not yet measured"
                 log(f"[{time.strftime('%H:%M:%S')}] iteration {it}/{settings.iterations}  loss {loss_value:.4f}  val error {last}  "
                     f"{rate:.1f} it/s  eta {eta / 60:.1f} min")
-                last_log = time.time()
+                next_log = time.time() + LOG_EVERY_S
             if it % settings.checkpoint_every == 0 and it != settings.iterations:
                 _save({"settings": settings.to_dict(), "seed": seed, "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                        "batches": batches.state_dict(), "torch_rng": torch.get_rng_state(), "iteration": it,
@@ -327,6 +335,8 @@ def train_run(
                    "seconds": seconds, "seed": seed, "device": str(device),
                    "sampler_impl": ops.resolve_impl("auto", device), "run_id": run.run_id if run else None,
                    **(describe or {})}
+        if zoomed:
+            metrics["start_zoom"] = settings.start_zoom  # the transforms tables say where the zoom began
         if run is not None:
             run.log_metrics({"test_error": test_err}, step=settings.iterations)
         for path in artifacts(model, out_dir) if artifacts else []:

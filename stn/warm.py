@@ -10,8 +10,11 @@ exactly as the process would have. The client relays SIGTERM/SIGINT/SIGHUP to th
 if the client dies, the child's watchdog sees the closed connection and stops the command with SIGTERM.
 
 With no server (STN_WARM_SOCKET unset or unreachable: a Slurm node, a command typed by hand) `stn` runs
-in-process as always. STN_WARM=0 switches warm starts off. The server exits when asked (`stop()`, the
-Snakefile's onsuccess/onerror), when the process that started it is gone, or after IDLE_S without commands.
+in-process as always; so does a command in a Slurm job other than the server's (STN_WARM_SLURM_JOB, set by
+`start()`, against the command's SLURM_JOB_ID): a Slurm job on the server's own machine must run inside its
+allocation, not in the submitting process's server. STN_WARM=0 switches warm starts off. The server exits
+when asked (`stop()`, the Snakefile's onsuccess/onerror), when the process that started it is gone, or after
+IDLE_S without commands.
 
 This module imports only the standard library: the client must stay light.
 """
@@ -33,6 +36,7 @@ from pathlib import Path
 
 SOCKET_ENV = "STN_WARM_SOCKET"
 SWITCH_ENV = "STN_WARM"  # "0": never use a server
+SLURM_ENV = "STN_WARM_SLURM_JOB"  # the Slurm job the server runs in ("" outside Slurm): only its commands use it
 IDLE_S = 600.0  # a server with no command for this long exits
 # What a command imports, loaded once in the server (each a module whose import costs a job ~0.1 s or more).
 PRELOAD = (
@@ -59,6 +63,8 @@ def forward(argv: list[str]) -> int | None:
     path = os.environ.get(SOCKET_ENV)
     if not path or os.environ.get(SWITCH_ENV) == "0":
         return None
+    if os.environ.get("SLURM_JOB_ID", "") != os.environ.get(SLURM_ENV, ""):
+        return None  # a Slurm job that inherited the submitting Snakemake's server: it runs in its own allocation
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         conn.connect(path)
@@ -118,7 +124,8 @@ def _child(conn: socket.socket, request: dict, fds: list[int], added_env: dict[s
             os.close(fd)
         os.chdir(request["cwd"])
         env = {**added_env, **request["env"]}
-        env.pop(SOCKET_ENV, None)  # the command runs here; nothing in it may forward again
+        for name in (SOCKET_ENV, SLURM_ENV):  # the command runs here; nothing in it may forward again
+            env.pop(name, None)
         os.environ.clear()
         os.environ.update(env)
         sys.argv = ["stn", *request["argv"]]
@@ -262,6 +269,7 @@ def start(log: str | Path, wait_s: float = 120.0) -> str | None:
     while time.monotonic() < deadline and proc.poll() is None:
         if os.path.exists(path):
             os.environ[SOCKET_ENV] = path
+            os.environ[SLURM_ENV] = os.environ.get("SLURM_JOB_ID", "")
             return path
         time.sleep(0.1)
     proc.kill()
@@ -272,6 +280,7 @@ def start(log: str | Path, wait_s: float = 120.0) -> str | None:
 def stop(path: str | None = None) -> None:
     """Ask the server at `path` (default: this process's) to exit; its running commands finish on their own."""
     path = path or os.environ.pop(SOCKET_ENV, None)
+    os.environ.pop(SLURM_ENV, None)
     if not path:
         return
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

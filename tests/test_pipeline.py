@@ -176,6 +176,10 @@ def test_smoke_appendix_experiments(smoke):
     assert {(m["dataset"], m["model"]) for m in t2_runs} == {
         (f"SEQ{s}", m) for s in cfg["table2"]["sizes"] for m in cfg["table2"]["models"]}
     assert all(0 < m["zoom"] < 2 and m["shift"] >= 0 for m in t2_runs if m["model"] != "CNN")
+    t2_transforms = (smoke / "tables" / "table2_transforms.md").read_text()  # those zooms, per model and size
+    multi = next(m for m in t2_runs if m["model"] == "ST-CNN-Multi" and m["dataset"] == "SEQ128")
+    assert f"{multi['zoom']:.2f} / {multi['shift']:.2f}" in t2_transforms.split("| ST-CNN Multi |")[1].splitlines()[0]
+    assert "about 0.5 at 128 px" in t2_transforms and "| CNN |" not in t2_transforms
     assert json.loads((smoke / "data" / "SEQ128.json").read_text())["sizes"] == cfg["table2"]["sequences"]
     for experiment, n in [("table2", 6), ("table4", 3), ("table5", 2 + 1), ("volumetric", 2)]:  # Table 5: + e()'s CNN on R (TC's is Table 1's run)
         runs = tracking.find_runs(tracking.default_uri(smoke), experiment)

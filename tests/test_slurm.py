@@ -33,6 +33,22 @@ def test_slurm_profile_covers_every_job_rule_and_fits_one_small_node():
         assert res["runtime"] >= 15, rule
 
 
+def test_the_bookkeeping_rules_run_beside_snakemake_and_every_other_rule_goes_to_slurm():
+    """Under Slurm a local rule skips the queue: the MLflow store and experiments and the widths come before
+    every training job, so as Slurm jobs they put two or three queue waits in front of all training."""
+    import re
+
+    local, remote = set(), set()
+    for smk in (ROOT / "workflow" / "rules").glob("*.smk"):
+        for m in re.finditer(r"^rule (\w+):\n((?:    .*\n|\n)*)", smk.read_text(), re.M):
+            (local if re.search(r"^    localrule: True", m.group(2), re.M) else remote).add(m.group(1))
+    assert local == {"job_spec", "experiment_spec", "mlflow_store", "mlflow_experiment", "classification_params",
+                     "table5_encoder_spec", "table5_encoder_from_table1"}, local
+    profile = yaml.safe_load(PROFILE.read_text())
+    assert not local & set(profile["set-resources"])  # resources of a rule Slurm never sees would mislead
+    assert {"classification_run", "table1", "distort", "build_extension"} <= remote
+
+
 def test_every_profile_runs_the_bookkeeping_run_blocks_in_threads():
     """Snakemake spawns a whole new Snakemake (Snakefile parsed, torch imported: 6-8 s) for each job of a rule
     with a `run:` block unless told to use threads; the default run has ~170 such jobs."""

@@ -134,12 +134,15 @@ def test_transform_table_shows_zoom_and_shift_means_of_affine_models_only(tmp_pa
 
     records = [{"model": "ST-CNN-Aff", "dataset": "TC", "test_error": 3.0, "zoom": z, "shift": 0.2, "seed": s}
                for s, z in ((1, 0.5), (2, 0.7))] + [{"model": "CNN", "dataset": "TC", "test_error": 4.0, "seed": 1}]
-    text = render_transform_table(records, ["TC"], ["CNN", "ST-CNN-Aff"], "What they learnt", tmp_path, "table1").read_text()
+    text = render_transform_table(records, ["TC"], ["CNN", "ST-CNN-Aff"], "What they learnt", tmp_path, "table1",
+                                  "a digit exactly has 0.5").read_text()
     assert "| ST-CNN Aff | 0.60 / 0.20 |" in text and "CNN |" not in text.replace("ST-CNN", "")
     assert text.startswith("**What they learnt**") and "(from" not in text
+    assert "a window that frames a digit exactly has 0.5)" in text
     for r in records[:2]:
         r["start_zoom"] = 0.6
-    text = render_transform_table(records, ["TC"], ["CNN", "ST-CNN-Aff"], "What they learnt", tmp_path, "table1").read_text()
+    text = render_transform_table(records, ["TC"], ["CNN", "ST-CNN-Aff"], "What they learnt", tmp_path, "table1",
+                                  "a digit exactly has 0.5").read_text()
     assert "| ST-CNN Aff | 0.60 / 0.20 (from 0.60) |" in text and "started at zoom s (`start_zoom`)" in text
 
 

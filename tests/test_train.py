@@ -268,6 +268,20 @@ def test_start_zoom_starts_every_transformer_zoomed_in_and_a_resumed_run_keeps_i
     resumed = train_run(model(), data, settings, seed=1, out_dir=tmp_path / "resumed", log=lambda s: None)
     assert (tmp_path / "resumed" / "model.pt").read_bytes() == (tmp_path / "full" / "model.pt").read_bytes()
     assert resumed["test_error"] == full["test_error"]
+    assert full["start_zoom"] == 0.7  # recorded for the transforms tables' "(from 0.70)"
+
+
+def test_start_zoom_zooms_only_the_transformer_on_the_input_of_st_cnn_multi():
+    """ST-CNN Multi's later transformers warp feature maps, where a zoom would crop features, not the picture."""
+    from stn import SpatialTransformer
+    from stn.models.svhn import build
+    from stn.train import input_transformers
+
+    multi = build("ST-CNN-Multi", 1, 64, width=0.1, fc=16, loc_filters=4)
+    assert len(multi.sts) == 4 and input_transformers(multi) == [multi.sts["0"]]
+    assert input_transformers(build("CNN", 1, 64, width=0.1, fc=16)) == []
+    one = model()
+    assert input_transformers(one) == [m for m in one.modules() if isinstance(m, SpatialTransformer)] != []
 
 
 def test_a_warmed_up_run_resumes_to_identical_weights_and_holds_the_window_first(tmp_path, monkeypatch):

@@ -43,7 +43,8 @@ def server(tmp_path_factory):
 
 
 def _env(**extra):
-    env = {k: v for k, v in os.environ.items() if k not in (warm.SOCKET_ENV, warm.SWITCH_ENV)}
+    drop = (warm.SOCKET_ENV, warm.SWITCH_ENV, warm.SLURM_ENV, "SLURM_JOB_ID")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
     return {**env, **extra}
 
 
@@ -70,8 +71,13 @@ def test_without_a_reachable_server_or_with_warm_starts_off_the_command_runs_her
     args = ["run", "--job", str(tmp_path / "off" / "job.json")]
     gone = _stn(args, **{warm.SOCKET_ENV: str(tmp_path / "no.sock")})
     off = _stn(args, **{warm.SOCKET_ENV: str(path), warm.SWITCH_ENV: "0"})
-    assert gone.returncode == off.returncode == 1 and "does not exist" in gone.stderr and gone.stderr == off.stderr
-    assert log.read_text() == before  # neither reached the server
+    # a Slurm job that inherited the socket of a server outside it (a one-node Slurm, a login node that runs jobs)
+    slurm = _stn(args, **{warm.SOCKET_ENV: str(path), warm.SLURM_ENV: "", "SLURM_JOB_ID": "4242"})
+    assert gone.returncode == off.returncode == slurm.returncode == 1 and "does not exist" in gone.stderr
+    assert gone.stderr == off.stderr == slurm.stderr
+    assert log.read_text() == before  # none reached the server
+    inside = _stn(args, **{warm.SOCKET_ENV: str(path), warm.SLURM_ENV: "4242", "SLURM_JOB_ID": "4242"})
+    assert inside.returncode == 1 and "stn warm child" in inside.stderr  # the server's own Slurm job: it forwards
 
 
 def _long_job(smoke: Path, tmp: Path) -> Path:

@@ -106,8 +106,13 @@ def render(spec: dict, results: Path) -> list[Path]:
                                       spec["overrides"], grid.datasets, e.protocol)
     caption += (f" Network: the paper's conv widths x{net['width']:.3g}, fc {net['fc']} (paper 3072), localisation convs "
                 f"{net['loc_filters']} (paper 32), dropout {net['dropout']} (paper 0.5), {net['init']} initialisation.")
-    paths = tables.render_table(run_records(results, "table2", grid), grid.datasets, grid.models, caption,
-                                results / "tables", "table2")
+    records = run_records(results, "table2", grid)
+    paths = tables.render_table(records, grid.datasets, grid.models, caption, results / "tables", "table2")
+    transforms = tables.render_transform_table(
+        records, grid.datasets, grid.models, f"What the first transformer of each model of Table 2 learnt, "
+        f"{spec['config_name']} config: mean zoom / mean shift over the test set", results / "tables", "table2",
+        "the number exactly has about 1 at 64 px (the crop is the number's region) and about 0.5 at 128 px (the "
+        "region's side is half the canvas's; 52-76 px of 128 in the stand-in)")
     model_name = section["figure_model"]
     panels = []
     for ds in grid.datasets:
@@ -122,4 +127,4 @@ def render(spec: dict, results: Path) -> list[Path]:
         panels.append((ds, x, grid_pts, out, data["y_test"][:6], pred.numpy()))
     figure = figures.sequence_transformers(panels, results / "figures" / "table2_transformers.png",
                                            f"Table 2 (right): the first transformer of {model_name}")
-    return [*paths.values(), figure]
+    return [*paths.values(), transforms, figure]

@@ -73,6 +73,10 @@ class SequenceNet(nn.Module):
         self.head = nn.Sequential(*head)
         self.classifiers = nn.Linear(fc, POSITIONS * CLASSES)  # five fc[11], stored as one layer
 
+    def input_transformers(self) -> list[SpatialTransformer]:
+        """The transformer on the input image, if any (`start_zoom` zooms it; the later ones warp feature maps)."""
+        return [self.sts["0"]] if "0" in self.sts else []
+
     def transform(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """The first transformer's output on the input and its θ (N, 6)."""
         st = self.sts[min(self.sts, key=int)]

@@ -328,7 +328,7 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
         grid=lambda c, cfg: Grid([sized("svhn" if c["source"] == "svhn" else "sequences", s) for s in c["sizes"]],
                                  list(c["models"]), list(c["seeds"])),
         figures=lambda c: ["figures/table2_transformers.png"], metric_words="sequence error", protocol=SVHN_PROTOCOL,
-        job_keys=("net",), paper_rows={"CNN": "CNN (ours)"},
+        job_keys=("net",), paper_rows={"CNN": "CNN (ours)"}, extra_tables=("transforms",),
         references=lambda cfg: [("table2.figure_model", [cfg["table2"]["figure_model"]], cfg["table2"]["models"])],
         problems=lambda cfg: _svhn_problems(cfg["table2"]),
     ),

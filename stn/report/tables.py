@@ -208,9 +208,11 @@ def net_phrase(net: dict) -> str:
 
 
 def render_transform_table(records: list[dict], datasets: list[str], models: list[str], caption: str, out_dir: Path,
-                           name: str) -> Path:
+                           name: str, frame: str) -> Path:
     """results/tables/<name>_transforms.md: per affine-ST model and data set, the mean zoom √|det A| and the
-    mean translation |t| of its transformers over the test set (means over seeds), from the runs' metrics."""
+    mean translation |t| of its transformers over the test set (means over seeds), from the runs' metrics.
+    `frame` completes the note's sentence "a window that frames ... exactly has": the zoom that would frame
+    the object on each data set, so a reader can tell a transformer that zooms in from one that stays put."""
     affine = [r for r in records if "zoom" in r]
     zoom, shift = summarize(affine, "zoom"), summarize(affine, "shift")
     start = {(r["model"], r["dataset"]): r["start_zoom"] for r in affine if "start_zoom" in r}
@@ -224,9 +226,8 @@ def render_transform_table(records: list[dict], datasets: list[str], models: lis
     cells = [[display_name(m), *(cell(m, d) for d in datasets)] for m in rows]
     lines = [f"**{caption}**", "", markdown_table(["Model", *datasets], cells)]
     lines += ["Cells: zoom / shift. Zoom is √|det A| of the affine transform from output to input coordinates "
-              "(1 = the identity's scale; below 1 the transformer zooms in; a window that frames a 28 px digit exactly "
-              "has 28/42 ≈ 0.67 on RTS's 42 px canvas at scale 1 and 28/60 ≈ 0.47 on TC's 60 px canvas). Shift is the "
-              "length of the translation in half-canvas units (0 = centred)."
+              f"(1 = the identity's scale; below 1 the transformer zooms in; a window that frames {frame}). Shift is "
+              "the length of the translation in half-canvas units (0 = centred)."
               + (" (from s): the run's transformers started at zoom s (`start_zoom`), not at the identity." if start else "")]
     path = Path(out_dir) / f"{name}_transforms.md"
     write_text(path, "\n".join(lines) + "\n")

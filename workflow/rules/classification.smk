@@ -19,6 +19,7 @@ rule classification_params:
         log_file("{experiment}_params"),
     benchmark:
         benchmark_file("{experiment}_params")
+    localrule: True  # counts parameters of small nets, seconds: under Slurm it runs beside Snakemake
     shell:
         "stn params --datasets {params.datasets} --models {params.models} --cap {params.cap} {params.net} "
         "--out {output.json} > {log} 2>&1"

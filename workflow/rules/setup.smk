@@ -40,6 +40,7 @@ rule mlflow_store:
         log_file("mlflow_store"),
     benchmark:
         benchmark_file("mlflow_store")
+    localrule: True  # bookkeeping, under a second: under Slurm it runs beside Snakemake, not through the queue
     shell:
         "stn mlflow-init --results {params.results} --out {output} > {log} 2>&1"
 
@@ -60,6 +61,7 @@ rule mlflow_experiment:
         log_file("mlflow_{experiment}"),
     benchmark:
         benchmark_file("mlflow_{experiment}")
+    localrule: True  # as mlflow_store: no queue wait between the store and the first training job
     shell:
         "stn mlflow-init --results {params.results} --experiments {wildcards.experiment} --out {output} > {log} 2>&1"
 
