@@ -1,11 +1,13 @@
 """Do two pipeline results directories hold the same results? (scripts/slurm_local.sh uses it.)
 
-    python scripts/compare_results.py [--slurm] RESULTS REFERENCE
+    python scripts/compare_results.py [--slurm] [--subset] RESULTS REFERENCE
 
 Compares every table CSV (results/tables/*.csv) cell for cell and the set of runs (metrics.json) of the
-two directories; with --slurm also checks that every run of RESULTS recorded the Slurm job that ran it,
-in its metrics.json (`slurm_job_id`) and as the tag of its MLflow run. Prints each difference; exits 1
-if there is one.
+two directories; with --subset RESULTS may hold fewer (a slice of REFERENCE's config: fewer models or data
+sets), but each of its tables, table rows (by model and data set) and runs must be in REFERENCE, with
+equal cells. With --slurm also checks that every run of RESULTS recorded the Slurm job that ran it, in
+its metrics.json (`slurm_job_id`) and as the tag of its MLflow run. Prints each difference; exits 1 if
+there is one.
 """
 from __future__ import annotations
 
@@ -27,21 +29,34 @@ def runs(results: Path) -> dict[str, dict]:
     return {str(p.parent.relative_to(results)): json.loads(p.read_text()) for p in (results / "runs").rglob("metrics.json")}
 
 
-def differences(results: Path, reference: Path, slurm: bool) -> list[str]:
+def _key(row: dict) -> tuple:
+    return row.get("model"), row.get("dataset")
+
+
+def differences(results: Path, reference: Path, slurm: bool, subset: bool = False) -> list[str]:
     problems = []
     ours, theirs = tables(results), tables(reference)
-    if not theirs:
-        problems.append(f"{reference}/tables holds no table CSV")
+    for side, found in ((reference, theirs), (results, ours)):
+        if not found:
+            problems.append(f"{side}/tables holds no table CSV")
     for name in sorted(set(ours) | set(theirs)):
-        if name not in ours or name not in theirs:
+        if name not in theirs or (name not in ours and not subset):
             problems.append(f"{name}: only in {reference if name in theirs else results}")
+        elif name not in ours:
+            continue
+        elif subset:
+            rows = {_key(row): row for row in theirs[name]}
+            for row in ours[name]:
+                if rows.get(_key(row)) != row:
+                    problems.append(f"{name} differs: {row} against {rows.get(_key(row), 'no such row')}")
         elif ours[name] != theirs[name]:
             diff = next((a, b) for a, b in zip(ours[name], theirs[name]) if a != b) if len(ours[name]) == len(theirs[name]) \
                 else (f"{len(ours[name])} rows", f"{len(theirs[name])} rows")
             problems.append(f"{name} differs: {diff[0]} against {diff[1]}")
     mine, reference_runs = runs(results), runs(reference)
-    if set(mine) != set(reference_runs):
-        problems.append(f"runs differ: {sorted(set(mine) ^ set(reference_runs))[:5]}")
+    extra = set(mine) - set(reference_runs) if subset else set(mine) ^ set(reference_runs)
+    if extra:
+        problems.append(f"runs {'only in ' + str(results) if subset else 'differ'}: {sorted(extra)[:5]}")
     if slurm:
         unlabelled = [name for name, m in mine.items() if not str(m.get("slurm_job_id", "")).isdigit()]
         if unlabelled:
@@ -69,8 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("results", type=Path)
     ap.add_argument("reference", type=Path)
     ap.add_argument("--slurm", action="store_true", help="also check that every run of RESULTS ran as a Slurm job")
+    ap.add_argument("--subset", action="store_true", help="RESULTS may hold fewer tables, rows and runs than REFERENCE")
     a = ap.parse_args(argv)
-    problems = differences(a.results, a.reference, a.slurm)
+    problems = differences(a.results, a.reference, a.slurm, a.subset)
     for p in problems:
         print(p)
     n_runs, n_tables = len(runs(a.results)), len(tables(a.results))
