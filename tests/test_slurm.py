@@ -34,15 +34,21 @@ def test_slurm_profile_covers_every_job_rule_and_fits_one_small_node():
         assert res["runtime"] >= 15, rule
 
 
-def test_the_bookkeeping_rules_run_beside_snakemake_and_every_other_rule_goes_to_slurm():
-    """Under Slurm a local rule skips the queue: the MLflow store and experiments and the widths come before
-    every training job, so as Slurm jobs they put two or three queue waits in front of all training."""
+def _local_and_slurm_rules() -> tuple[set[str], set[str]]:
+    """The rules of workflow/rules/*.smk that run beside Snakemake (`localrule: True`), and the others."""
     import re
 
     local, remote = set(), set()
     for smk in (ROOT / "workflow" / "rules").glob("*.smk"):
         for m in re.finditer(r"^rule (\w+):\n((?:    .*\n|\n)*)", smk.read_text(), re.M):
             (local if re.search(r"^    localrule: True", m.group(2), re.M) else remote).add(m.group(1))
+    return local, remote
+
+
+def test_the_bookkeeping_rules_run_beside_snakemake_and_every_other_rule_goes_to_slurm():
+    """Under Slurm a local rule skips the queue: the MLflow store and experiments and the widths come before
+    every training job, so as Slurm jobs they put two or three queue waits in front of all training."""
+    local, remote = _local_and_slurm_rules()
     assert local == {"job_spec", "experiment_spec", "mlflow_store", "mlflow_experiment", "classification_params",
                      "table5_encoder_spec", "table5_encoder_from_table1"}, local
     profile = yaml.safe_load(PROFILE.read_text())
@@ -123,6 +129,9 @@ def test_smoke_run_under_a_local_slurm_equals_the_local_run(smoke, tmp_path):
                           text=True, timeout=3600, env={**os.environ, "WORK": str(tmp_path), "PYTHON": sys.executable})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "every run was a Slurm job and every table cell equals the local run's" in proc.stdout
+    # the check's slice of the smoke config still sent every rule that goes to Slurm there (--slurm-keep-successful-logs)
+    ran = {p.name.removeprefix("rule_") for p in (tmp_path / "slurm-logs").iterdir()}
+    assert ran == _local_and_slurm_rules()[1], ran ^ _local_and_slurm_rules()[1]
     # stop takes its slurm.conf with it: left behind, with no controller, it held every later Snakemake start 9 s
     conf = Path("/etc/slurm/slurm.conf")
     assert not (conf.exists() and "managed by stn" in conf.read_text())
