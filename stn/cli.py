@@ -120,8 +120,13 @@ def cmd_render(a) -> None:
     from .io import read_json
 
     spec = read_json(a.spec)
-    paths = module(spec["experiment"]).render(spec, Path(a.results or spec["results"]))
+    results = Path(a.results or spec["results"])
+    paths = module(spec["experiment"]).render(spec, results)
     _log(f"wrote {', '.join(str(p) for p in paths)}")
+    if spec.get("mlflow"):  # the table's MLflow experiments file, under the spec's results directory
+        from .report.publish import publish
+
+        publish(results, spec["experiment"], results / Path(spec["mlflow"]).relative_to(spec["results"]), paths, _log)
 
 
 def cmd_volumes(a) -> None:
@@ -270,7 +275,8 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("render", help="render an experiment's tables and figures from its spec and its runs",
                        epilog=f"example: stn render --spec results/{registry.SPEC_FILE.format(experiment=ex.name)}")
     s.add_argument("--spec", required=True, help="results/specs/<experiment>.json (the resolved config section)")
-    s.add_argument("--results", default=None, help="the results directory (default: the spec's)")
+    s.add_argument("--results", default=None, help="the results directory (default: the spec's); the outputs also "
+                   "go to the table's parent run in its MLflow store (stn.report.publish)")
     s.set_defaults(fn=cmd_render)
 
     s = sub.add_parser("volumes", help="parameters of the extruded 3-D MNIST data set (appendix A.3)",

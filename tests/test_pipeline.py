@@ -186,6 +186,18 @@ def test_smoke_appendix_experiments(smoke):
         assert len(runs) == n and all(r.info.status == "FINISHED" for r in runs)
         (parent,) = tracking.find_runs(tracking.default_uri(smoke), experiment, parents=True)  # they nest under it
         assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parent.info.run_id}
+    from stn.paper import registry
+    from stn.report.publish import NOTE_TAG
+
+    c = tracking.client(tracking.default_uri(smoke))
+    for experiment in registry.EXPERIMENTS:  # each table and its figures beside its runs in MLflow (stn.report.publish)
+        (parent,) = tracking.find_runs(tracking.default_uri(smoke), experiment, parents=True)
+        logged = {a.path for folder in ("tables", "figures") for a in c.list_artifacts(parent.info.run_id, folder)}
+        assert f"tables/{experiment}.md" in logged and f"tables/{experiment}.html" in logged, (experiment, logged)
+        assert any(p.startswith("figures/") and p.endswith(".png") for p in logged), (experiment, logged)
+        table = (smoke / "tables" / f"{experiment}.md").read_text()
+        assert parent.data.tags[NOTE_TAG].startswith(table.split("\n")[0])
+        assert c.get_experiment(parent.info.experiment_id).tags[NOTE_TAG] == parent.data.tags[NOTE_TAG]
 
 
 def test_coloc_probe_reads_the_pipeline_outputs(smoke, tmp_path):

@@ -126,7 +126,8 @@ def experiment_spec(wildcards):
     name = wildcards.experiment
     g = grid(name)
     return stn_settings.canonical({
-        "experiment": name, "config_name": config["name"], "results": RESULTS, "section": config[name],
+        "experiment": name, "config_name": config["name"], "results": RESULTS, "mlflow": mlflow_file(name),
+        "section": config[name],
         "grid": {"datasets": g.datasets, "models": g.models, "seeds": g.seeds, "exclude": g.exclude},
         "settings": stn_settings.table_settings(config, name), "overrides": stn_settings.overrides(config, name)})
 
