@@ -179,6 +179,8 @@ def test_tex_escapes_latex_specials_in_cells_headers_and_caption(tmp_path):
     paths = render_table(records(), ["RTS"], ["CNN"], "x_y", tmp_path, "table1")
     html = paths["html"].read_text()
     assert "<caption>x_y</caption>" in html and "2.0 ± 1.4 (0.8)" in html and html.startswith("<!doctype html>")
+    again = render_table(records(), ["RTS"], ["CNN"], "x_y", tmp_path / "again", "table1")["html"].read_text()
+    assert again == html and 'id="T_table1_' in html  # element ids from the table's name, not random
 
 
 def test_late_fall_is_the_drop_over_the_last_fifth_of_steps():

@@ -118,7 +118,8 @@ def render_table(records: list[dict], datasets: list[str], models: list[str], ca
     tex_path = out_dir / f"{name}.tex"
     write_text(tex_path, latex_table(frame, caption))
     html_path = out_dir / f"{name}.html"
-    table = frame.style.hide(axis="index").format(escape="html").format_index(escape="html", axis=1) \
+    # the table's own name as the element ids' prefix (Styler's default is a random one): the same runs give the same bytes
+    table = frame.style.set_uuid(name).hide(axis="index").format(escape="html").format_index(escape="html", axis=1) \
         .set_caption(html.escape(caption)).to_html(doctype_html=False)
     write_text(html_path, f"<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(name)}</title>\n"
                           f"<style>{_CSS}</style></head><body>\n{table}\n"
