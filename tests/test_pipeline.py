@@ -186,7 +186,6 @@ def test_smoke_appendix_experiments(smoke):
         assert len(runs) == n and all(r.info.status == "FINISHED" for r in runs)
         (parent,) = tracking.find_runs(tracking.default_uri(smoke), experiment, parents=True)  # they nest under it
         assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parent.info.run_id}
-    from stn.paper import registry
     from stn.report.publish import NOTE_TAG
 
     c = tracking.client(tracking.default_uri(smoke))
@@ -198,6 +197,11 @@ def test_smoke_appendix_experiments(smoke):
         table = (smoke / "tables" / f"{experiment}.md").read_text()
         assert parent.data.tags[NOTE_TAG].startswith(table.split("\n")[0])
         assert c.get_experiment(parent.info.experiment_id).tags[NOTE_TAG] == parent.data.tags[NOTE_TAG]
+    paper = {(r["dataset"], r["model"]): r["paper"] for r in csv.DictReader((smoke / "tables" / "table1.csv").open())}
+    for run in tracking.find_runs(tracking.default_uri(smoke), "table1"):  # the paper's number beside ours, per run
+        dataset, model, _ = run.info.run_name.split("/")
+        assert run.data.metrics["paper_test_error"] == float(paper[dataset, model]) > 0, run.info.run_name
+    assert not any("paper_test_error" in r.data.metrics for r in tracking.find_runs(tracking.default_uri(smoke), "table2"))
 
 
 def test_coloc_probe_reads_the_pipeline_outputs(smoke, tmp_path):
