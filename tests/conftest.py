@@ -20,6 +20,18 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def _tracking_uri_restored():
+    """mlflow.set_tracking_uri also writes MLFLOW_TRACKING_URI into os.environ (for subprocesses), which is where
+    stn.tracking reads a user's server: left behind by one test, it sent every later test's runs to that test's store."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if os.environ.get("MLFLOW_TRACKING_URI") != before and "mlflow" in sys.modules:
+        import mlflow
+
+        mlflow.set_tracking_uri(before)  # None unsets the variable
+
+
 @pytest.fixture
 def impls():
     """Sampler implementations usable on the CPU here (the compiled one must be built for CI)."""

@@ -21,7 +21,8 @@ def _outputs(results: Path) -> list[Path]:
     return [cells, table, extra, figure]
 
 
-def test_the_outputs_go_to_the_tables_parent_run_and_its_markdown_is_the_description(tmp_path):
+def test_the_outputs_go_to_the_tables_parent_run_and_its_markdown_is_the_description(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the results directory's own store
     results = tmp_path / "results"
     paths = _outputs(results)
     ids = tracking.init_experiments(results, ["table1"])
