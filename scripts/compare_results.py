@@ -39,11 +39,9 @@ def differences(results: Path, reference: Path, slurm: bool, subset: bool = Fals
     for side, found in ((reference, theirs), (results, ours)):
         if not found:
             problems.append(f"{side}/tables holds no table CSV")
-    for name in sorted(set(ours) | set(theirs)):
-        if name not in theirs or (name not in ours and not subset):
+    for name in sorted(set(ours) if subset else set(ours) | set(theirs)):  # a subset may leave tables out
+        if name not in ours or name not in theirs:
             problems.append(f"{name}: only in {reference if name in theirs else results}")
-        elif name not in ours:
-            continue
         elif subset:
             rows = {_key(row): row for row in theirs[name]}
             for row in ours[name]:

@@ -188,9 +188,10 @@ def test_smoke_appendix_experiments(smoke):
         assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parent.info.run_id}
     from stn.report.publish import NOTE_TAG
 
-    c = tracking.client(tracking.default_uri(smoke))
+    uri = tracking.default_uri(smoke)
+    c = tracking.client(uri)
     for experiment in registry.EXPERIMENTS:  # each table and its figures beside its runs in MLflow (stn.report.publish)
-        (parent,) = tracking.find_runs(tracking.default_uri(smoke), experiment, parents=True)
+        (parent,) = tracking.find_runs(uri, experiment, parents=True)
         logged = {a.path for folder in ("tables", "figures") for a in c.list_artifacts(parent.info.run_id, folder)}
         assert f"tables/{experiment}.md" in logged and f"tables/{experiment}.html" in logged, (experiment, logged)
         assert any(p.startswith("figures/") and p.endswith(".png") for p in logged), (experiment, logged)
@@ -198,10 +199,10 @@ def test_smoke_appendix_experiments(smoke):
         assert parent.data.tags[NOTE_TAG].startswith(table.split("\n")[0])
         assert c.get_experiment(parent.info.experiment_id).tags[NOTE_TAG] == parent.data.tags[NOTE_TAG]
     paper = {(r["dataset"], r["model"]): r["paper"] for r in csv.DictReader((smoke / "tables" / "table1.csv").open())}
-    for run in tracking.find_runs(tracking.default_uri(smoke), "table1"):  # the paper's number beside ours, per run
+    for run in tracking.find_runs(uri, "table1"):  # the paper's number beside ours, per run
         dataset, model, _ = run.info.run_name.split("/")
         assert run.data.metrics["paper_test_error"] == float(paper[dataset, model]) > 0, run.info.run_name
-    assert not any("paper_test_error" in r.data.metrics for r in tracking.find_runs(tracking.default_uri(smoke), "table2"))
+    assert not any("paper_test_error" in r.data.metrics for r in tracking.find_runs(uri, "table2"))
 
 
 def test_coloc_probe_reads_the_pipeline_outputs(smoke, tmp_path):

@@ -130,8 +130,8 @@ def test_smoke_run_under_a_local_slurm_equals_the_local_run(smoke, tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "every run was a Slurm job and every table cell equals the local run's" in proc.stdout
     # the check's slice of the smoke config still sent every rule that goes to Slurm there (--slurm-keep-successful-logs)
-    ran = {p.name.removeprefix("rule_") for p in (tmp_path / "slurm-logs").iterdir()}
-    assert ran == _local_and_slurm_rules()[1], ran ^ _local_and_slurm_rules()[1]
+    ran, slurm_rules = {p.name.removeprefix("rule_") for p in (tmp_path / "slurm-logs").iterdir()}, _local_and_slurm_rules()[1]
+    assert ran == slurm_rules, ran ^ slurm_rules
     # stop takes its slurm.conf with it: left behind, with no controller, it held every later Snakemake start 9 s
     conf = Path("/etc/slurm/slurm.conf")
     assert not (conf.exists() and "managed by stn" in conf.read_text())

@@ -17,10 +17,9 @@ table whose experiment was never created there, costs one line in the render ste
 """
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 from typing import Callable
-
-import csv
 
 from .. import tracking
 from ..io import first_line, read_json
@@ -28,6 +27,7 @@ from ..paper import registry
 
 NOTE_TAG = "mlflow.note.content"  # the description the MLflow UI shows (and edits) on a run's or experiment's page
 RUN_NOTE_LIMIT = 8000  # MLflow's longest run tag value (mlflow.utils.validation.MAX_TAG_VAL_LENGTH)
+CLOSING_ROOM = 200  # characters kept free for the line naming the tables left out
 
 
 def description(paths: list[Path], limit: int = RUN_NOTE_LIMIT) -> str:
@@ -36,11 +36,11 @@ def description(paths: list[Path], limit: int = RUN_NOTE_LIMIT) -> str:
     tables = [p for p in paths if p.suffix == ".md"]
     if not tables:
         return ""
-    text, left_out = tables[0].read_text()[: limit - 200], []
+    text, left_out = tables[0].read_text()[: limit - CLOSING_ROOM], []
     for p in tables[1:]:
-        part = p.read_text()
-        if len(text) + len(part) + 2 + 200 <= limit:  # 200: room for the closing line
-            text += "\n\n" + part
+        part = "\n\n" + p.read_text()
+        if len(text) + len(part) + CLOSING_ROOM <= limit:
+            text += part
         else:
             left_out.append(p.name)
     if left_out:
