@@ -124,9 +124,12 @@ def cmd_render(a) -> None:
     paths = module(spec["experiment"]).render(spec, results)
     _log(f"wrote {', '.join(str(p) for p in paths)}")
     if spec.get("mlflow"):  # the table's MLflow experiments file, under the spec's results directory
-        from .report.publish import publish
+        from .paper import registry
+        from .report.publish import publish, table_cells
 
-        publish(results, spec["experiment"], results / Path(spec["mlflow"]).relative_to(spec["results"]), paths, _log)
+        name = spec["experiment"]
+        cells = table_cells(results, name, registry.Grid(**spec["grid"]))
+        publish(results, name, results / Path(spec["mlflow"]).relative_to(spec["results"]), paths, cells, _log)
 
 
 def cmd_volumes(a) -> None:

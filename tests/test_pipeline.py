@@ -186,7 +186,7 @@ def test_smoke_appendix_experiments(smoke):
         assert len(runs) == n and all(r.info.status == "FINISHED" for r in runs)
         (parent,) = tracking.find_runs(tracking.default_uri(smoke), experiment, parents=True)  # they nest under it
         assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parent.info.run_id}
-    from stn.report.publish import NOTE_TAG
+    from stn.report.publish import CELL_TAG, NOTE_TAG
 
     uri = tracking.default_uri(smoke)
     c = tracking.client(uri)
@@ -198,6 +198,9 @@ def test_smoke_appendix_experiments(smoke):
         table = (smoke / "tables" / f"{experiment}.md").read_text()
         assert parent.data.tags[NOTE_TAG].startswith(table.split("\n")[0])
         assert c.get_experiment(parent.info.experiment_id).tags[NOTE_TAG] == parent.data.tags[NOTE_TAG]
+        ids = {json.loads(p.read_text())["run_id"] for p in (smoke / "runs" / experiment).glob("*/*/*/metrics.json")}
+        read = {r.info.run_id for r in tracking.find_runs(uri, experiment) if r.data.tags.get(CELL_TAG) == "yes"}
+        assert read == ids and ids, experiment  # e()'s CNNs (runs/table5/encoder_*) are not cells: "no"
     paper = {(r["dataset"], r["model"]): r["paper"] for r in csv.DictReader((smoke / "tables" / "table1.csv").open())}
     for run in tracking.find_runs(uri, "table1"):  # the paper's number beside ours, per run
         dataset, model, _ = run.info.run_name.split("/")
