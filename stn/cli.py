@@ -118,10 +118,12 @@ def cmd_run(a) -> None:
 def cmd_render(a) -> None:
     from .experiments import module
     from .io import read_json
+    from .report.tables import render_versus_paper
 
     spec = read_json(a.spec)
     results = Path(a.results or spec["results"])
     paths = module(spec["experiment"]).render(spec, results)
+    paths += render_versus_paper(results, spec["experiment"])  # every table with comparable paper numbers
     _log(f"wrote {', '.join(str(p) for p in paths)}")
     if spec.get("mlflow"):  # the table's MLflow experiments file, under the spec's results directory
         from .paper import registry

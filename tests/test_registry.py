@@ -139,8 +139,16 @@ def test_outputs_follow_the_config():
     assert registry.outputs(cfg, "table1") == [
         "tables/table1.csv", "tables/table1.md", "tables/table1.tex", "tables/table1.html",
         "tables/table1_transforms.md", "figures/table1_data.png", "figures/table1_curves.png", "figures/table1_RTS_st_vs_cnn.png", "figures/figure1.png",
-        "figures/table1_data.pdf", "figures/table1_curves.pdf", "figures/table1_RTS_st_vs_cnn.pdf", "figures/figure1.pdf"]
-    assert registry.outputs(cfg, "table5")[-2:] == ["figures/table5_TC_8.gif", "figures/table5_TC_8_steps.pdf"]  # no gif twin
+        "figures/table1_vs_paper.png", "figures/table1_data.pdf", "figures/table1_curves.pdf",
+        "figures/table1_RTS_st_vs_cnn.pdf", "figures/figure1.pdf", "figures/table1_vs_paper.pdf"]
+    assert registry.outputs(cfg, "table5")[-5:] == [  # no gif twin
+        "figures/table5_TC_8_steps.png", "figures/table5_TC_8.gif", "figures/table5_vs_paper.png",
+        "figures/table5_TC_8_steps.pdf", "figures/table5_vs_paper.pdf"]
+    # ours beside the paper's only where a cell has a comparable paper number: not on a stand-in, not for A.3
+    assert "figures/table2_vs_paper.png" not in registry.outputs(cfg, "table2")  # SEQ64/SEQ128 stand in for SVHN
+    assert "figures/volumetric_vs_paper.png" not in registry.outputs(cfg, "volumetric")  # the paper gives no number
+    grid = registry.Grid(["SVHN64", "SEQ64"], ["CNN", "ST-CNN-Multi"], [1])
+    assert registry.paper_cells("table2", grid) == [("SVHN64", "CNN"), ("SVHN64", "ST-CNN-Multi")]
     cfg["table1"]["datasets"] = ["R", "RTS"]
     assert "figures/figure1.png" not in registry.outputs(cfg, "table1")
     assert str(registry.run_dir("res", "table5", "TC", "8", 0)) == "res/runs/table5/TC/8/seed0"

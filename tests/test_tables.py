@@ -5,7 +5,8 @@ import os
 import pytest
 
 from stn.paper import TABLE1_PROTOCOL, table1_paper
-from stn.report.tables import override_phrases, protocol_changes, render_table, summarize
+from stn.report.tables import (
+    override_phrases, protocol_changes, ranked_alike, render_table, render_versus_paper, summarize)
 
 
 def records():
@@ -29,6 +30,28 @@ def test_rendered_cells_carry_paper_numbers(tmp_path):
     assert "| ST-CNN Aff | 0.5 (0.5) |" in md
     assert "caption here" in paths["tex"].read_text()
     assert paths["csv"].read_text().splitlines()[1].startswith("CNN,RTS,2.0000,1.4142,2,0.8,0")
+
+
+def test_ranked_alike_counts_the_pairs_the_paper_ranks_apart_that_ours_rank_the_same_way():
+    # (ours, the paper's): 2 < 5 and 1 < 3 agree; 2 < 9 and 5 > 3 do not; 7 vs 5 (the paper's tie) does not count
+    assert ranked_alike([(2.0, 1.0), (5.0, 3.0), (9.0, 3.0)]) == (2, 2)
+    assert ranked_alike([(2.0, 1.0), (1.0, 3.0)]) == (0, 1)
+    assert ranked_alike([(2.0, 1.0), (2.0, 3.0)]) == (0, 1)  # a tie of ours is not the paper's order
+    assert ranked_alike([(2.0, 1.0)]) == (0, 0)
+
+
+def test_ours_beside_the_papers_as_a_note_and_a_figure_from_the_tables_csv(tmp_path):
+    recs = records() + [{"model": "FCN", "dataset": "RTS", "seed": 1, "test_error": 9.0}]
+    md = render_table(recs, ["RTS"], ["FCN", "CNN", "ST-CNN-Aff"], "c", tmp_path / "tables", "table1")["md"].read_text()
+    # the paper: FCN 5.2 > CNN 0.8 > ST-CNN-Aff 0.5; ours 9.0 > 2.0 > 0.5: all 3 pairs in its order
+    assert "Order: of the 3 pairs of cells in one data set whose paper numbers differ, ours rank 3 the same way (RTS 3/3" in md
+    (png,) = render_versus_paper(tmp_path, "table1")
+    assert png == tmp_path / "figures" / "table1_vs_paper.png" and png.read_bytes()[:4] == b"\x89PNG"
+    assert png.with_suffix(".pdf").read_bytes()[:4] == b"%PDF"
+    # a stand-in's cells have no comparable paper number: no note, no figure
+    seq = [{"model": "CNN", "dataset": "SEQ64", "seed": 1, "test_error": 19.3}]
+    md = render_table(seq, ["SEQ64"], ["CNN"], "c", tmp_path / "tables", "table2")["md"].read_text()
+    assert "Order:" not in md and render_versus_paper(tmp_path, "table2") == []
 
 
 def test_protocol_changes_lists_only_differences():

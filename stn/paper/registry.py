@@ -386,9 +386,23 @@ def experiment(name: str) -> Experiment:
         raise KeyError(f"unknown experiment {name!r}; the registry (stn/paper/registry.py) has {list(EXPERIMENTS)}") from None
 
 
+VERSUS_PAPER = "figures/{name}_vs_paper.png"  # ours beside the paper's, per cell (stn.report.figures.versus_paper)
+
+
+def paper_cells(name: str, grid: Grid) -> list[tuple[str, str]]:
+    """(data set, model) of the grid's cells that have a number of the paper's to set ours beside: none on a
+    synthetic stand-in (Dataset.stands_in_for), whose numbers are not comparable with the paper's."""
+    from . import paper_number
+
+    return [(d, m) for d, m in dict.fromkeys((d, m) for d, m, _ in grid.cells())
+            if not (d in DATASETS and DATASETS[d].stands_in_for) and paper_number(name, m, d)[0] is not None]
+
+
 def outputs(config: dict, name: str) -> list[str]:
     """Every table and figure the experiment renders for this config, relative to results/ (each PNG figure
-    with its PDF twin, for LaTeX)."""
+    with its PDF twin, for LaTeX); VERSUS_PAPER where some cell has a paper number to compare with."""
     e = experiment(name)
     figures = e.figures(config[name])
+    if paper_cells(name, e.grid(config[name], config)):
+        figures = figures + [VERSUS_PAPER.format(name=name)]
     return e.tables + figures + [f"{f[:-4]}.pdf" for f in figures if f.endswith(".png")]

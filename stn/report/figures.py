@@ -348,3 +348,48 @@ def attention_windows(panels: list, out: Path, title: str) -> Path:
         axes[r, 0].set_ylabel(name, fontsize=8)
     fig.suptitle(f"{title}\n(window 1 red, 2 green, 3 blue, 4 orange; dotted: the parts; label → prediction)", fontsize=9)
     return save(fig, out)
+
+
+def versus_paper(beside: dict[str, list[tuple[str, float, float | None, float]]], out: Path, title: str,
+                 metric_words: str) -> Path:
+    """Ours beside the paper's, one panel per data set (the table's columns): for each row (x) our number as a
+    filled circle (mean, ± std over seeds as a bar) and the paper's as an open diamond, so the eye can check that
+    the two rise and fall together; each panel's title counts the pairs of rows the paper ranks apart that ours
+    rank the same way (stn.report.tables.ranked_alike). A log axis where the numbers span more than 10×.
+    `beside[data set]` holds (row label, our mean, our std or None, the paper's number) per cell."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    from .tables import ranked_alike
+
+    widest = max(len(cells) for cells in beside.values())
+    cols = min(3, len(beside))
+    rows = -(-len(beside) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(max(3.0, 0.36 * widest + 0.8) * cols, 2.9 * rows + 0.5),
+                             squeeze=False, sharey=True)
+    for ax in axes.flat[len(beside):]:
+        ax.set_visible(False)
+    values = [v for cells in beside.values() for c in cells for v in (c[1], c[3])]
+    log = min(values) > 0 and max(values) / min(values) > 10
+    for ax, (dataset, cells) in zip(axes.flat, beside.items()):
+        x = np.arange(len(cells))
+        ax.errorbar(x - 0.12, [c[1] for c in cells], yerr=[c[2] or 0.0 for c in cells], fmt="o", ms=5, capsize=2,
+                    color="tab:blue", label="ours (mean ± std over seeds)")
+        ax.plot(x + 0.12, [c[3] for c in cells], "D", ms=5, mfc="none", color="tab:red", label="the paper's")
+        same, total = ranked_alike([(c[1], c[3]) for c in cells])
+        ax.set_title(f"{dataset}" + (f": {same}/{total} pairs in the paper's order" if total else ""), fontsize=8)
+        slanted = max(len(c[0]) for c in cells) > 3  # model names slant; Table 5's classes 0-9 stand upright
+        ax.set_xticks(x, [c[0] for c in cells], rotation=60 if slanted else 0, ha="right" if slanted else "center",
+                      fontsize=7)
+        ax.grid(alpha=0.3, which="both")
+        if log:
+            ax.set_yscale("log")
+            ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1, 2, 5)))
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.yaxis.set_minor_formatter(NullFormatter())
+    for ax in axes[:, 0]:
+        ax.set_ylabel(f"{metric_words} (%)" + (", log scale" if log else ""), fontsize=8)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.suptitle(f"{title}: ours beside the paper's", fontsize=10)
+    fig.tight_layout(rect=(0, 0.06 / rows, 1, 1))
+    fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=7, bbox_to_anchor=(0.5, 0.0))
+    return save(fig, out)

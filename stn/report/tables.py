@@ -1,7 +1,9 @@
 """Tables rendered from the runs' metrics.json files, our numbers beside the paper's."""
 from __future__ import annotations
 
+import csv
 import html
+import itertools
 import statistics
 from collections import Counter
 from pathlib import Path
@@ -111,6 +113,11 @@ def render_table(records: list[dict], datasets: list[str], models: list[str], ca
         notes.append(code_note)
     if any(paper(m, d)[1] for m in models for d in datasets):
         notes.append("† TC: the paper reports one ST-FCN and one ST-CNN number in the text without naming the transform.")
+    beside = {d: [(display_name(m), *stats[(m, d)][:2], paper(m, d)[0]) for m in models
+                  if (m, d) in stats and paper(m, d)[0] is not None] for d in datasets if d not in standin}
+    beside = {d: cells for d, cells in beside.items() if cells}
+    if order := order_note(beside, name, e.column_label):
+        notes.append(order)
 
     md_path = out_dir / f"{name}.md"
     write_text(md_path, f"**{caption}**\n\n" + markdown_table(header, rows) + "\n" + "\n".join(notes) + "\n")
@@ -125,6 +132,47 @@ def render_table(records: list[dict], datasets: list[str], models: list[str], ca
                           f"<style>{_CSS}</style></head><body>\n{table}\n"
                           + "".join(f"<p>{html.escape(n)}</p>\n" for n in notes) + "</body></html>\n")
     return {"csv": csv_path, "md": md_path, "tex": tex_path, "html": html_path}
+
+
+def render_versus_paper(results: Path, name: str) -> list[Path]:
+    """registry.VERSUS_PAPER for table `name`, drawn from its rendered CSV (results/tables/<name>.csv): every
+    cell with our mean and a comparable paper number (none on a stand-in: its `paper` column is empty), one
+    panel per data set; [] where there is no such cell (registry.paper_cells says which tables have them)."""
+    e = registry.experiment(name)
+    with open(Path(results) / "tables" / f"{name}.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["ours_mean"] and r["paper"]]
+    beside: dict[str, list[tuple]] = {}
+    for r in rows:
+        beside.setdefault(r["dataset"], []).append(
+            (display_name(r["model"]), float(r["ours_mean"]), float(r["ours_std"]) if r["ours_std"] else None,
+             float(r["paper"])))
+    if not beside:
+        return []
+    from .figures import versus_paper
+
+    return [versus_paper(beside, Path(results) / registry.VERSUS_PAPER.format(name=name), e.title, e.metric_words)]
+
+
+def ranked_alike(cells: list[tuple[float, float]]) -> tuple[int, int]:
+    """Of the pairs of cells (ours, the paper's) whose paper numbers differ, (how many ours order the same way,
+    how many there are): 1.2 < 3.4 in the paper and 2.0 < 5.1 here is one pair in the paper's order; a tie of
+    ours is not."""
+    pairs = [(a, b) for a, b in itertools.combinations(cells, 2) if a[1] != b[1]]
+    return sum((a[0] - b[0]) * (a[1] - b[1]) > 0 for a, b in pairs), len(pairs)
+
+
+def order_note(beside: dict[str, list[tuple]], name: str, column: str) -> str | None:
+    """How far each column of table `name` orders its rows as the paper does (`ranked_alike` per column of
+    `beside`: data set -> (row, our mean, our std, the paper's number) for every cell with both); None with no
+    pair to compare."""
+    counts = {d: ranked_alike([(c[1], c[3]) for c in cells]) for d, cells in beside.items()}
+    counts = {d: n for d, n in counts.items() if n[1]}
+    if not counts:
+        return None
+    same, total = (sum(n[i] for n in counts.values()) for i in (0, 1))
+    return (f"Order: of the {total} pairs of cells in one {column} whose paper numbers differ, ours rank {same} the "
+            f"same way ({', '.join(f'{d} {a}/{b}' for d, (a, b) in counts.items())}; "
+            f"`{registry.VERSUS_PAPER.format(name=name)}` draws them).")
 
 
 UNRECORDED = "unrecorded"  # a run from before metrics.json recorded its code_version
