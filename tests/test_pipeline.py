@@ -229,6 +229,21 @@ def test_coloc_probe_reads_the_pipeline_outputs(smoke, tmp_path):
     assert missing.returncode != 0 and "none.npz is missing" in missing.stderr
 
 
+def test_coloc_seeds_reproduces_the_pipelines_run_and_varies_the_optimisers_draws(smoke):
+    """scripts/coloc_seeds.py (docs/CHOICES.md's seeds table): image seed = optimiser seed is the pipeline's run."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "scripts/coloc_seeds.py", "--results", str(smoke), "--variant", "TC",
+                          "--digit", "8", "--image-seeds", "0", "--optimiser-seeds", "0", "1"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=300, check=True).stdout.splitlines()
+    assert out[0] == "variant digit image_seed optimiser_seed localised_%" and len(out) == 3
+    run = json.loads((smoke / "runs" / "table5" / "TC" / "8" / "seed0" / "metrics.json").read_text())
+    assert out[1] == f"TC 8 0 0 {run['localised']:.0f}"
+    assert out[2].startswith("TC 8 0 1 ") and 0 <= float(out[2].split()[-1]) <= 100
+    missing = subprocess.run([sys.executable, "scripts/coloc_seeds.py", "--results", str(smoke / "none")], cwd=ROOT,
+                             env=env, capture_output=True, text=True)
+    assert missing.returncode != 0 and "table5.json is missing: run the pipeline first" in missing.stderr
+
+
 def test_coloc_minima_scores_every_finished_table5_run(smoke):
     """scripts/coloc_minima.py (docs/CHOICES.md's eq. 8 at the true and the learnt boxes) reads the smoke run's Table 5."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

@@ -1,0 +1,58 @@
+"""How much of a Table 5 class's result is its image set, and how much the optimiser's draws? (docs/CHOICES.md,
+"Co-localisation": the seeds table).
+
+A Table 5 run's seed picks both its 100 images (`make_images`) and the optimiser's random draws (the
+localiser's initial weights, the pairings m(n) and the random patches of eq. 8). This runs one class with
+the images of one seed and the optimiser of another, for every pair asked for, exactly as the pipeline's
+run does (the spec's `optimise` settings, the variant's e() from the pipeline's encoder runs), and prints the
+percent localised: image seed = optimiser seed reproduces the pipeline's run of that seed. Uses the
+pipeline's outputs, so run it after `snakemake`; one thread per run, ~10 min a TC run on the default config.
+
+    .venv/bin/python scripts/coloc_seeds.py --variant TC --digit 1 --image-seeds 0 2 --optimiser-seeds 0 1 2
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from stn.data import mnist as mnist_data
+from stn.experiments import colocalisation as co
+from stn.io import read_json
+from stn.paper import registry
+from stn.settings import ENCODER_RUN
+
+
+def localised(results: Path, variant: str, digit: int, image_seed: int, optimiser_seed: int) -> float:
+    """Percent of class `digit`'s images of `image_seed` localised by an optimisation drawn with `optimiser_seed`."""
+    spec = read_json(results / "specs" / "table5.json")
+    settings, weights = spec["settings"], spec["section"]["encoders"][variant]
+    models = {d: registry.aux_dir(results, "table5", ENCODER_RUN.format(dataset=d)) / "model.pt" for d in weights}
+    encoder = co.load_encoder(weights, models)
+    data = co.make_images(mnist_data.load(results / "data" / "mnist.npz"), digit, variant, settings["images"], image_seed)
+    return co.optimise(data["images"], data["boxes"], encoder, settings, optimiser_seed, log=lambda s: None)["localised"]
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--results", type=Path, default=Path("results"))
+    ap.add_argument("--variant", choices=sorted(co.CLUTTER), default="TC")
+    ap.add_argument("--digit", type=int, default=1)
+    ap.add_argument("--image-seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--optimiser-seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--threads", type=int, default=1)
+    a = ap.parse_args(argv)
+    for path in (a.results / "specs" / "table5.json", a.results / "data" / "mnist.npz"):
+        if not path.exists():
+            raise SystemExit(f"{path} is missing: run the pipeline first (snakemake --cores all)")
+    torch.set_num_threads(a.threads)
+    print("variant digit image_seed optimiser_seed localised_%")
+    for image_seed in a.image_seeds:
+        for optimiser_seed in a.optimiser_seeds:
+            rate = localised(a.results, a.variant, a.digit, image_seed, optimiser_seed)
+            print(f"{a.variant} {a.digit} {image_seed} {optimiser_seed} {rate:.0f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
