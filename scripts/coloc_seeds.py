@@ -24,13 +24,18 @@ from stn.paper import registry
 from stn.settings import ENCODER_RUN
 
 
-def localised(results: Path, variant: str, digit: int, image_seed: int, optimiser_seed: int) -> float:
-    """Percent of class `digit`'s images of `image_seed` localised by an optimisation drawn with `optimiser_seed`."""
+def pipeline_inputs(results: Path, variant: str) -> tuple[dict, co.Encoder, dict]:
+    """What the pipeline's runs of `variant` read: the spec's `optimise` settings, e() from the encoder runs, MNIST."""
     spec = read_json(results / "specs" / "table5.json")
-    settings, weights = spec["settings"], spec["section"]["encoders"][variant]
+    weights = spec["section"]["encoders"][variant]
     models = {d: registry.aux_dir(results, "table5", ENCODER_RUN.format(dataset=d)) / "model.pt" for d in weights}
-    encoder = co.load_encoder(weights, models)
-    data = co.make_images(mnist_data.load(results / "data" / "mnist.npz"), digit, variant, settings["images"], image_seed)
+    return spec["settings"], co.load_encoder(weights, models), mnist_data.load(results / "data" / "mnist.npz")
+
+
+def localised(settings: dict, encoder: co.Encoder, mnist: dict, variant: str, digit: int, image_seed: int,
+              optimiser_seed: int) -> float:
+    """Percent of class `digit`'s images of `image_seed` localised by an optimisation drawn with `optimiser_seed`."""
+    data = co.make_images(mnist, digit, variant, settings["images"], image_seed)
     return co.optimise(data["images"], data["boxes"], encoder, settings, optimiser_seed, log=lambda s: None)["localised"]
 
 
@@ -47,10 +52,11 @@ def main(argv=None) -> None:
         if not path.exists():
             raise SystemExit(f"{path} is missing: run the pipeline first (snakemake --cores all)")
     torch.set_num_threads(a.threads)
+    inputs = pipeline_inputs(a.results, a.variant)
     print("variant digit image_seed optimiser_seed localised_%")
     for image_seed in a.image_seeds:
         for optimiser_seed in a.optimiser_seeds:
-            rate = localised(a.results, a.variant, a.digit, image_seed, optimiser_seed)
+            rate = localised(*inputs, a.variant, a.digit, image_seed, optimiser_seed)
             print(f"{a.variant} {a.digit} {image_seed} {optimiser_seed} {rate:.0f}", flush=True)
 
 

@@ -121,15 +121,14 @@ def cmd_render(a) -> None:
     from .report.tables import render_versus_paper
 
     spec = read_json(a.spec)
-    results = Path(a.results or spec["results"])
-    paths = module(spec["experiment"]).render(spec, results)
-    paths += render_versus_paper(results, spec["experiment"])  # every table with comparable paper numbers
+    name, results = spec["experiment"], Path(a.results or spec["results"])
+    paths = module(name).render(spec, results)
+    paths += render_versus_paper(results, name)  # every table with comparable paper numbers
     _log(f"wrote {', '.join(str(p) for p in paths)}")
     if spec.get("mlflow"):  # the table's MLflow experiments file, under the spec's results directory
         from .paper import registry
         from .report.publish import publish, table_cells
 
-        name = spec["experiment"]
         cells = table_cells(results, name, registry.Grid(**spec["grid"]))
         publish(results, name, results / Path(spec["mlflow"]).relative_to(spec["results"]), paths, cells, _log)
 

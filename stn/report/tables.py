@@ -113,10 +113,7 @@ def render_table(records: list[dict], datasets: list[str], models: list[str], ca
         notes.append(code_note)
     if any(paper(m, d)[1] for m in models for d in datasets):
         notes.append("† TC: the paper reports one ST-FCN and one ST-CNN number in the text without naming the transform.")
-    beside = {d: [(display_name(m), *stats[(m, d)][:2], paper(m, d)[0]) for m in models
-                  if (m, d) in stats and paper(m, d)[0] is not None] for d in datasets if d not in standin}
-    beside = {d: cells for d, cells in beside.items() if cells}
-    if order := order_note(beside, name, e.column_label):
+    if order := order_note(beside_paper(csv_rows), name, e.column_label):
         notes.append(order)
 
     md_path = out_dir / f"{name}.md"
@@ -140,17 +137,26 @@ def render_versus_paper(results: Path, name: str) -> list[Path]:
     panel per data set; [] where there is no such cell (registry.paper_cells says which tables have them)."""
     e = registry.experiment(name)
     with open(Path(results) / "tables" / f"{name}.csv", newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r["ours_mean"] and r["paper"]]
-    beside: dict[str, list[tuple]] = {}
-    for r in rows:
-        beside.setdefault(r["dataset"], []).append(
-            (display_name(r["model"]), float(r["ours_mean"]), float(r["ours_std"]) if r["ours_std"] else None,
-             float(r["paper"])))
+        beside = beside_paper(list(csv.DictReader(f)))
     if not beside:
         return []
     from .figures import versus_paper
 
     return [versus_paper(beside, Path(results) / registry.VERSUS_PAPER.format(name=name), e.title, e.metric_words)]
+
+
+def beside_paper(rows: list[dict]) -> dict[str, list[tuple[str, float, float | None, float]]]:
+    """Data set -> (row label, our mean, our std or None, the paper's number) of every cell of a table's CSV rows
+    (as `render_table` writes them, or as csv.DictReader reads them back) with both our mean and a paper number
+    (none on a stand-in: its `paper` column is empty)."""
+    beside: dict[str, list[tuple]] = {}
+    for r in rows:
+        if r["ours_mean"] in (None, "") or r["paper"] in (None, ""):
+            continue
+        std = None if r["ours_std"] in (None, "") else float(r["ours_std"])
+        beside.setdefault(r["dataset"], []).append(
+            (display_name(r["model"]), float(r["ours_mean"]), std, float(r["paper"])))
+    return beside
 
 
 def ranked_alike(cells: list[tuple[float, float]]) -> tuple[int, int]:
