@@ -1,5 +1,7 @@
 """`python -m stn.bench train`: training steps per second of each classification model, eager and
-compiled, at its table's batch size on this device, and the device-hours the config's protocol needs.
+compiled, in fp32 and bf16 (autocast), at its table's batch size on this device, and the device-hours the
+config's protocol needs. Each row's last column is its speed against the baseline, the first mode in fp32
+(eager fp32 by default), measured in the same run.
 
 Each (table, data set, model) is built as its runs build it (the parameter-matched widths of
 `stn params`), then trained on random images of its data set's shape with its resolved settings
@@ -21,9 +23,9 @@ MODES = {"cpu": ("none", "default"), "cuda": ("none", "reduce-overhead")}
 
 
 def step_times(model: torch.nn.Module, dataset: str, settings, mode: str, device: torch.device, steps: int,
-               warmup: int) -> tuple[float, float]:
+               warmup: int, precision: str = "fp32") -> tuple[float, float]:
     """(seconds the warm-up steps took, median seconds of one timed step) of `model` training on random
-    images of `dataset`'s shape under `settings` and torch.compile `mode`."""
+    images of `dataset`'s shape under `settings`, torch.compile `mode` and `precision` (fp32 or bf16)."""
     from .modules import param_groups
     from .paper import registry
     from .train import _forward_backward, as_input, make_optimizer, wants_channels_last
@@ -42,7 +44,7 @@ def step_times(model: torch.nn.Module, dataset: str, settings, mode: str, device
     step_model = model if mode == "none" else torch.compile(model, mode=mode, dynamic=False)
 
     def step():
-        _forward_backward(step_model, opt, x, y)
+        _forward_backward(step_model, opt, x, y, precision)
         opt.step()
 
     warm, times = call_times(step, device, steps, warmup)
@@ -70,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", default=None,
                         help="comma-separated torch.compile modes, none = eager (default: none and default on the "
                              "CPU, none and reduce-overhead on a GPU)")
+    parser.add_argument("--precisions", default="fp32,bf16",
+                        help="comma-separated step arithmetics, fp32 and/or bf16 (default: both)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--steps", type=int, default=20, help="timed steps per model and mode (their median is used)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (the first compiled one compiles)")
@@ -77,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from .experiments import classification
     from .paper import registry
-    from .settings import COMPILE_MODES, TrainSettings, resolve_job
+    from .settings import COMPILE_MODES, PRECISIONS, TrainSettings, resolve_job
     from .train import resolve_device
 
     if args.steps < 1 or args.warmup < 1:
@@ -88,6 +92,11 @@ def main(argv: list[str] | None = None) -> int:
     modes = args.modes.split(",") if args.modes else list(MODES[device.type])
     if bad := [m for m in modes if m not in COMPILE_MODES]:
         parser.error(f"--modes: {bad} not among {list(COMPILE_MODES)}")
+    precisions = args.precisions.split(",")
+    if bad := [p for p in precisions if p not in PRECISIONS]:
+        parser.error(f"--precisions: {bad} not among {list(PRECISIONS)}")
+    # fp32 is timed even when not asked for: it is the baseline of the ratios
+    variants = [(mode, precision) for mode in modes for precision in dict.fromkeys(["fp32", *precisions])]
     tables = args.tables.split(",")
     if bad := [t for t in tables if t not in registry.EXPERIMENTS or registry.experiment(t).module != "classification"]:
         parser.error(f"--tables: {bad}: this benchmark builds the classification tables (table1, table4); "
@@ -96,9 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     keep_freed_memory()
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"== {where}, {args.config}: median of {args.steps} training steps after {args.warmup} untimed ones "
-          f"(random images of each data set's shape; the first compiled step compiles, so its warm-up is long)")
-    header = (f"{'table':<7} {'data set':<8} {'model':<14} {'params':>8} {'batch':>5} {'mode':<16} "
-              f"{'warm-up s':>9} {'ms/step':>9} {'steps/s':>8} {'hours, its runs':>15}")
+          f"(random images of each data set's shape; the first compiled step compiles, so its warm-up is long); "
+          f"x base: speed against {modes[0]} fp32 in this run")
+    header = (f"{'table':<7} {'data set':<8} {'model':<14} {'params':>8} {'batch':>5} {'mode':<16} {'prec':<5} "
+              f"{'warm-up s':>9} {'ms/step':>9} {'steps/s':>8} {'hours, its runs':>15} {'x base':>7}")
     print(header + "\n" + "-" * len(header), flush=True)
     for name in tables:
         section = config[name]
@@ -108,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         if bad := [d for d in datasets if d not in grid.datasets] + [m for m in models if m not in grid.models]:
             parser.error(f"{bad} not trained by {name} in {args.config} (data sets {grid.datasets}, models {grid.models})")
         params = classification.param_table(datasets, list(grid.models), section["param_target"], section.get("net"))
-        hours = dict.fromkeys(modes, 0.0)
+        hours = dict.fromkeys(variants, 0.0)
         runs = steps_total = 0
         for dataset in datasets:
             for model in models:
@@ -118,14 +128,20 @@ def main(argv: list[str] | None = None) -> int:
                 settings = TrainSettings.from_dict(job["settings"])
                 runs += len(grid.seeds)
                 steps_total += len(grid.seeds) * settings.iterations
-                for mode in modes:
+                base = None
+                for mode, precision in variants:
                     built = classification.build_model(dataset, model, params, seed=0)
-                    warm, step = step_times(built.model, dataset, settings, mode, device, args.steps, args.warmup)
+                    warm, step = step_times(built.model, dataset, settings, mode, device, args.steps, args.warmup,
+                                            precision)
+                    base = base or step
                     cost = len(grid.seeds) * settings.iterations * step / 3600
-                    hours[mode] += cost
+                    hours[mode, precision] += cost
                     print(f"{name:<7} {dataset:<8} {model:<14} {built.params:>8} {settings.batch_size:>5} {mode:<16} "
-                          f"{warm:>9.1f} {step * 1e3:>9.2f} {1 / step:>8.1f} {cost:>15.2f}", flush=True)
-        for mode in modes:
-            print(f"{name}: {runs} runs, {steps_total:,} training steps: {hours[mode]:.2f} device-hours with "
-                  f"compile {mode} on {where}" + ("" if hours[mode] else " (nothing measured)"))
+                          f"{precision:<5} {warm:>9.1f} {step * 1e3:>9.2f} {1 / step:>8.1f} {cost:>15.2f} "
+                          f"{base / step:>7.2f}", flush=True)
+        for mode, precision in variants:
+            h = hours[mode, precision]
+            ratio = f" ({hours[variants[0]] / h:.2f}x base)" if h else " (nothing measured)"
+            print(f"{name}: {runs} runs, {steps_total:,} training steps: {h:.2f} device-hours with compile {mode} in "
+                  f"{precision} on {where}{ratio}")
     return 0

@@ -22,9 +22,10 @@ POSITIVE_INT = {"type": "integer", "minimum": 1}
 OPTIMIZER_NAMES = ("sgd", "adam")
 COMPILE_MODES = ("none", "default", "reduce-overhead")  # torch.compile modes a run can train under
 INITS = ("default", "he")  # weight initialisations (stn.modules.initialise)
+PRECISIONS = ("fp32", "bf16")  # the arithmetic of a run's training steps (stn.train.autocast)
 
 
-LATER_KEYS = ("lr_milestones", "compile", "loc_warmup", "start_zoom")  # left out of a job spec at their defaults
+LATER_KEYS = ("lr_milestones", "compile", "loc_warmup", "start_zoom", "precision")  # left out of a job spec at their defaults
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,11 @@ class TrainSettings:
                              "the transformers' regressors start at x -> start_zoom * x instead of the identity (1, the "
                              "paper's): below 1 each starts zoomed in on the centre (docs/CHOICES.md has what it did on TC)",
                              1.0)
+    precision: str = _key({"enum": list(PRECISIONS)},
+                          "fp32, or bf16: each training step's forward and backward under torch.autocast in bfloat16 "
+                          "(convolutions and matrix products; on CPUs with AMX or AVX-512 BF16 and on GPUs with tensor "
+                          "cores, faster). Weights, gradients, optimiser, the transformers' regressors and samplers, "
+                          "and every evaluation stay fp32 (docs/CHOICES.md)", "fp32")
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda; the config's top-level device"})
 
     @classmethod
@@ -70,10 +76,9 @@ class TrainSettings:
         missing = [f.name for f in fields(cls) if f.default is MISSING and f.name not in d]
         if missing:
             raise ValueError(f"training settings lack {missing}")
-        if d.get("optimizer", "sgd") not in OPTIMIZER_NAMES:
-            raise ValueError(f"optimizer {d['optimizer']!r} is not one of {sorted(OPTIMIZER_NAMES)}")
-        if d.get("compile", "none") not in COMPILE_MODES:
-            raise ValueError(f"compile {d['compile']!r} is not one of {list(COMPILE_MODES)}")
+        for key, allowed in (("optimizer", OPTIMIZER_NAMES), ("compile", COMPILE_MODES), ("precision", PRECISIONS)):
+            if key in d and d[key] not in allowed:
+                raise ValueError(f"{key} {d[key]!r} is not one of {sorted(allowed)}")
         return cls(**d)
 
     def to_dict(self) -> dict:

@@ -174,11 +174,22 @@ def _save(obj, path: Path) -> None:
         tmp.write_bytes(buf.getvalue())
 
 
-def _forward_backward(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def autocast(precision: str, device: torch.device):
+    """The context of a training step's forward pass at `precision` (settings.PRECISIONS): for bf16,
+    torch.autocast in bfloat16 on the step's device (the backward follows the forward's dtypes); for fp32 a
+    disabled autocast, which changes nothing. The spatial transformers turn it off for θ and the sampling."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def _forward_backward(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+                      precision: str = "fp32") -> torch.Tensor:
     """One step's loss, its gradients left in the parameters. Batches are always full (Batches reshuffles
-    rather than serve a short one), so a compiled model sees one shape and compiles (or captures) once."""
+    rather than serve a short one), so a compiled model sees one shape and compiles (or captures) once.
+    With precision bf16 the forward runs under autocast and the loss is taken in fp32."""
     opt.zero_grad(set_to_none=True)
-    loss = classification_loss(model(x), y)
+    with autocast(precision, x.device):
+        logits = model(x)
+    loss = classification_loss(logits.float(), y)
     loss.backward()
     return loss
 
@@ -285,14 +296,14 @@ def train_run(
             x = as_input(x_train[idx], device, channels_last)
             y = y_train[idx].to(device)
             try:
-                loss = _forward_backward(step_model, opt, x, y)
+                loss = _forward_backward(step_model, opt, x, y, settings.precision)
             except Exception as exc:  # noqa: BLE001 (only the first compiled step: the eager retry raises real errors)
                 if step_model is model or it != start_it + 1:
                     raise
                 log(f"torch.compile (mode {settings.compile}) failed on the first step ({type(exc).__name__}: "
                     f"{str(exc).strip().splitlines()[0] if str(exc).strip() else 'no message'}); training eagerly")
                 step_model = model
-                loss = _forward_backward(model, opt, x, y)
+                loss = _forward_backward(model, opt, x, y, settings.precision)
             opt.step()
             sched.step()
             loss_value = loss.item()

@@ -99,17 +99,23 @@ def test_train_benchmark_prints_steps_per_second_and_the_protocol_hours(capsys):
     assert bench.main(argv) == 0
     out = capsys.readouterr().out
     rows = [line.split() for line in out.splitlines() if line.startswith("table1 ")]
-    assert [r[1] for r in rows] == ["RTS", "R"]
-    table, dataset, model, params, batch, mode, warm, ms, rate, hours = rows[0]
-    assert (table, dataset, model, batch, mode) == ("table1", "RTS", "CNN", "32", "none")
-    assert int(params) > 0 and float(ms) > 0 and abs(float(rate) - 1000 / float(ms)) < 0.1 * float(rate)
-    assert float(hours) == pytest.approx(30 * float(ms) / 1000 / 3600, abs=0.01)
-    assert "table1: 2 runs, 50 training steps:" in out
+    assert [(r[1], r[6]) for r in rows] == [("RTS", "fp32"), ("RTS", "bf16"), ("R", "fp32"), ("R", "bf16")]
+    for fp32, bf16 in (rows[:2], rows[2:]):
+        table, dataset, model, params, batch, mode, precision, warm, ms, rate, hours, speed = fp32
+        assert (table, model, mode) == ("table1", "CNN", "none") and bf16[:6] == fp32[:6]
+        assert int(params) > 0 and float(ms) > 0 and abs(float(rate) - 1000 / float(ms)) < 0.1 * float(rate)
+        assert float(speed) == 1.0  # the baseline: eager fp32
+        assert float(bf16[-1]) == pytest.approx(float(ms) / float(bf16[8]), abs=0.011)  # speed = base ms / its ms
+    assert rows[0][4] == "32" and float(rows[0][10]) == pytest.approx(30 * float(rows[0][8]) / 1000 / 3600, abs=0.01)
+    totals = [line for line in out.splitlines() if line.startswith("table1: 2 runs, 50 training steps:")]
+    assert [(" in fp32 " in t, " in bf16 " in t) for t in totals] == [(True, False), (False, True)]
+    assert totals[0].endswith("(1.00x base)") and totals[1].endswith("x base)")
 
 
 def test_train_benchmark_names_what_it_cannot_cost(capsys):
     for argv, message in [(["--tables", "table2"], "builds the classification tables"),
                           (["--modes", "fast"], "--modes: ['fast'] not among"),
+                          (["--precisions", "fp16"], "--precisions: ['fp16'] not among ['fp32', 'bf16']"),
                           (["--datasets", "P"], "['P'] not trained by table1")]:
         with pytest.raises(SystemExit):
             bench.main(["train", "--config", "config/smoke.yaml", "--device", "cpu", *argv])

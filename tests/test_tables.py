@@ -59,6 +59,9 @@ def test_protocol_changes_lists_only_differences():
     assert protocol_changes(settings, 3, 400_000) == []
     settings["iterations"] = 1500
     assert protocol_changes(settings, 2, 400_000) == ["iterations 1500 (paper 150000)", "seeds 2 (paper 3)"]
+    del settings["precision"]  # a config that leaves precision at its default (fp32) says nothing of it
+    assert protocol_changes(settings, 3, 400_000) == ["iterations 1500 (paper 150000)"]
+    assert protocol_changes({**settings, "precision": "bf16"}, 3, 400_000)[-1] == "precision bf16 (paper fp32)"
 
 
 def test_override_phrases_name_what_each_override_selects_with_its_own_settings():

@@ -44,14 +44,14 @@ class _Conv2dFoldBackward(torch.autograd.Function):
 class InputGradConv2d(nn.Conv2d):
     """nn.Conv2d (stride 1, no dilation or groups) whose CPU input gradient is a matmul + col2im.
 
-    Same parameters and state_dict as nn.Conv2d; on CUDA, or when no input gradient is needed,
-    it is plain F.conv2d.
+    Same parameters and state_dict as nn.Conv2d; on CUDA, when no input gradient is needed, or under
+    autocast (bf16 training: the gradient arrives in bf16, the matmul here is fp32's), it is plain F.conv2d.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, padding: int = 0) -> None:
         super().__init__(in_channels, out_channels, kernel_size, padding=padding)
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.device.type != "cpu" or not x.requires_grad:
+        if x.device.type != "cpu" or not x.requires_grad or torch.is_autocast_enabled("cpu"):
             return super().forward(x)
         return _Conv2dFoldBackward.apply(x, self.weight, self.bias, self.padding)
