@@ -1,7 +1,6 @@
 """The spatial transformer module (paper Sect. 3.4): localisation net -> grid generator -> sampler."""
 from __future__ import annotations
 
-import contextlib
 import math
 from typing import Iterable, Sequence
 
@@ -68,33 +67,31 @@ class SpatialTransformer(nn.Module):
     def forward(self, x: Tensor, loc_input: Tensor | None = None) -> tuple[Tensor, Tensor]:
         n, k = x.shape[0], self.num_transformers
         features = self.localisation(x if loc_input is None else loc_input).flatten(1)
-        with _full_precision(x) as full:  # under bf16 autocast, θ and the sampling stay fp32
-            x, features = full(x), full(features)
-            theta = self.regressor(features).view(n * k, self.transform.num_params)
-            source = x if k == 1 else x.unsqueeze(1).expand(n, k, *x.shape[1:]).reshape(n * k, *x.shape[1:])
-            out = self.warp(source, theta)
+        if torch.is_autocast_enabled(x.device.type):
+            # under bf16 autocast, θ and the sampling stay fp32 (feature maps that autocast lowered, for a
+            # transformer deeper in, come back): a bf16 θ would move a 60 px canvas in quarter-pixel steps,
+            # and the regressor's gradients are small at the identity
+            with torch.autocast(x.device.type, enabled=False):
+                x = x.float()
+                out, theta = self._regress_and_warp(x, features.float())
+        else:
+            out, theta = self._regress_and_warp(x, features)
         out = out.reshape(n, k * x.shape[1], *self.out_size)
         theta = theta.view(n, self.transform.num_params) if k == 1 else theta.view(n, k, -1)
         return out, theta
+
+    def _regress_and_warp(self, x: Tensor, features: Tensor) -> tuple[Tensor, Tensor]:
+        """(x warped by the θ regressed from `features`, θ (N·k, P)); each of the k transforms warps all of x."""
+        n, k = x.shape[0], self.num_transformers
+        theta = self.regressor(features).view(n * k, self.transform.num_params)
+        source = x if k == 1 else x.unsqueeze(1).expand(n, k, *x.shape[1:]).reshape(n * k, *x.shape[1:])
+        return self.warp(source, theta), theta
 
     def warp(self, x: Tensor, theta: Tensor) -> Tensor:
         """Warp x (N, C, ...) by θ (N, P): the grid generator and sampler without the localisation net
         (fused into one kernel for affine transforms, see stn.ops.transform_sample)."""
         return transform_sample(x, self.transform, theta.to(x.dtype), self.out_size, self.mode, self.align_corners,
                                 self.impl)
-
-
-@contextlib.contextmanager
-def _full_precision(x: Tensor):
-    """Autocast switched off on x's device while the block runs, yielding a function that brings a tensor
-    back to fp32 where autocast had lowered it (bf16 feature maps); outside autocast the function is the
-    identity and nothing changes. The regressor's θ in bfloat16 would move a 60-pixel canvas in steps of a
-    quarter pixel, and the transformers' gradients are small at the identity, so both stay fp32."""
-    if not torch.is_autocast_enabled(x.device.type):
-        yield lambda t: t
-        return
-    with torch.autocast(x.device.type, enabled=False):
-        yield lambda t: t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
 
 
 def _physical(x: Tensor) -> tuple[Tensor, list[int]] | None:

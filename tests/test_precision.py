@@ -18,14 +18,14 @@ def _batch(shape, n=16, classes=10, seed=0):
 
 
 def _dtypes_seen(model, kinds):
-    """A list filled with (module kind, output dtype) by forward hooks on every module of `kinds`."""
+    """(a list filled with (module kind, output dtype, θ's dtype or None) by forward hooks on every module of
+    `kinds`, the hooks' handles)."""
     seen = []
-    for m in model.modules():
-        if isinstance(m, kinds):
-            m.register_forward_hook(lambda mod, args, out, seen=seen: seen.append(
-                (type(mod).__name__, (out[0] if isinstance(out, tuple) else out).dtype,
-                 out[1].dtype if isinstance(out, tuple) else None)))
-    return seen
+    hooks = [m.register_forward_hook(lambda mod, args, out: seen.append(
+                 (type(mod).__name__, (out[0] if isinstance(out, tuple) else out).dtype,
+                  out[1].dtype if isinstance(out, tuple) else None)))
+             for m in model.modules() if isinstance(m, kinds)]
+    return seen, hooks
 
 
 def test_a_bf16_step_runs_convolutions_in_bf16_and_keeps_theta_sampling_and_gradients_fp32():
@@ -39,7 +39,7 @@ def test_a_bf16_step_runs_convolutions_in_bf16_and_keeps_theta_sampling_and_grad
     grads = {}
     for precision in ("fp32", "bf16"):
         opt = make_optimizer("sgd", net.parameters(), 0.01, 0.9)
-        seen = _dtypes_seen(net, (torch.nn.Conv2d, SpatialTransformer))
+        seen, hooks = _dtypes_seen(net, (torch.nn.Conv2d, SpatialTransformer))
         loss = _forward_backward(net, opt, x, y, precision)
         grads[precision] = (loss.item(), torch.cat([p.grad.flatten() for p in net.parameters() if p.grad is not None]))
         assert all(p.grad is None or p.grad.dtype == torch.float32 for p in net.parameters())
@@ -48,8 +48,8 @@ def test_a_bf16_step_runs_convolutions_in_bf16_and_keeps_theta_sampling_and_grad
         assert convs == {torch.bfloat16 if precision == "bf16" else torch.float32}
         # the transformer's sampled image and θ (its two outputs) are fp32 either way
         assert [(out, theta) for kind, out, theta in seen if kind == "SpatialTransformer"] == [(torch.float32,) * 2]
-        for m in net.modules():
-            m._forward_hooks.clear()
+        for hook in hooks:
+            hook.remove()
     (loss32, g32), (loss16, g16) = grads["fp32"], grads["bf16"]
     assert loss16 == pytest.approx(loss32, rel=0.02)
     assert F.cosine_similarity(g16, g32, dim=0) > 0.98

@@ -200,7 +200,7 @@ SVHN_PROTOCOL = {
     "weight_decay": 0.0005,
     "loc_lr_mult": 0.1,
     "seeds": 2,
-    "precision": "fp32",  # the paper trained in single precision (a caption names bf16 where a config uses it)
+    "precision": "fp32",
 }
 
 # Appendix A.6: the CUB protocol (lr ÷10 at 10k, 20k and 25k; localisation nets at 1e-4× the base rate).
@@ -213,7 +213,7 @@ CUB_PROTOCOL = {
     "lr_gamma": 0.1,
     "weight_decay": 0.00001,
     "loc_lr_mult": 0.0001,
-    "precision": "fp32",  # the paper trained in single precision (a caption names bf16 where a config uses it)
+    "precision": "fp32",
 }
 
 TABLE1_MODELS = ("FCN", "CNN", "ST-FCN-Aff", "ST-FCN-Proj", "ST-FCN-TPS", "ST-CNN-Aff", "ST-CNN-Proj", "ST-CNN-TPS")
