@@ -106,10 +106,12 @@ def test_table5_encoder_job_trains_table1s_cnn_with_its_own_data_and_inputs():
     job = settings.encoder_job(cfg, "P")
     assert (job["experiment"], job["dataset"], job["model"], job["seed"]) == ("table5", "P", "encoder", cfg["table1"]["seeds"][0])
     table1 = settings.resolve_job(cfg, "table1", "P", "CNN", cfg["table1"]["seeds"][0])["settings"]
-    # Table 1's P CNN drops its rate 10x at step 900; e() keeps the recipe's encoder, trained without a drop
-    assert table1["lr_step"] == 900 and job["settings"] == {**table1, "lr_step": 50000}
+    # Table 1's P CNN drops its rate 10x at step 900 and trains in bf16; e() keeps the recipe's encoder, trained
+    # without a drop and in fp32 (bf16-trained encoders lost TC's classes 1 and 9), which a job spec leaves out
+    assert table1["lr_step"] == 900 and table1["precision"] == "bf16"
+    assert job["settings"] == {**{k: v for k, v in table1.items() if k != "precision"}, "lr_step": 50000}
     assert job["extra"]["encoder"] == {"projective_corners": "independent", "standardise": False,
-                                       "train": {"lr_step": 50000}}
+                                       "train": {"lr_step": 50000, "precision": "fp32"}}
     assert list(job) == sorted(job)  # canonical, so a re-dumped YAML reruns nothing
     # a data set without an encoder_training entry: trained exactly as Table 1's CNN (its reading, inputs, settings)
     tc = settings.encoder_job(cfg, "TC")

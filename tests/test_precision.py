@@ -101,3 +101,27 @@ def test_every_experiments_models_train_a_bf16_step_with_fp32_gradients(name, ma
     assert all(p.grad is None or (p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all())
                for p in net.parameters())
     assert any(not torch.equal(a, p) for a, p in zip(before, net.parameters())), f"{name}: nothing was updated"
+
+
+def test_table5s_e_in_bf16_runs_its_convolutions_in_bf16_and_gives_fp32_features_and_crop_gradients():
+    from stn.experiments import colocalisation as co
+
+    torch.manual_seed(0)
+    cnn = zoo.build("CNN", zoo.InputSpec(1, 60, 10, False), 60_000).model
+    crops = torch.rand(8, 1, 28, 28, requires_grad=True)
+    feats, grads = {}, {}
+    for precision in ("fp32", "bf16"):
+        e = co.Encoder([co.crop_encoder(cnn, 60)], [1.0], ["TC"], precision)
+        seen, hooks = _dtypes_seen(e, (torch.nn.Conv2d,))
+        out = e(crops)
+        for h in hooks:
+            h.remove()
+        assert {dtype for _, dtype, _ in seen} == {torch.bfloat16 if precision == "bf16" else torch.float32}
+        assert out.dtype == torch.float32
+        (grads[precision],) = torch.autograd.grad((out - out.detach().roll(1, 0)).pow(2).sum(), crops)  # as eq. 8's
+        assert grads[precision].dtype == torch.float32
+        feats[precision] = out.detach()
+    torch.testing.assert_close(feats["bf16"], feats["fp32"], atol=3e-2, rtol=0)  # unit-norm blocks, bf16's 3 digits
+    assert F.cosine_similarity(grads["bf16"].flatten(), grads["fp32"].flatten(), dim=0) > 0.98
+    with pytest.raises(ValueError, match=r"optimise.precision must be one of \['fp32', 'bf16'\], got 'fp16'"):
+        co.Encoder([cnn], [1.0], precision="fp16")

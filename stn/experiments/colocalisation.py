@@ -29,8 +29,8 @@ from ..data import distort
 from ..io import read_json, save_npz, write_json, write_text
 from ..modules import SpatialTransformer
 from ..paper import registry
-from ..settings import ENCODER_RUN
-from ..train import make_optimizer
+from ..settings import ENCODER_RUN, PRECISIONS
+from ..train import autocast, make_optimizer
 from ..transforms import Attention
 
 CANVAS = 84
@@ -156,19 +156,28 @@ class Encoder(nn.Module):
         e(crops, only=(0,))  # P's features alone, weighed 0.25 (e.weight_of((0,)))
     """
 
-    def __init__(self, cnns: list[nn.Sequential], weights: list[float], names: list[str] | None = None) -> None:
+    def __init__(self, cnns: list[nn.Sequential], weights: list[float], names: list[str] | None = None,
+                 precision: str = "fp32") -> None:
         super().__init__()
         if len(cnns) != len(weights) or not cnns or min(weights) <= 0:
             raise ValueError(f"e() needs one positive weight per CNN, got {len(cnns)} CNNs and weights {weights}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"optimise.precision must be one of {list(PRECISIONS)}, got {precision!r}")
         self.cnns = nn.ModuleList(cnns)
         self.weights = [float(w) for w in weights]
         self.names = list(names) if names is not None else [str(i) for i in range(len(cnns))]
+        self.precision = precision
         self.eval().requires_grad_(False)
 
     def parts(self, x: Tensor, only: tuple[int, ...] | None = None) -> list[Tensor]:
-        """Each chosen CNN's scaled features (N, D_i), in order."""
+        """Each chosen CNN's scaled features (N, D_i), in order, fp32; with precision bf16 the CNNs run under
+        autocast (the crops come in, and the features go out, in fp32)."""
         chosen = range(len(self.cnns)) if only is None else only
-        return [encoder_features(self.cnns[i], x) * self.weights[i] ** 0.5 for i in chosen]
+        if self.precision == "fp32":  # no autocast context at all: the fp32 path is the code it always was
+            return [encoder_features(self.cnns[i], x) * self.weights[i] ** 0.5 for i in chosen]
+        with autocast(self.precision, x.device):
+            feats = [encoder_features(self.cnns[i], x) for i in chosen]
+        return [f.float() * self.weights[i] ** 0.5 for f, i in zip(feats, chosen)]
 
     def weight_of(self, only: tuple[int, ...] | None = None) -> float:
         """The summed weight of the CNNs `only` (all: None), by which eq. 8's margin is scaled."""
@@ -352,9 +361,10 @@ def copy_table1_encoder(dataset: str, run: Path, params: Path, out_dir: Path, lo
     return metrics
 
 
-def load_encoder(weights: dict[str, float], models: dict[str, Path]) -> Encoder:
+def load_encoder(weights: dict[str, float], models: dict[str, Path], precision: str = "fp32") -> Encoder:
     """e() from its CNNs' model.pt files ({data set: path}; the params.json its run wrote lies beside each),
-    weighted as `weights` ({data set: weight}, table5.encoders of one variant)."""
+    weighted as `weights` ({data set: weight}, table5.encoders of one variant), run at `precision`
+    (optimise.precision)."""
     from .classification import build_model as build_classifier
 
     cnns = []
@@ -365,7 +375,7 @@ def load_encoder(weights: dict[str, float], models: dict[str, Path]) -> Encoder:
         built = build_classifier(dataset, "CNN", read_json(Path(models[dataset]).parent / "params.json"))
         load_weights(built.model, models[dataset], f"e()'s CNN on {dataset}")
         cnns.append(crop_encoder(built.model, registry.DATASETS[dataset].size))
-    return Encoder(cnns, list(weights.values()), list(weights))
+    return Encoder(cnns, list(weights.values()), list(weights), precision)
 
 
 def run_job(job: dict, inputs: dict[str, Path], out_dir: Path) -> dict:
@@ -379,7 +389,7 @@ def run_job(job: dict, inputs: dict[str, Path], out_dir: Path) -> dict:
     variant, digit, seed, settings = job["dataset"], int(job["model"]), job["seed"], job["settings"]
     weights = job["extra"]["encoders"][variant]
     models = {d: inputs[name] for d in weights if (name := ENCODER_RUN.format(dataset=d)) in inputs}
-    encoder = load_encoder(weights, models)
+    encoder = load_encoder(weights, models, settings.get("precision", "fp32"))
     data = make_images(mnist_data.load(inputs["mnist"]), digit, variant, settings["images"], seed)
     save_npz(out_dir / "images.npz", **data)
     run = tracker(job, inputs["experiments"], {"variant": variant, "digit": str(digit), "encoders": str(models),
@@ -413,6 +423,7 @@ def render(spec: dict, results: Path) -> list[Path]:
     s = spec["settings"]
     bank = s.get("random_bank", 0)
     patches = f", each image's random patch one of {bank} encoded once" if bank else ""
+    patches += f", e() in {s['precision']} (paper fp32)" if s.get("precision", "fp32") != "fp32" else ""
     caption = (f"{e.title}, {spec['config_name']} config "
                f"({s['steps']} {OPTIMIZER_NAMES[s['optimizer']]} steps per class, {s['images']} images each, "
                f"{_encoder_words(section, s.get('encoder_start') or {})}{patches}; "
