@@ -56,7 +56,8 @@ def main(argv=None) -> int:
     encoders = {}  # e() per variant, as its runs used it
     for variant, weights in spec["section"]["encoders"].items():
         encoders[variant] = co.load_encoder(weights, {d: registry.aux_dir(a.results, "table5", ENCODER_RUN.format(dataset=d))
-                                                      / "model.pt" for d in weights})
+                                                      / "model.pt" for d in weights},
+                                            spec["section"]["optimise"].get("precision", "fp32"))
     print(f"{'set':<4} {'class':>5} {'localised':>9} {'eq8 true':>9} {'learnt':>7} {'centre':>7} "
           f"{'spread true':>11} {'learnt':>7}")
     with torch.no_grad():

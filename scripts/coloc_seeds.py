@@ -29,7 +29,8 @@ def pipeline_inputs(results: Path, variant: str) -> tuple[dict, co.Encoder, dict
     spec = read_json(results / "specs" / "table5.json")
     weights = spec["section"]["encoders"][variant]
     models = {d: registry.aux_dir(results, "table5", ENCODER_RUN.format(dataset=d)) / "model.pt" for d in weights}
-    return spec["settings"], co.load_encoder(weights, models), mnist_data.load(results / "data" / "mnist.npz")
+    encoder = co.load_encoder(weights, models, spec["settings"].get("precision", "fp32"))
+    return spec["settings"], encoder, mnist_data.load(results / "data" / "mnist.npz")
 
 
 def localised(settings: dict, encoder: co.Encoder, mnist: dict, variant: str, digit: int, image_seed: int,
