@@ -28,7 +28,7 @@ def _encoder(config: dict, variant: str):
     section = config["table1"]
     table = param_table(list(weights), list(section["models"]), section["param_target"], section.get("net"))
     cnns = [co.crop_encoder(build_model(d, "CNN", table, seed=0).model, registry.DATASETS[d].size) for d in weights]
-    return co.Encoder(cnns, list(weights.values()), list(weights), config["table5"]["optimise"].get("precision", "fp32"))
+    return co.Encoder(cnns, list(weights.values()), list(weights), co.encoder_precision(config["table5"]["optimise"]))
 
 
 def _canvases(settings: dict) -> torch.Tensor:
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     steps = settings["steps"]
     print(f"== CPU, {torch.get_num_threads()} threads: one Table 5 class, {settings['images']} images, {steps} steps; "
           f"ms = median of {args.steps} rounds timing fresh patches and a bank back to back; a bank of {bank_size} "
-          f"patches per image; encoder_start {starts or 'none'}; e() in {settings.get('precision', 'fp32')}")
+          f"patches per image; encoder_start {starts or 'none'}; e() in {co.encoder_precision(settings)}")
     header = f"{'variant':<8} {'CNNs in use':<14} {'steps':>6} {'fresh ms':>9} {'bank ms':>8} {'x':>5}"
     print(header + "\n" + "-" * len(header), flush=True)
     for variant in variants:
