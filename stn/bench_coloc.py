@@ -1,6 +1,7 @@
 """`python -m stn.bench coloc`: what a Table 5 class costs, per optimisation step and per class, with fresh random
 patches (the baseline, A.2's) against a bank of patches encoded once (`optimise.random_bank`) and against e()'s
-costly CNNs joining late (`optimise.encoder_start`).
+costly CNNs joining late (`optimise.encoder_start`); and, where e() has a CNN on a larger canvas (TC's), that CNN
+reading the whole zero-padded canvas (the baseline) against `PaddedCrop`, which computes only where the crop reaches.
 
 For each variant of the config, e() is built as its runs build it (table5.encoders: Table 1's CNNs at the widths
 `stn params` gives them, random weights: the time does not depend on them) over random canvases of the set's size.
@@ -19,7 +20,11 @@ import torch
 from .bench import call_times
 
 
-def _encoder(config: dict, variant: str):
+def _encoder(config: dict, variant: str, canvas: bool = False):
+    """e() of `variant` as its runs build it; with `canvas`, each larger data set's CNN reads the whole zero-padded
+    canvas (the baseline of `co.PaddedCrop`, which computes only where the crop reaches)."""
+    from torch import nn
+
     from .experiments import colocalisation as co
     from .experiments.classification import build_model, param_table
     from .paper import registry
@@ -28,6 +33,8 @@ def _encoder(config: dict, variant: str):
     section = config["table1"]
     table = param_table(list(weights), list(section["models"]), section["param_target"], section.get("net"))
     cnns = [co.crop_encoder(build_model(d, "CNN", table, seed=0).model, registry.DATASETS[d].size) for d in weights]
+    if canvas:
+        cnns = [nn.Sequential(nn.ZeroPad2d(c.offset(co.CROP)), *c.cnn) if isinstance(c, co.PaddedCrop) else c for c in cnns]
     return co.Encoder(cnns, list(weights.values()), list(weights), co.encoder_precision(config["table5"]["optimise"]))
 
 
@@ -47,9 +54,9 @@ def bank_seconds(encoder, settings: dict, bank_size: int) -> float:
     return call_times(lambda: co.random_bank(x, encoder, bank_size, gen), torch.device("cpu"), 1, warmup=0)[1][0]
 
 
-def step_seconds(encoder, settings: dict, only: tuple[int, ...], rounds: int) -> tuple[float, float]:
-    """(fresh, bank) median seconds of one optimiser step with the CNNs `only`, timed back to back in each round (a
-    step's cost does not depend on the bank's size: it draws one stored patch per image)."""
+def step_calls(encoder, settings: dict, only: tuple[int, ...], side: int = 28):
+    """(fresh, bank): one optimiser step with the CNNs `only`, drawing fresh patches or one stored patch per image,
+    its window sampled onto `side`² pixels (28: a digit-sized window; larger: `resolution: native` early on)."""
     from .experiments import colocalisation as co
     from .train import make_optimizer
 
@@ -60,7 +67,7 @@ def step_seconds(encoder, settings: dict, only: tuple[int, ...], rounds: int) ->
     bank = co.random_bank(x, encoder, 1, gen)
 
     def step(patches):
-        crops, _ = co.localise(st, x, co.CROP / co.CANVAS)
+        crops, _ = co.localise(st, x, side / co.CANVAS, side)
         e_rand = co.random_encodings(x, encoder, only, patches, gen)
         e_crop = encoder(crops, only)
         loss = co.triplet_loss(e_crop, e_crop[co.derangement(len(x), gen)], e_rand, settings["margin"])
@@ -68,14 +75,45 @@ def step_seconds(encoder, settings: dict, only: tuple[int, ...], rounds: int) ->
         loss.backward()
         opt.step()
 
-    calls = (lambda: step(None), lambda: step(bank))
+    return (lambda: step(None)), (lambda: step(bank))
+
+
+def back_to_back(calls, rounds: int) -> list[float]:
+    """Median seconds of each call, after one warm-up each, the calls timed back to back in each of `rounds` rounds
+    (in reverse order every other round)."""
     for fn in calls:
         call_times(fn, torch.device("cpu"), 0)  # warm-up
-    times = {0: [], 1: []}
+    times: list[list[float]] = [[] for _ in calls]
     for i in range(rounds):
-        for k in ((0, 1) if i % 2 == 0 else (1, 0)):
+        order = range(len(calls)) if i % 2 == 0 else reversed(range(len(calls)))
+        for k in order:
             times[k].append(call_times(calls[k], torch.device("cpu"), 1, warmup=0)[1][0])
-    return statistics.median(times[0]), statistics.median(times[1])
+    return [statistics.median(t) for t in times]
+
+
+def step_seconds(encoder, settings: dict, only: tuple[int, ...], rounds: int) -> tuple[float, float]:
+    """(fresh, bank) median seconds of one optimiser step with the CNNs `only` (a step's cost does not depend on
+    the bank's size: it draws one stored patch per image)."""
+    fresh, bank = back_to_back(step_calls(encoder, settings, only), rounds)
+    return fresh, bank
+
+
+def side_seconds(encoder, settings: dict, side: int, rounds: int) -> tuple[float, float]:
+    """(28 px, `side` px) median seconds of one optimiser step with fresh patches and every CNN of e(), its windows
+    sampled onto 28² and onto `side`² pixels (`resolution: native`: the anneal's first steps)."""
+    from .experiments import colocalisation as co
+
+    everything = tuple(range(len(encoder.cnns)))
+    small, large = back_to_back([step_calls(encoder, settings, everything, n)[0] for n in (co.CROP, side)], rounds)
+    return small, large
+
+
+def window_seconds(canvas, windowed, settings: dict, rounds: int) -> tuple[float, float]:
+    """(canvas, windowed) median seconds of one optimiser step with fresh patches and every CNN of e(), for e()
+    reading the zero-padded canvas and for e() computed only where the crops reach."""
+    everything = tuple(range(len(windowed.cnns)))
+    first, second = back_to_back([step_calls(e, settings, everything)[0] for e in (canvas, windowed)], rounds)
+    return first, second
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,6 +166,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{variant:<8} per class: fresh patches, every CNN from step 0 (baseline) {baseline:.0f} s; this schedule "
               f"{fresh_sched:.0f} s ({baseline / fresh_sched:.2f}x); with the bank ({built:.1f} s to build) "
               f"{bank_sched:.0f} s ({baseline / bank_sched:.2f}x)", flush=True)
+        if settings.get("resolution", "digit") == "native" and encoder.largest() > co.CROP:
+            side = encoder.largest()
+            at28, large = side_seconds(encoder, settings, side, args.steps)
+            print(f"{variant:<8} resolution native: a step with {side} px crops (the anneal's first steps) {large * 1e3:.0f} "
+                  f"ms, with {co.CROP} px crops (from the end of the anneal) {at28 * 1e3:.0f} ms: {large / at28:.2f}x",
+                  flush=True)
+        if any(isinstance(c, co.PaddedCrop) for c in encoder.cnns):
+            canvas, windowed = window_seconds(_encoder(config, variant, canvas=True), encoder, settings, args.steps)
+            print(f"{variant:<8} e() on the zero-padded canvas (baseline) {canvas * 1e3:.0f} ms a step (fresh patches), "
+                  f"computed only where the crops reach (co.PaddedCrop, what runs) {windowed * 1e3:.0f} ms: "
+                  f"{canvas / windowed:.2f}x", flush=True)
     return 0
 
 

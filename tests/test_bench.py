@@ -174,10 +174,20 @@ def test_coloc_benchmark_costs_a_class_under_the_schedule_and_the_bank(capsys, m
     builds = []
     monkeypatch.setattr(bench_coloc, "step_seconds", lambda encoder, settings, only, rounds: seconds[only])
     monkeypatch.setattr(bench_coloc, "bank_seconds", lambda encoder, settings, size: builds.append(size) or 3.0)
+    windows = []  # e()'s TC CNN on the padded canvas (the baseline), then computed where the crops reach
+    monkeypatch.setattr(bench_coloc, "window_seconds", lambda canvas, windowed, settings, rounds:
+                        windows.append([type(c).__name__ for c in (*canvas.cnns, *windowed.cnns)]) or (0.9, 0.6))
+    monkeypatch.setattr(bench_coloc, "side_seconds", lambda encoder, settings, side, rounds: (0.6, 0.6 * side / 28))
     assert bench.main(["coloc", "--config", "config/smoke.yaml", "--variants", "TC", "--steps", "1"]) == 0
     out = capsys.readouterr().out
     assert "a bank of 2 patches per image; encoder_start {'TC': 2}" in out  # the smoke config's
-    rows = [line.split() for line in out.splitlines() if line.startswith("TC ") and "per class" not in line]
+    assert ("resolution native: a step with 60 px crops (the anneal's first steps) 1286 ms, with 28 px crops (from "
+            "the end of the anneal) 600 ms: 2.14x") in out  # the smoke config's resolution
+    assert windows == [["Sequential", "Sequential", "Sequential", "PaddedCrop"]]  # R's CNN (28 px) is as it is
+    assert ("e() on the zero-padded canvas (baseline) 900 ms a step (fresh patches), computed only where the crops "
+            "reach (co.PaddedCrop, what runs) 600 ms: 1.50x") in out
+    rows = [line.split() for line in out.splitlines() if line.startswith("TC ") and "per class" not in line
+            and "canvas" not in line and "resolution" not in line]
     assert rows == [["TC", "R+TC", "4", "2000", "1000", "2.00"], ["TC", "R", "2", "500", "250", "2.00"]]
     assert builds == [2]  # one bank per variant, of the config's size
     # 6 steps: 6 x 2 s with every CNN and fresh patches; 4 x 2 + 2 x 0.5 on the schedule; 3 + 4 x 1 + 2 x 0.25 with the bank

@@ -98,6 +98,39 @@ def test_a_larger_data_sets_cnn_sees_each_crop_in_the_middle_of_a_blank_canvas_o
         co.crop_encoder(cnn, 41)
 
 
+@pytest.mark.parametrize("padding", [(0, 0), (4, 3)])
+def test_a_padded_crop_computes_only_where_the_crop_reaches_and_equals_the_padded_canvas(padding, monkeypatch):
+    """The TC CNN's layers (standardise, a 9×9 InputGradConv2d, 2×2 max-pools, a 7×7 conv, the classifier), with
+    and without "same" padding: features and crop gradients equal the padded canvas's, and the first convolution
+    runs on the 44² window the crop reaches (36² outputs), not the 60² canvas."""
+    from stn.models.conv import InputGradConv2d, conv_valid
+    from stn.modules import Standardise
+
+    torch.manual_seed(0)
+    p1, p2 = padding
+    side = ((60 + 2 * p1 - 8) // 2 + 2 * p2 - 6) // 2
+    cnn = torch.nn.Sequential(Standardise().set_(0.1, 0.3), InputGradConv2d(1, 5, 9, padding=p1), torch.nn.ReLU(),
+                              torch.nn.MaxPool2d(2), torch.nn.Conv2d(5, 6, 7, padding=p2), torch.nn.ReLU(),
+                              torch.nn.MaxPool2d(2), torch.nn.Flatten(), torch.nn.Linear(6 * side * side, 10))
+    cnn = cnn.double().eval().requires_grad_(False)
+    for layer in cnn:
+        if isinstance(layer, torch.nn.Conv2d):
+            torch.nn.init.normal_(layer.bias, 0.0, 0.5)  # blank-canvas responses that differ near the edges
+    crops = torch.rand(3, 1, 28, 28, dtype=torch.float64, requires_grad=True)
+    padded = co.crop_encoder(cnn, 60)
+    assert isinstance(padded, co.PaddedCrop)
+    ours, theirs = co.encoder_features(padded, crops), co.encoder_features(torch.nn.Sequential(torch.nn.ZeroPad2d(16), *cnn), crops)
+    torch.testing.assert_close(ours, theirs)
+    weights = torch.randn_like(ours)
+    torch.testing.assert_close(torch.autograd.grad((ours * weights).sum(), crops)[0],
+                               torch.autograd.grad((theirs * weights).sum(), crops)[0])
+    torch.testing.assert_close(padded(crops), cnn(torch.nn.functional.pad(crops, (16,) * 4)))
+    windows = []
+    monkeypatch.setattr(co, "conv_valid", lambda layer, x: windows.append(x.shape[-1]) or conv_valid(layer, x))
+    padded.feature_maps(crops)
+    assert windows == [44, (60 + 2 * p1 - 8) // 2]  # the first conv reads 44² of the 60² canvas, the second all
+
+
 def test_e_concatenates_its_cnns_features_each_scaled_so_its_squared_distances_count_its_weight():
     torch.manual_seed(0)
     small = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.MaxPool2d(2), torch.nn.Flatten(), torch.nn.Linear(2 * 13 * 13, 3))
@@ -247,6 +280,32 @@ def test_a_cnn_of_e_joins_from_its_start_step_with_its_weight_in_the_margin(monk
         co.optimise(images, np.zeros((4, 4), np.float32), e, {**settings, "random_bank": bank}, 0, log=lambda s: None)
         p_width, both = e(crops, (0,)).shape[1], e(crops).shape[1]
         assert seen == [(p_width, p_width, 1.0)] * 4 + [(both, both, 5.0)] * 4  # margin 4 per unit of weight in use
+
+
+def test_native_resolution_samples_each_window_at_the_images_pixel_pitch_up_to_the_largest_canvas(monkeypatch):
+    # the side of the crop: 28 with "digit"; with "native" the window's own side on 84 px, even, 28 to the largest canvas
+    assert [co.crop_side(s, "digit", 60) for s in (1.0, 0.5, 1 / 3)] == [28, 28, 28]
+    assert [co.crop_side(s, "native", 60) for s in (1.0, 0.6, 0.5, 1 / 3)] == [60, 50, 42, 28]
+    assert co.crop_side(1.0, "native", 28) == 28  # e() of 28 px CNNs only (T's): as "digit"
+    with pytest.raises(ValueError, match=r"optimise.resolution must be one of \['digit', 'native'\], got 'full'"):
+        co.crop_side(1.0, "full", 60)
+    torch.manual_seed(0)
+    small = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.MaxPool2d(2), torch.nn.Flatten(), torch.nn.Linear(2 * 13 * 13, 3))
+    large = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.MaxPool2d(2), torch.nn.Flatten(), torch.nn.Linear(2 * 29 * 29, 4))
+    e = co.Encoder([small, co.crop_encoder(large, 60)], [0.25, 1.0], ["P", "TC"])
+    assert e.largest() == 60 and e.largest((0,)) == 28
+    crops = torch.rand(3, 1, 50, 50)  # a 50 px window: P's CNN reads it at 28², TC's centred on its 60² canvas
+    resized = torch.nn.functional.interpolate(crops, size=(28, 28), mode="bilinear", antialias=True)
+    torch.testing.assert_close(e(crops), torch.cat([co.encoder_features(small, resized) * 0.5,
+                                                    co.encoder_features(large, torch.nn.functional.pad(crops, (5,) * 4))], 1))
+    sides = []
+    monkeypatch.setattr(co, "encoder_features", lambda cnn, x, f=co.encoder_features: sides.append(x.shape[-1]) or f(cnn, x))
+    images = (torch.rand(4, co.CANVAS, co.CANVAS) * 255).to(torch.uint8).numpy()
+    settings = {"images": 4, "steps": 4, "optimizer": "adam", "lr": 0.003, "momentum": 0.9, "margin": 4.0, "scale_from": 1.0,
+                "anneal_steps": 2, "centre": "ink", "record_every": 4, "figure_images": 2, "resolution": "native"}
+    co.optimise(images, np.zeros((4, 4), np.float32), e, settings, 0, log=lambda s: None)
+    # per step: fresh digit-sized random patches (P, TC), then the crops (P 28, TC at the window's side: 60, 48, 28, 28)
+    assert set(sides[::4] + sides[1::4] + sides[2::4]) == {28} and sides[3::4] == [60, 48, 28, 28]
 
 
 def test_derangement_never_pairs_an_image_with_itself():

@@ -153,6 +153,7 @@ def test_smoke_appendix_experiments(smoke):
     assert "from_run" not in json.loads((smoke / "runs" / "table5" / "encoder_R" / "metrics.json").read_text())
     assert ("on T the Table 1 CNN on R (raw inputs); on TC the Table 1 CNNs on 0.25× R (raw inputs) + TC (as Table 1) from step 2, "
             "each image's random patch one of 2 encoded once;") in (smoke / "tables" / "table5.md").read_text()
+    assert "follows their ink, each window sampled at the image's own pixel pitch, see" in (smoke / "tables" / "table5.md").read_text()
     assert len(t5_runs) == len(done) and all(m["seconds"] > 0 for m in t5_runs)  # counted in the README's job time
     metrics = [json.loads(p.read_text()) for p in (smoke / "runs" / "volumetric").rglob("metrics.json")]
     assert {m["model"] for m in metrics} == {"ST3D", "baseline"}

@@ -55,3 +55,12 @@ class InputGradConv2d(nn.Conv2d):
         if x.device.type != "cpu" or not x.requires_grad or torch.is_autocast_enabled("cpu"):
             return super().forward(x)
         return _Conv2dFoldBackward.apply(x, self.weight, self.bias, self.padding)
+
+
+def conv_valid(layer: nn.Conv2d, x: Tensor) -> Tensor:
+    """`layer`'s convolution of `x` without its padding (a "valid" convolution), through the same path as its
+    forward (the fold backward for an InputGradConv2d on the CPU)."""
+    if isinstance(layer, InputGradConv2d) and x.device.type == "cpu" and x.requires_grad \
+            and not torch.is_autocast_enabled("cpu"):
+        return _Conv2dFoldBackward.apply(x, layer.weight, layer.bias, (0, 0))
+    return F.conv2d(x, layer.weight, layer.bias)
