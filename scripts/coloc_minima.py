@@ -57,7 +57,7 @@ def main(argv=None) -> int:
     for variant, weights in spec["section"]["encoders"].items():
         encoders[variant] = co.load_encoder(weights, {d: registry.aux_dir(a.results, "table5", ENCODER_RUN.format(dataset=d))
                                                       / "model.pt" for d in weights},
-                                            co.encoder_precision(spec["section"]["optimise"]))
+                                            co.encoder_precision(spec["section"]["optimise"], variant))
     print(f"{'set':<4} {'class':>5} {'localised':>9} {'eq8 true':>9} {'learnt':>7} {'centre':>7} "
           f"{'spread true':>11} {'learnt':>7}")
     with torch.no_grad():

@@ -29,7 +29,7 @@ def pipeline_inputs(results: Path, variant: str) -> tuple[dict, co.Encoder, dict
     spec = read_json(results / "specs" / "table5.json")
     weights = spec["section"]["encoders"][variant]
     models = {d: registry.aux_dir(results, "table5", ENCODER_RUN.format(dataset=d)) / "model.pt" for d in weights}
-    encoder = co.load_encoder(weights, models, co.encoder_precision(spec["settings"]))
+    encoder = co.load_encoder(weights, models, co.encoder_precision(spec["settings"], variant))
     return spec["settings"], encoder, mnist_data.load(results / "data" / "mnist.npz")
 
 

@@ -35,7 +35,7 @@ def _encoder(config: dict, variant: str, canvas: bool = False):
     cnns = [co.crop_encoder(build_model(d, "CNN", table, seed=0).model, registry.DATASETS[d].size) for d in weights]
     if canvas:
         cnns = [nn.Sequential(nn.ZeroPad2d(c.offset(co.CROP)), *c.cnn) if isinstance(c, co.PaddedCrop) else c for c in cnns]
-    return co.Encoder(cnns, list(weights.values()), list(weights), co.encoder_precision(config["table5"]["optimise"]))
+    return co.Encoder(cnns, list(weights.values()), list(weights), co.encoder_precision(config["table5"]["optimise"], variant))
 
 
 def _canvases(settings: dict) -> torch.Tensor:
@@ -142,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     steps = settings["steps"]
     print(f"== CPU, {torch.get_num_threads()} threads: one Table 5 class, {settings['images']} images, {steps} steps; "
           f"ms = median of {args.steps} rounds timing fresh patches and a bank back to back; a bank of {bank_size} "
-          f"patches per image; encoder_start {starts or 'none'}; e() in {co.encoder_precision(settings)}")
+          f"patches per image; encoder_start {starts or 'none'}; e() in "
+          + ", ".join(f"{co.encoder_precision(settings, v)} on {v}" for v in variants))
     header = f"{'variant':<8} {'CNNs in use':<14} {'steps':>6} {'fresh ms':>9} {'bank ms':>8} {'x':>5}"
     print(header + "\n" + "-" * len(header), flush=True)
     for variant in variants:

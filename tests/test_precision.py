@@ -1,4 +1,6 @@
 """precision: bf16 — training steps under bfloat16 autocast, with weights, gradients, θ and sampling in fp32."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -125,3 +127,25 @@ def test_table5s_e_in_bf16_runs_its_convolutions_in_bf16_and_gives_fp32_features
     assert F.cosine_similarity(grads["bf16"].flatten(), grads["fp32"].flatten(), dim=0) > 0.98
     with pytest.raises(ValueError, match=r"optimise.precision must be one of \['fp32', 'bf16'\], got 'fp16'"):
         co.Encoder([cnn], [1.0], precision="fp16")
+
+
+def test_table5s_e_precision_is_one_for_every_variant_or_per_variant_and_the_schema_checks_the_variants():
+    import copy
+
+    import yaml
+
+    from stn.config import ConfigError, validate
+    from stn.experiments import colocalisation as co
+
+    root = Path(__file__).resolve().parents[1]
+    schema = root / "workflow" / "schemas" / "config.schema.json"
+
+    assert [co.encoder_precision({"precision": {"TC": "bf16"}}, v) for v in ("T", "TC")] == ["fp32", "bf16"]
+    assert [co.encoder_precision({"precision": "bf16"}, v) for v in ("T", "TC")] == ["bf16", "bf16"]
+    assert co.encoder_precision({}, "TC") == "fp32"  # absent: the paper's
+    cfg = yaml.safe_load((root / "config" / "config.yaml").read_text())
+    assert cfg["table5"]["optimise"]["precision"] == {"TC": "bf16"}  # the default: TC's e() in bf16, T's fp32
+    validate(copy.deepcopy(cfg), schema)
+    cfg["table5"]["optimise"]["precision"] = {"TX": "bf16"}
+    with pytest.raises(ConfigError, match=r"table5.optimise.precision"):
+        validate(cfg, schema)

@@ -503,9 +503,11 @@ def copy_table1_encoder(dataset: str, run: Path, params: Path, out_dir: Path, lo
     return metrics
 
 
-def encoder_precision(settings: dict) -> str:
-    """The arithmetic of e()'s CNNs that a Table 5 `optimise` section asks for (absent: fp32, the paper's)."""
-    return settings.get("precision", "fp32")
+def encoder_precision(settings: dict, variant: str) -> str:
+    """The arithmetic of e()'s CNNs on `variant` that a Table 5 `optimise` section asks for: its `precision`, one for
+    every variant or {variant: precision} (a variant it leaves out, or no `precision` at all: fp32, the paper's)."""
+    precision = settings.get("precision", "fp32")
+    return precision.get(variant, "fp32") if isinstance(precision, dict) else precision
 
 
 def load_encoder(weights: dict[str, float], models: dict[str, Path], precision: str = "fp32") -> Encoder:
@@ -536,7 +538,7 @@ def run_job(job: dict, inputs: dict[str, Path], out_dir: Path) -> dict:
     variant, digit, seed, settings = job["dataset"], int(job["model"]), job["seed"], job["settings"]
     weights = job["extra"]["encoders"][variant]
     models = {d: inputs[name] for d in weights if (name := ENCODER_RUN.format(dataset=d)) in inputs}
-    encoder = load_encoder(weights, models, encoder_precision(settings))
+    encoder = load_encoder(weights, models, encoder_precision(settings, variant))
     data = make_images(mnist_data.load(inputs["mnist"]), digit, variant, settings["images"], seed)
     save_npz(out_dir / "images.npz", **data)
     run = tracker(job, inputs["experiments"], {"variant": variant, "digit": str(digit), "encoders": str(models),
@@ -570,7 +572,8 @@ def render(spec: dict, results: Path) -> list[Path]:
     s = spec["settings"]
     bank = s.get("random_bank", 0)
     patches = f", each image's random patch one of {bank} encoded once" if bank else ""
-    patches += f", e() in {encoder_precision(s)} (paper fp32)" if encoder_precision(s) != "fp32" else ""
+    patches += "".join(f", e() on {v} in {encoder_precision(s, v)} (paper fp32)" for v in section["variants"]
+                       if encoder_precision(s, v) != "fp32")
     caption = (f"{e.title}, {spec['config_name']} config "
                f"({s['steps']} {OPTIMIZER_NAMES[s['optimizer']]} steps per class, {s['images']} images each, "
                f"{_encoder_words(section, s.get('encoder_start') or {})}{patches}; "
