@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{variant:<8} per class: fresh patches, every CNN from step 0 (baseline) {baseline:.0f} s; this schedule "
               f"{fresh_sched:.0f} s ({baseline / fresh_sched:.2f}x); with the bank ({built:.1f} s to build) "
               f"{bank_sched:.0f} s ({baseline / bank_sched:.2f}x)", flush=True)
-        if settings.get("resolution", "digit") == "native" and encoder.largest() > co.CROP:
+        if co.crop_resolution(settings) == "native" and encoder.largest() > co.CROP:
             side = encoder.largest()
             at28, large = side_seconds(encoder, settings, side, args.steps)
             print(f"{variant:<8} resolution native: a step with {side} px crops (the anneal's first steps) {large * 1e3:.0f} "
