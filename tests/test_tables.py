@@ -131,6 +131,13 @@ def test_readme_gets_the_generated_tables_and_the_run_time_from_benchmark_files(
     update_readme(readme, results, "snakemake --cores all")
     assert ("took 74 min summed over jobs (table1 65, table2 9). Speed of this machine: table1's CNN on TC trained "
             "at 30.8 s per 100 steps (mean of 2 runs).") in readme.read_text()
+    for seed, precision in ((1, "bf16"), (2, "bf16")):  # the runs' step arithmetic, from their job.json
+        write_json(registry.run_dir(results, "table1", "TC", "CNN", seed) / "job.json", {"settings": {"precision": precision}})
+    update_readme(readme, results, "snakemake --cores all")
+    assert "trained at 30.8 s per 100 steps in bf16 (mean of 2 runs)." in readme.read_text()
+    write_json(registry.run_dir(results, "table1", "TC", "CNN", 2) / "job.json", {"settings": {}})  # fp32, the default
+    update_readme(readme, results, "snakemake --cores all")
+    assert "trained at 30.8 s per 100 steps (mean of 2 runs)." in readme.read_text()  # mixed: no arithmetic named
     hole = tmp_path / "hole"
     _benchmark(hole, "table1/R_CNN_seed1", 10 * 60, t0 + 10 * 60)
     _benchmark(hole, "table1/R_FCN_seed1", 10 * 60, t0 + 25 * 60)  # 5 min after: where TC's CNN first ran

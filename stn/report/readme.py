@@ -98,17 +98,21 @@ def run_timing(results: Path) -> str:
 
 def yardstick(results: Path) -> str:
     """How fast this machine trains, to set the wall time beside another machine's: the mean seconds per 100
-    steps of registry.YARDSTICK's runs (training and validation, from their metrics.json); "" without such runs."""
+    steps of registry.YARDSTICK's runs (training and validation, from their metrics.json), with the arithmetic of
+    their steps (fp32 or bf16, from their job.json) where all agree; "" without such runs."""
     experiment, dataset, model = registry.YARDSTICK
-    rates, pattern = [], registry.run_dir(results, experiment, dataset, model, "*")
+    rates, precisions, pattern = [], set(), registry.run_dir(results, experiment, dataset, model, "*")
     for path in sorted(pattern.parent.glob(f"{pattern.name}/metrics.json")):
         metrics = read_json(path)
         if metrics.get("iterations") and metrics.get("seconds"):
             rates.append(100 * metrics["seconds"] / metrics["iterations"])
+            job = path.with_name("job.json")  # its step arithmetic: a bf16 step is ~2x an fp32 one's speed
+            precisions.add(read_json(job).get("settings", {}).get("precision", "fp32") if job.exists() else None)
     if not rates:
         return ""
+    arithmetic = f" in {precisions.pop()}" if len(precisions) == 1 and None not in precisions else ""
     return (f"Speed of this machine: {experiment}'s {model} on {dataset} trained at {sum(rates) / len(rates):.1f} s "
-            f"per 100 steps (mean of {len(rates)} run{'s' if len(rates) > 1 else ''}).")
+            f"per 100 steps{arithmetic} (mean of {len(rates)} run{'s' if len(rates) > 1 else ''}).")
 
 
 def generated_section(results: Path, command: str) -> str:
