@@ -12,6 +12,7 @@ from pathlib import Path
 from ..io import read_json, write_text
 from ..paper import registry
 from ..paper.registry import EXPERIMENTS
+from ..settings import TrainSettings
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 TABLES = list(EXPERIMENTS)
@@ -107,7 +108,8 @@ def yardstick(results: Path) -> str:
         if metrics.get("iterations") and metrics.get("seconds"):
             rates.append(100 * metrics["seconds"] / metrics["iterations"])
             job = path.with_name("job.json")  # its step arithmetic: a bf16 step is ~2x an fp32 one's speed
-            precisions.add(read_json(job).get("settings", {}).get("precision", "fp32") if job.exists() else None)
+            precisions.add(read_json(job).get("settings", {}).get("precision", TrainSettings.precision)
+                           if job.exists() else None)
     if not rates:
         return ""
     arithmetic = f" in {precisions.pop()}" if len(precisions) == 1 and None not in precisions else ""
