@@ -103,6 +103,11 @@ def _merged(base: dict, over: dict) -> dict:
     return out
 
 
+def yaml_message(path, exc: yaml.YAMLError) -> str:
+    """One line naming the file and the YAML parser's complaint, with its line and column."""
+    return f"{path} is not valid YAML: {' '.join(str(exc).split())}"
+
+
 def read_config(path: str | Path) -> dict:
     """A YAML config file as a mapping; a syntax error names the file and the line."""
     path = Path(path)
@@ -112,7 +117,7 @@ def read_config(path: str | Path) -> dict:
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {' '.join(str(exc).split())}") from None
+        raise ConfigError(yaml_message(path, exc)) from None
     if config is not None and not isinstance(config, dict):
         raise ConfigError(f"{path} must be a YAML mapping of config keys, not a {type(config).__name__}")
     return config or {}

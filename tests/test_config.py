@@ -1,5 +1,6 @@
 """Config validation stops bad input before any job runs, naming the key."""
 import copy
+import os
 import re
 import subprocess
 import sys
@@ -234,3 +235,52 @@ def test_an_override_of_a_data_set_the_table_does_not_train_is_named():
     cfg["table1"]["datasets"] = [d for d in cfg["table1"]["datasets"] if d != "E"]
     with pytest.raises(ConfigError, match=r"table1.train_overrides names data set E, which table1 does not train"):
         validate(cfg, SCHEMA)
+
+
+def test_snakemake_names_the_file_and_line_of_a_yaml_error_in_a_configfile(tmp_path):
+    """Snakemake reads a --configfile before the Snakefile runs and on its own says only "Config file is not
+    valid JSON or YAML"; the hook that ./setup.sh installs (stn/snakemake_errors.py) makes that error name
+    the file, line and column, for the console script and for `python -m snakemake`."""
+    from stn import snakemake_errors
+
+    assert snakemake_errors.pth_path().read_text() == snakemake_errors.PTH_LINE, \
+        "run ./setup.sh: it installs stn-snakemake-errors.pth into the environment"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nresults: [oops\ndevice: cpu\n")
+    script = Path(sys.executable).with_name("snakemake")
+    for command in ([str(script)], [sys.executable, "-m", "snakemake"]):
+        proc = subprocess.run([*command, "-n", "--cores", "1", "--configfile", str(bad)], cwd=ROOT,
+                              capture_output=True, text=True)
+        out = proc.stdout + proc.stderr
+        assert proc.returncode != 0
+        assert re.search(rf'Config file {re.escape(str(bad))} is not valid YAML: .*bad.yaml", line 3, column \d+', out), out
+        assert "snakemake_errors.py" not in out  # the error itself, re-raised: no traceback line of the hook
+    proc = subprocess.run([str(script), "-n", "--cores", "1", "--configfile", str(bad)], cwd=ROOT,
+                          capture_output=True, text=True, env={**os.environ, "STN_SNAKEMAKE_ERRORS": "0"})
+    assert "Config file is not valid JSON or YAML" in proc.stdout + proc.stderr  # Snakemake's own, hook off
+
+
+def test_the_snakemake_hook_wraps_only_the_yaml_error_and_only_in_snakemake(tmp_path):
+    from snakemake.common import configfile
+    from snakemake_interface_common.exceptions import WorkflowError
+
+    from stn.snakemake_errors import naming_the_file, started_as_snakemake
+
+    load = naming_the_file(getattr(configfile._load_configfile, "__wrapped__", configfile._load_configfile))
+    bad = tmp_path / "tabs.yaml"
+    bad.write_text("a:\n\tb: 1\n")
+    with pytest.raises(WorkflowError, match=rf"Config file {re.escape(str(bad))} is not valid YAML: .*line 2"):
+        load(bad)
+    with pytest.raises(FileNotFoundError):  # other errors pass through as Snakemake raises them
+        load(tmp_path / "missing.yaml")
+    listing = tmp_path / "list.yaml"
+    listing.write_text("{not json")
+    with pytest.raises(WorkflowError, match=rf"{re.escape(str(listing))} is not valid YAML: .*line 1"):
+        load(listing)
+    good = tmp_path / "good.yaml"
+    good.write_text("a: {b: 1}\n")
+    assert load(good) == {"a": {"b": 1}}
+    assert started_as_snakemake(["/env/bin/python", "/env/bin/snakemake", "-n"])
+    assert started_as_snakemake(["python3", "-X", "dev", "-m", "snakemake", "--cores", "1"])
+    assert not started_as_snakemake(["python", "-m", "pytest", "snakemake"])
+    assert not started_as_snakemake(["/env/bin/pip", "install", "snakemake"])
