@@ -72,31 +72,6 @@ def test_input_grad_conv_matches_conv2d_in_value_and_every_gradient(padding):
                                     (small, fast.weight, fast.bias))
 
 
-@pytest.mark.parametrize("channels_last", [False, True])
-def test_input_grad_conv_under_bf16_autocast_matches_conv2d_and_returns_fp32_gradients(channels_last):
-    """bf16 training: the convolution in bf16 as autocast runs F.conv2d, the gradients in the parameters' and
-    the input's fp32, within bf16's rounding of the plain layer's (whose input gradient oneDNN computes)."""
-    torch.manual_seed(0)
-    fast = InputGradConv2d(1, 6, 9, padding=2)
-    plain = torch.nn.Conv2d(1, 6, 9, padding=2)
-    plain.load_state_dict(fast.state_dict())
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    x = torch.randn(5, 1, 30, 30).contiguous(memory_format=fmt).requires_grad_()
-    outs = []
-    for conv in (fast.to(memory_format=fmt), plain.to(memory_format=fmt)):
-        conv.zero_grad()
-        x.grad = None
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            y = conv(x)
-        assert y.dtype == torch.bfloat16
-        (y.float() * torch.linspace(-1, 1, y.numel()).reshape(y.shape)).sum().backward()
-        assert x.grad.dtype == conv.weight.grad.dtype == conv.bias.grad.dtype == torch.float32
-        outs.append((y.float().detach(), x.grad.clone(), conv.weight.grad.clone(), conv.bias.grad.clone()))
-    for a, b in zip(*outs):
-        torch.testing.assert_close(a, b, rtol=0.02, atol=0.02 * b.abs().max().item())
-    assert (outs[0][1] - outs[1][1]).abs().max() > 0  # the fold path ran (it rounds differently from oneDNN)
-
-
 def test_he_init_and_standardisation_keep_the_identity_start_and_the_parameter_count():
     inp = input_spec("TC")
     plain = zoo.build("ST-CNN-Aff", inp, 120_000)
