@@ -88,12 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     action.add_argument("--write-pth", action="store_true", help=f"write {PTH_NAME} into this environment")
     action.add_argument("--remove-pth", action="store_true", help=f"remove {PTH_NAME} from this environment")
     args = parser.parse_args(argv)
-    path = pth_path()
     if args.write_pth:
-        if not (path.exists() and path.read_text() == PTH_LINE):
-            path.write_text(PTH_LINE)
+        pth_path().write_text(PTH_LINE)
     else:
-        path.unlink(missing_ok=True)
+        pth_path().unlink(missing_ok=True)
     return 0
 
 
