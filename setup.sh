@@ -19,7 +19,7 @@ fi
 .venv/bin/python -m pip install -q --no-build-isolation -e ".[test]"
 # Snakemake reads a --configfile before the Snakefile and words a YAML error without file or line: this hook
 # (stn/snakemake_errors.py, a .pth in .venv's site-packages) makes that error name both.
-.venv/bin/python -m stn.snakemake_errors --write-pth
+.venv/bin/stn snakemake-hook >/dev/null
 # The CUDA kernels compile wherever nvcc exists, GPU or not; without nvcc only the C++ kernel is built.
 if [ -z "${CUDA_HOME:-}" ] && [ -x /usr/local/cuda/bin/nvcc ]; then export CUDA_HOME=/usr/local/cuda; fi
 .venv/bin/python -m stn.ops.build --quiet

@@ -152,6 +152,13 @@ def cmd_build_ext(a) -> None:
         Path(a.stamp).write_text(json.dumps({"loaded": extension.state().loaded, "cuda": extension.state().has_cuda}) + "\n")
 
 
+def cmd_snakemake_hook(a) -> None:
+    from .snakemake_errors import set_installed
+
+    path = set_installed(not a.remove)
+    print(f"{'removed' if a.remove else 'wrote'} {path}")
+
+
 def cmd_readme(a) -> None:
     from .report.readme import update_readme
 
@@ -307,6 +314,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("configs", nargs="+", help="config files, each complete on its own (copy one of config/*.yaml)")
     s.add_argument("--schema", default="workflow/schemas/config.schema.json", help="the assembled config schema")
     s.set_defaults(fn=cmd_check_config)
+
+    s = sub.add_parser("snakemake-hook", help="install the hook that makes Snakemake name the file and line of a YAML "
+                       "error in a --configfile (./setup.sh runs it)", epilog="example: stn snakemake-hook --remove")
+    s.add_argument("--remove", action="store_true", help="remove the hook from this environment instead")
+    s.set_defaults(fn=cmd_snakemake_hook)
 
     s = sub.add_parser("readme", help="copy a finished run's tables and timings into the README",
                        epilog="example: stn readme --results results --readme README.md")

@@ -8,8 +8,8 @@ which file and where (the message `stn check-config` gives): "/path/my.yaml is n
 parsing a flow sequence in "<file>", line 3, column 13 ...". Any other error passes through unchanged.
 
 It runs at interpreter start-up from `stn-snakemake-errors.pth`, which `./setup.sh` writes into the
-environment's site-packages (`python -m stn.snakemake_errors --write-pth` writes it, `--remove-pth`
-removes it); in any process not started as `snakemake` or `python -m snakemake` it does nothing, and it
+environment's site-packages (`stn snakemake-hook` writes it, `stn snakemake-hook --remove` removes it;
+not `python -m` this module, which the .pth has already imported); in any process not started as `snakemake` or `python -m snakemake` it does nothing, and it
 imports nothing until then. Where Snakemake's loader has another name or shape (another major
 version), it leaves Snakemake alone.
 """
@@ -79,21 +79,11 @@ def pth_path() -> Path:
     return Path(sysconfig.get_paths()["purelib"]) / PTH_NAME
 
 
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m stn.snakemake_errors", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    action = parser.add_mutually_exclusive_group(required=True)
-    action.add_argument("--write-pth", action="store_true", help=f"write {PTH_NAME} into this environment")
-    action.add_argument("--remove-pth", action="store_true", help=f"remove {PTH_NAME} from this environment")
-    args = parser.parse_args(argv)
-    if args.write_pth:
-        pth_path().write_text(PTH_LINE)
+def set_installed(on: bool) -> Path:
+    """Write (or remove) the .pth that runs `install()` at start-up in this environment; returns its path."""
+    path = pth_path()
+    if on:
+        path.write_text(PTH_LINE)
     else:
-        pth_path().unlink(missing_ok=True)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        path.unlink(missing_ok=True)
+    return path

@@ -284,3 +284,14 @@ def test_the_snakemake_hook_wraps_only_the_yaml_error_and_only_in_snakemake(tmp_
     assert started_as_snakemake(["python3", "-X", "dev", "-m", "snakemake", "--cores", "1"])
     assert not started_as_snakemake(["python", "-m", "pytest", "snakemake"])
     assert not started_as_snakemake(["/env/bin/pip", "install", "snakemake"])
+
+
+def test_stn_snakemake_hook_writes_and_removes_the_pth(tmp_path, monkeypatch, capsys):
+    from stn import snakemake_errors
+    from stn.cli import main
+
+    pth = tmp_path / snakemake_errors.PTH_NAME
+    monkeypatch.setattr(snakemake_errors, "pth_path", lambda: pth)
+    assert main(["snakemake-hook"]) == 0 and pth.read_text() == snakemake_errors.PTH_LINE
+    assert main(["snakemake-hook", "--remove"]) == 0 and not pth.exists()
+    assert f"removed {pth}" in capsys.readouterr().out
