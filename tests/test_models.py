@@ -72,6 +72,31 @@ def test_input_grad_conv_matches_conv2d_in_value_and_every_gradient(padding):
                                     (small, fast.weight, fast.bias))
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_input_grad_conv_under_bf16_autocast_matches_conv2d_and_returns_fp32_gradients(channels_last):
+    """bf16 training: the convolution in bf16 as autocast runs F.conv2d, the gradients in the parameters' and
+    the input's fp32, within bf16's rounding of the plain layer's (whose input gradient oneDNN computes)."""
+    torch.manual_seed(0)
+    fast = InputGradConv2d(1, 6, 9, padding=2)
+    plain = torch.nn.Conv2d(1, 6, 9, padding=2)
+    plain.load_state_dict(fast.state_dict())
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(5, 1, 30, 30).contiguous(memory_format=fmt).requires_grad_()
+    outs = []
+    for conv in (fast.to(memory_format=fmt), plain.to(memory_format=fmt)):
+        conv.zero_grad()
+        x.grad = None
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = conv(x)
+        assert y.dtype == torch.bfloat16
+        (y.float() * torch.linspace(-1, 1, y.numel()).reshape(y.shape)).sum().backward()
+        assert x.grad.dtype == conv.weight.grad.dtype == conv.bias.grad.dtype == torch.float32
+        outs.append((y.float().detach(), x.grad.clone(), conv.weight.grad.clone(), conv.bias.grad.clone()))
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b, rtol=0.02, atol=0.02 * b.abs().max().item())
+    assert (outs[0][1] - outs[1][1]).abs().max() > 0  # the fold path ran (it rounds differently from oneDNN)
+
+
 def test_he_init_and_standardisation_keep_the_identity_start_and_the_parameter_count():
     inp = input_spec("TC")
     plain = zoo.build("ST-CNN-Aff", inp, 120_000)
@@ -121,3 +146,59 @@ def test_transform_stats_reads_the_first_transformer_of_a_sequence_net():
     stats = transform_stats(net, torch.zeros(3, 1, 64, 64, dtype=torch.uint8).numpy())
     assert stats["zoom"] == pytest.approx(0.25) and stats["shift"] == pytest.approx(0.6)
     assert transform_stats(svhn.build("CNN", 1, 64, width=0.1667, fc=16), torch.zeros(2, 1, 64, 64).numpy()) == {}
+
+
+def _unfused(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of `model` with each `relu_max_pool()` pair back as nn.ReLU(inplace=True), nn.MaxPool2d(2)."""
+    import copy
+
+    from stn.models.conv import ReLUMaxPool2d
+
+    model = copy.deepcopy(model)
+    for parent in list(model.modules()):
+        names = list(parent._modules)
+        for before, name in zip(names, names[1:]):
+            if isinstance(parent._modules[name], ReLUMaxPool2d):
+                assert isinstance(parent._modules[before], torch.nn.Identity)
+                parent._modules[before] = torch.nn.ReLU(inplace=True)
+                parent._modules[name] = torch.nn.MaxPool2d(2)
+    return model
+
+
+@pytest.mark.parametrize("table,dataset,name", [("table1", "TC", "CNN"), ("table1", "RTS", "ST-CNN-Aff"),
+                                                ("table2", "SEQ64", "ST-CNN-Single"), ("table3", "PARTS48", "CNN")])
+def test_fused_relu_max_pool_models_train_bit_for_bit_as_the_two_layers(table, dataset, name):
+    """The CNNs' ReLU + 2x2 max-pool pairs run as one op (stn.ops.relu_max_pool2d): same state_dict keys as the
+    two layers had, and under bf16 autocast in channels-last (the default run's steps) the same logits and the
+    same gradient in every parameter, bit for bit."""
+    from stn.ops import available_impls
+    from stn.train import classification_loss
+
+    if available_impls("cpu")["cpp"] is not None:
+        pytest.skip("the C++ extension is not built")
+    torch.manual_seed(0)
+    if table == "table1":
+        model, size, channels = zoo.build(name, input_spec(dataset), 60_000).model, input_spec(dataset).size, 1
+    elif table == "table2":
+        from stn.experiments import multidigit
+
+        net = {"width": 0.1667, "fc": 32, "loc_filters": 8, "dropout": 0.0, "init": "he"}
+        model, size, channels = multidigit.build_model(dataset, name, net, 0), 64, 1
+    else:
+        from stn.experiments import finegrained
+
+        model, size, channels = finegrained.build_model(dataset, name, {"backbone": "small", "width": 8, "loc_channels": 8,
+                                                                        "loc_fc": 16, "dropout": 0.0}, 0), 48, 1
+    reference = _unfused(model)
+    assert list(model.state_dict()) == list(reference.state_dict())
+    x = torch.rand(4, channels, size, size).contiguous(memory_format=torch.channels_last)
+    for m in (model, reference):
+        m.train().to(memory_format=torch.channels_last)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = m(x)
+        target = torch.zeros(logits.shape[:-1], dtype=torch.long)
+        classification_loss(logits.float(), target).backward()
+        m.logits = logits
+    assert torch.equal(model.logits, reference.logits)
+    for (key, p), q in zip(model.named_parameters(), reference.parameters()):
+        assert torch.equal(p.grad, q.grad), key

@@ -251,3 +251,60 @@ def test_cuda_dtypes_match_reference(dtype):
     torch.testing.assert_close(out.double(), ref, atol=tol, rtol=tol)
     out.float().sum().backward()
     assert xx.grad.dtype == dtype and torch.isfinite(xx.grad.float()).all()
+
+
+# ---- relu_max_pool2d: ReLU + 2x2 max pooling in one op ------------------------------------------------------
+
+def _pool_inputs(dtype, channels_last, shape):
+    """Integers in [-3, 3]: most windows hold ties (the first maximum must win), many are all <= 0."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(-3, 4, shape, generator=g).to(dtype)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("shape", [(3, 5, 9, 8), (2, 39, 12, 13), (2, 1, 7, 7), (1, 3, 2, 2)])
+def test_relu_max_pool2d_matches_aten_bitwise(dtype, channels_last, shape):
+    require("cpp")
+    x = _pool_inputs(dtype, channels_last, shape)
+    ours, theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y = ops.relu_max_pool2d(ours, impl="cpp")
+    ref = F.max_pool2d(F.relu(theirs), 2)
+    assert y.shape == (shape[0], shape[1], shape[2] // 2, shape[3] // 2) and y.dtype == dtype
+    assert y.is_contiguous(memory_format=torch.channels_last if channels_last and shape[1] > 1 else torch.contiguous_format)
+    g = torch.randn(y.shape, generator=torch.Generator().manual_seed(1)).to(dtype)
+    y.backward(g)
+    ref.backward(g)
+    assert torch.equal(y, ref)
+    assert torch.equal(ours.grad, theirs.grad)  # the same input of each tied window, nothing where max <= 0
+    if shape[2] % 2:
+        assert not ours.grad[:, :, -1].any()  # the dropped odd row
+
+
+def test_relu_max_pool2d_nan_propagates_and_reference_path():
+    require("cpp")
+    x = torch.tensor([[[[1.0, float("nan")], [2.0, 3.0]]]], requires_grad=True)
+    y = ops.relu_max_pool2d(x, impl="cpp")
+    assert torch.isnan(y).all()
+    y.sum().backward()
+    assert x.grad.tolist() == [[[[0.0, 1.0], [0.0, 0.0]]]]
+    z = torch.randn(2, 3, 6, 6)
+    assert torch.equal(ops.relu_max_pool2d(z, impl="reference"), F.max_pool2d(F.relu(z), 2))
+    with pytest.raises(ValueError, match=r"\(N, C, H, W\) with H, W >= 2"):
+        ops.relu_max_pool2d(torch.zeros(1, 1, 1, 4))
+
+
+def test_relu_max_pool2d_op_registration():
+    """Schemas, fake (meta) kernels and autograd as torch.library.opcheck sees them; the fake kernel's layout
+    is the CPU kernel's."""
+    require("cpp")
+    x = torch.randn(2, 3, 6, 5).contiguous(memory_format=torch.channels_last)
+    torch.library.opcheck(torch.ops.stn.relu_max_pool2d_forward.default, (x,))
+    out, which = torch.ops.stn.relu_max_pool2d_forward(x)
+    torch.library.opcheck(torch.ops.stn.relu_max_pool2d_backward.default, (torch.randn_like(out), which, [2, 3, 6, 5]))
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode() as mode:
+        fake_out, fake_which = torch.ops.stn.relu_max_pool2d_forward(mode.from_tensor(x))
+    assert fake_out.stride() == out.stride() and fake_which.dtype == torch.uint8

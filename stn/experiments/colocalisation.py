@@ -28,7 +28,7 @@ from . import load_weights, run_records, tracker, write_metrics
 from .. import ops
 from ..data import distort
 from ..io import read_json, save_npz, write_json, write_text
-from ..models.conv import conv_valid
+from ..models.conv import InputGradConv2d, conv_valid
 from ..modules import SpatialTransformer, Standardise
 from ..paper import registry
 from ..settings import ENCODER_RUN, PRECISIONS
@@ -197,6 +197,11 @@ class Encoder(nn.Module):
         self.names = list(names) if names is not None else [str(i) for i in range(len(cnns))]
         self.precision = precision
         self.eval().requires_grad_(False)
+        # under bf16, the crops' gradient through oneDNN's kernel as before: the fold's rounding (a third faster)
+        # localised TC's class 1 58% instead of 97% (session 33, docs/CHOICES.md bf16 section)
+        for layer in self.modules():
+            if isinstance(layer, InputGradConv2d):
+                layer.fold_under_autocast = False
 
     def largest(self, only: tuple[int, ...] | None = None) -> int:
         """The largest canvas (side in pixels) among the CNNs `only` (all: None): 60 with TC's CNN, else 28."""

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from ..modules import SpatialTransformer, avg_pool
 from ..transforms import Attention
+from .conv import relu_max_pool
 
 MODELS = ("CNN", "2xST-CNN", "4xST-CNN")
 BACKBONES = ("small", "googlenet")
@@ -57,8 +58,8 @@ class SmallBackbone(nn.Module):
         layers, c = [], channels
         for i in range(SMALL_STAGES):
             w = width * 2 ** i
-            layers += [nn.Conv2d(c, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True)]
-            layers += [nn.MaxPool2d(2)] if i < SMALL_STAGES - 1 else []
+            layers += [nn.Conv2d(c, w, 3, padding=1, bias=False), nn.BatchNorm2d(w)]
+            layers += relu_max_pool() if i < SMALL_STAGES - 1 else [nn.ReLU(inplace=True)]
             c = w
         self.features = nn.Sequential(*layers)
         self.out_features = c

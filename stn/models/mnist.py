@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from ..modules import AvgPool, SpatialTransformer, Standardise, initialise
 from ..transforms import make_transform
-from .conv import InputGradConv2d
+from .conv import InputGradConv2d, relu_max_pool
 
 FCN_WIDTHS = (128, 256)  # the paper's range of units per layer
 CNN_WIDTHS = (32, 64)  # the paper's range of filters per layer
@@ -86,11 +86,9 @@ def cnn(channels: int, size: int, c1: int, c2: int, classes: int) -> nn.Sequenti
     p1, p2, out = _cnn_spatial(size)
     return nn.Sequential(
         InputGradConv2d(channels, c1, 9, padding=p1),
-        nn.ReLU(inplace=True),
-        nn.MaxPool2d(2),
+        *relu_max_pool(),
         nn.Conv2d(c1, c2, 7, padding=p2),
-        nn.ReLU(inplace=True),
-        nn.MaxPool2d(2),
+        *relu_max_pool(),
         nn.Flatten(),
         nn.Linear(c2 * out * out, classes),
     )
@@ -115,8 +113,7 @@ def loc_cnn(channels: int, size: int) -> tuple[nn.Module, int]:
     net = nn.Sequential(
         AvgPool(2),
         nn.Conv2d(channels, 20, 5),
-        nn.ReLU(inplace=True),
-        nn.MaxPool2d(2),
+        *relu_max_pool(),
         nn.Conv2d(20, 20, 5),
         nn.ReLU(inplace=True),
         nn.Flatten(),

@@ -17,6 +17,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from ..modules import SpatialTransformer, initialise
+from .conv import relu_max_pool
 
 PAPER_WIDTHS = (48, 64, 128, 160, 192, 192, 192, 192)
 PAPER_FC = 3072
@@ -33,7 +34,7 @@ def _fc_loc(channels: int, size: int, hidden: int = 32) -> tuple[nn.Module, int]
 
 def _conv_loc(channels: int, size: int, filters: int, hidden: int = 32) -> tuple[nn.Module, int]:
     return nn.Sequential(
-        nn.Conv2d(channels, filters, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+        nn.Conv2d(channels, filters, 5, padding=2), *relu_max_pool(),
         nn.Conv2d(filters, filters, 5, padding=2), nn.ReLU(inplace=True), nn.Flatten(),
         nn.Linear(filters * (size // 2) ** 2, hidden), nn.ReLU(inplace=True),
         nn.Linear(hidden, hidden), nn.ReLU(inplace=True)), hidden
@@ -55,10 +56,12 @@ class SequenceNet(nn.Module):
             if (transformers == "single" and i == 0) or (transformers == "multi" and i < MULTI_STS):
                 loc, feats = _conv_loc(c, s, loc_filters) if transformers == "single" else _fc_loc(c, s)
                 self.sts[str(i)] = SpatialTransformer(loc, feats, "affine", out_size=(s, s))
-            layer = [nn.Conv2d(c, w, 5, padding=2), nn.ReLU(inplace=True)]
+            layer = [nn.Conv2d(c, w, 5, padding=2)]
             if i in POOL_AFTER:
-                layer.append(nn.MaxPool2d(2))
+                layer += relu_max_pool()
                 s //= 2
+            else:
+                layer.append(nn.ReLU(inplace=True))
             if i > 0:
                 layer.append(nn.Dropout(dropout))
             self.convs.append(nn.Sequential(*layer))

@@ -20,17 +20,19 @@ import os
 import warnings
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from . import extension, registration
 from .reference import sample_reference
 
-__all__ = ["sample", "transform_sample", "affine_sample", "resolve_impl", "available_impls", "IMPLS", "MODES"]
+__all__ = ["sample", "transform_sample", "affine_sample", "relu_max_pool2d", "resolve_impl", "available_impls", "IMPLS", "MODES"]
 
 IMPLS = ("reference", "cpp", "cuda")
 MODES = {"bilinear": 0, "nearest": 1}
 ENV_VAR = "STN_SAMPLER"
 FUSED_CPU_DTYPES = (torch.float32, torch.float64)
+POOL_CPU_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
 _warned: set[str] = set()
 
 
@@ -156,3 +158,19 @@ def transform_sample(input: Tensor, transform, theta: Tensor, out_size, mode: st
                          f"and out_size {tuple(out_size)}")
     # The matrix has the shape the op needs by construction; the op itself checks the batch sizes.
     return _affine_sample(input, matrix, [int(s) for s in out_size], align_corners, chosen)
+
+
+def relu_max_pool2d(input: Tensor, impl: str = "auto") -> Tensor:
+    """ReLU, then 2×2 max pooling with stride 2 (no padding, an odd last row or column dropped): (N, C, H, W) ->
+    (N, C, H // 2, W // 2), values and gradients bit for bit those of `F.max_pool2d(F.relu(input), 2)`.
+
+    The compiled CPU kernel ("cpp", for float32, float64 and bfloat16) does it in one pass each way
+    (csrc/cpu/relu_max_pool.cpp); elsewhere (CUDA, other dtypes, impl="reference") it is that pair of ATen calls.
+
+        y = relu_max_pool2d(torch.randn(64, 39, 52, 52))  # (64, 39, 26, 26)
+    """
+    if input.dim() != 4 or input.shape[-1] < 2 or input.shape[-2] < 2:
+        raise ValueError(f"stn.relu_max_pool2d: input must be (N, C, H, W) with H, W >= 2, got {tuple(input.shape)}")
+    if resolve_impl(impl, input.device) != "cpp" or input.dtype not in POOL_CPU_DTYPES:
+        return F.max_pool2d(F.relu(input), 2)
+    return registration.ReLUMaxPool2dFunction.apply(input)

@@ -61,6 +61,39 @@ def differentiable(name: str) -> Callable:
     return _functions[name]
 
 
+class ReLUMaxPool2dFunction(torch.autograd.Function):
+    """stn::relu_max_pool2d_forward with its backward: the forward's uint8 map of winners is all it keeps."""
+
+    @staticmethod
+    def forward(ctx, input):
+        out, which = torch.ops.stn.relu_max_pool2d_forward(input)
+        ctx.save_for_backward(which)
+        ctx.input_size = list(input.shape)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (which,) = ctx.saved_tensors
+        return torch.ops.stn.relu_max_pool2d_backward(grad_output, which, ctx.input_size)
+
+
+def _format_of(t) -> torch.memory_format:
+    last = t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+    return torch.channels_last if last else torch.contiguous_format
+
+
+def _register_pool_fakes() -> None:
+    @torch.library.register_fake("stn::relu_max_pool2d_forward")
+    def _forward_fake(input):
+        n, c, h, w = input.shape
+        out = input.new_empty((n, c, h // 2, w // 2)).contiguous(memory_format=_format_of(input))
+        return out, torch.empty_like(out, dtype=torch.uint8)
+
+    @torch.library.register_fake("stn::relu_max_pool2d_backward")
+    def _backward_fake(grad_output, which, input_size):
+        return grad_output.new_empty(input_size).contiguous(memory_format=_format_of(which))
+
+
 def register() -> None:
     global _done
     if _done:
@@ -74,3 +107,4 @@ def register() -> None:
         "affine_sample",
         lambda input, theta, out_size, align_corners: input.new_empty((input.shape[0], input.shape[1], *out_size)),
     )
+    _register_pool_fakes()

@@ -213,6 +213,9 @@ TORCH_LIBRARY(stn, m) {
   m.def(
       "affine_sample_backward(Tensor grad_output, Tensor input, Tensor theta, int[] out_size, bool align_corners, "
       "bool input_grad, bool theta_grad) -> (Tensor, Tensor)");
+  // relu_max_pool.cpp: ReLU then 2x2 max pooling; `which` is the forward's uint8 map of the winning inputs
+  m.def("relu_max_pool2d_forward(Tensor input) -> (Tensor, Tensor)");
+  m.def("relu_max_pool2d_backward(Tensor grad_output, Tensor which, int[] input_size) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(stn, CPU, m) {
