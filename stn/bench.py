@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import importlib
 import math
 import os
@@ -41,6 +40,7 @@ import torch.nn.functional as F
 os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # the CPU memory trace would otherwise log to stderr
 
 from . import ops
+from .train import keep_freed_memory
 from .transforms import Affine, Affine3D
 
 
@@ -222,22 +222,6 @@ def ratio_setup(prog: str, description: str, argv: list[str] | None) -> tuple[ar
     device = torch.device(args.device)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     return args, device, where
-
-
-def keep_freed_memory() -> bool:
-    """Tell glibc's malloc to keep freed memory in the process (no trimming, no mmap per large block).
-
-    Without it each call's fresh tensors (a few MB) were, in some runs and not others, new pages
-    from the kernel: ~1,400 page faults per baseline fwd+bwd at 256x1x60x60, whose time then varied
-    2.2-5.1 ms from run to run while the kernels' own cost did not change. A training loop that
-    allocates the same sizes every step runs warm the same way. False where there is no glibc.
-    """
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    return bool(mallopt(m_mmap_threshold, 1 << 30)) and bool(mallopt(m_trim_threshold, 1 << 30))
 
 
 @contextlib.contextmanager

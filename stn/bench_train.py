@@ -17,7 +17,8 @@ import argparse
 import statistics
 import torch
 
-from .bench import call_times, keep_freed_memory
+from .bench import call_times
+from .train import keep_freed_memory
 
 MODES = {"cpu": ("none", "default"), "cuda": ("none", "reduce-overhead")}
 

@@ -94,11 +94,13 @@ def cmd_run(a) -> None:
 
     from .experiments import code_version, module
     from .io import read_json
+    from .train import keep_freed_memory
 
     code_version()  # hashed now, of the code this process loaded, not of edits made while it trains
     # Snakemake stops jobs with SIGTERM: turn it into an exception so the MLflow run ends FAILED.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(SystemExit("terminated (SIGTERM)")))
     torch.set_num_threads(a.threads)
+    keep_freed_memory()
     job = read_json(a.job)
     if job["settings"].get("device", "auto") != "cpu" and torch.cuda.is_available() and torch.cuda.device_count() > 1:
         from . import gpus
