@@ -1,8 +1,10 @@
-"""`python -m stn.bench pool`: stn.modules.avg_pool against torch's F.avg_pool2d / avg_pool3d.
+"""`python -m stn.bench pool`: stn.modules.avg_pool against torch's F.avg_pool2d / avg_pool3d, and
+stn.ops.relu_max_pool2d (ReLU and 2×2 max pooling in one op) against F.max_pool2d(F.relu(x), 2).
 
-Every case is a pooling the models run (their batch sizes: 64 in the default config, 256 in the paper's):
-forward, and forward+backward with the input's gradient. Each time is the fastest of `--repeats` calls;
-the ratio is torch's time over ours, measured in the same run (> 1: ours is faster).
+Every case is a pooling the models run (their batch sizes: 64 in the default config, 256 in the paper's; the
+max-pooling cases in the dtype and layout of the default run's steps): forward, and forward+backward with the
+input's gradient. Each time is the fastest of `--repeats` calls; the ratio is torch's time over ours, measured in
+the same run (> 1: ours is faster).
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import statistics
 import torch
 import torch.nn.functional as F
 
+from . import ops
 from .bench import fastest, ratio_setup
 from .modules import avg_pool
 
@@ -27,10 +30,33 @@ CASES = [
 ]
 
 
+# (what pools it, input shape, channels-last, dtype): the conv blocks of the default run's CNNs
+MAX_CASES = [
+    ("TC CNN conv1, bf16", (64, 39, 52, 52), True, torch.bfloat16),
+    ("RTS CNN conv1, bf16", (64, 39, 34, 34), True, torch.bfloat16),
+    ("ST-CNN loc net, TC, bf16", (64, 20, 26, 26), True, torch.bfloat16),
+    ("SEQ128 conv1, bf16", (32, 8, 128, 128), True, torch.bfloat16),
+    ("PARTS96 backbone, bf16", (32, 16, 96, 96), False, torch.bfloat16),
+    ("Table 5 e(), TC CNN, fp32", (100, 39, 36, 36), False, torch.float32),
+]
+
+
+def _row(name: str, layout: str, x, theirs, ours, device, repeats: int) -> list[float]:
+    """Print one case's times (fwd and fwd+bwd, torch's and ours) and return its two ratios."""
+    leaf = x.detach().requires_grad_()
+    grad = torch.ones_like(theirs(x))
+    row = [fastest(lambda: f(x), device, repeats) for f in (theirs, ours)]
+    row += [fastest(lambda: torch.autograd.grad(f(leaf), leaf, grad), device, repeats) for f in (theirs, ours)]
+    print(f"{name:<34} {layout:<22} {row[0] * 1e3:>10.3f} {row[1] * 1e3:>8.3f} {row[0] / row[1]:>6.2f} "
+          f"{row[2] * 1e3:>14.3f} {row[3] * 1e3:>8.3f} {row[2] / row[3]:>6.2f}", flush=True)
+    return [row[0] / row[1], row[2] / row[3]]
+
+
 def main(argv: list[str] | None = None) -> int:
     args, device, where = ratio_setup("python -m stn.bench pool", __doc__, argv)
-    print(f"== {where}: average pooling, ms = fastest of {args.repeats} calls; x = torch's ms / ours (> 1: faster)")
-    header = f"{'case':<34} {'input':<22} {'k':>2} {'fwd torch':>10} {'ours':>8} {'x':>6} {'fwd+bwd torch':>14} {'ours':>8} {'x':>6}"
+    header = f"{'case':<34} {'input':<22} {'fwd torch':>10} {'ours':>8} {'x':>6} {'fwd+bwd torch':>14} {'ours':>8} {'x':>6}"
+    print(f"== {where}: average pooling (k in the input column), ms = fastest of {args.repeats} calls; "
+          f"x = torch's ms / ours (> 1: faster)")
     print(header + "\n" + "-" * len(header), flush=True)
     ratios = []
     for name, shape, k, channels_last in CASES:
@@ -38,16 +64,16 @@ def main(argv: list[str] | None = None) -> int:
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         torch_pool = F.avg_pool2d if x.dim() == 4 else F.avg_pool3d
-        leaf = x.detach().requires_grad_()
-        grad = torch.ones_like(torch_pool(x, k))
-        row = []
-        for pool in (torch_pool, avg_pool):
-            row.append(fastest(lambda: pool(x, k), device, args.repeats))
-        for pool in (torch_pool, avg_pool):
-            row.append(fastest(lambda: torch.autograd.grad(pool(leaf, k), leaf, grad), device, args.repeats))
-        ratios += [row[0] / row[1], row[2] / row[3]]
+        layout = "x".join(map(str, shape)) + (" CL" if channels_last else "") + f" k{k}"
+        ratios += _row(name, layout, x, lambda t: torch_pool(t, k), lambda t: avg_pool(t, k), device, args.repeats)
+    if MAX_CASES:
+        print(f"== ReLU + 2×2 max pooling: F.max_pool2d(F.relu(x), 2) against stn.ops.relu_max_pool2d")
+        print(header + "\n" + "-" * len(header), flush=True)
+    for name, shape, channels_last, dtype in MAX_CASES:
+        x = torch.randn(shape, device=device).to(dtype)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         layout = "x".join(map(str, shape)) + (" CL" if channels_last else "")
-        print(f"{name:<34} {layout:<22} {k:>2} {row[0] * 1e3:>10.3f} {row[1] * 1e3:>8.3f} {row[0] / row[1]:>6.2f} "
-              f"{row[2] * 1e3:>14.3f} {row[3] * 1e3:>8.3f} {row[2] / row[3]:>6.2f}", flush=True)
+        ratios += _row(name, layout, x, lambda t: F.max_pool2d(F.relu(t), 2), ops.relu_max_pool2d, device, args.repeats)
     print(f"geometric mean speed-up {statistics.geometric_mean(ratios):.2f}x over {len(ratios)} measurements")
     return 0
