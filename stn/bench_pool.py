@@ -1,5 +1,6 @@
 """`python -m stn.bench pool`: stn.modules.avg_pool against torch's F.avg_pool2d / avg_pool3d, and
-stn.ops.relu_max_pool2d (ReLU and 2×2 max pooling in one op) against F.max_pool2d(F.relu(x), 2).
+stn.ops.relu_max_pool2d (ReLU and 2×2 max pooling in one op) against F.max_pool2d(F.relu(x), 2), and
+stn.ops.fold (col2im into float32, the end of an ST-CNN's conv1 input gradient) against F.fold(columns.float()).
 
 Every case is a pooling the models run (their batch sizes: 64 in the default config, 256 in the paper's; the
 max-pooling cases in the dtype and layout of the default run's steps): forward, and forward+backward with the
@@ -41,6 +42,14 @@ MAX_CASES = [
 ]
 
 
+# (what folds, columns (N, C·k², L), output side, kernel, padding): InputGradConv2d's chunks in the default run (bf16)
+FOLD_CASES = [
+    ("R/P/E ST-CNN conv1", (32, 81, 20 * 20), 28, 9, 0),
+    ("RTS ST-CNN conv1 (pooled, padded)", (29, 81, 21 * 21), 21, 9, 4),
+    ("TC ST-CNN conv1 (pooled)", (32, 81, 22 * 22), 30, 9, 0),
+]
+
+
 def _input(shape: tuple[int, ...], channels_last: bool, make) -> tuple[torch.Tensor, str]:
     """A case's input, `make(shape)`, in its layout, and the input column's label."""
     x = make(shape)
@@ -77,5 +86,15 @@ def main(argv: list[str] | None = None) -> int:
     for name, shape, channels_last, dtype in MAX_CASES:
         x, layout = _input(shape, channels_last, lambda s: torch.randn(s, device=device).to(dtype))
         ratios += _row(name, layout, x, lambda t: F.max_pool2d(F.relu(t), 2), ops.relu_max_pool2d, device, args.repeats)
+    if FOLD_CASES:
+        print("== col2im into float32 of bf16 columns: F.fold(columns.float()) against stn.ops.fold (no backward)")
+        print(f"{'case':<34} {'columns':<22} {'torch':>10} {'ours':>8} {'x':>6}", flush=True)
+    for name, shape, side, k, pad in FOLD_CASES:
+        cols = torch.randn(shape, device=device).to(torch.bfloat16)
+        row = [fastest(lambda: f(cols), device, args.repeats) for f in (
+            lambda c: F.fold(c.float(), (side, side), k, padding=pad), lambda c: ops.fold(c, (side, side), (k, k), (pad, pad)))]
+        print(f"{name:<34} {'x'.join(map(str, shape)):<22} {row[0] * 1e3:>10.3f} {row[1] * 1e3:>8.3f} "
+              f"{row[0] / row[1]:>6.2f}", flush=True)
+        ratios.append(row[0] / row[1])
     print(f"geometric mean speed-up {statistics.geometric_mean(ratios):.2f}x over {len(ratios)} measurements")
     return 0

@@ -137,18 +137,22 @@ def test_pool_benchmark_prints_ratios_against_torch_for_every_case(capsys, monke
 
     monkeypatch.setattr(bench_pool, "CASES", [("small", (2, 1, 8, 8), 2, False), ("small CL", (2, 3, 4, 4), 2, True)])
     monkeypatch.setattr(bench_pool, "MAX_CASES", [("small max", (2, 3, 6, 6), True, torch.bfloat16)])
-    times = iter([4e-3, 1e-3, 9e-3, 3e-3] * 3)  # per case: torch fwd, ours fwd, torch fwd+bwd, ours fwd+bwd
+    monkeypatch.setattr(bench_pool, "FOLD_CASES", [("small fold", (2, 2 * 9, 4 * 4), 6, 3, 0)])
+    # per pooling case: torch fwd, ours fwd, torch fwd+bwd, ours fwd+bwd; then the fold's torch and ours
+    times = iter([4e-3, 1e-3, 9e-3, 3e-3] * 3 + [6e-3, 1e-3])
     results = []
     monkeypatch.setattr(bench_pool, "fastest", lambda fn, device, repeats: (results.append(fn()), next(times))[-1])
     assert bench.main(["pool", "--repeats", "2"]) == 0
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith("small")]
-    assert "2x1x8x8 k2" in rows[0] and "2x3x4x4 CL k2" in rows[1] and "2x3x6x6 CL" in rows[2] and len(results) == 12
-    for r in rows:
+    assert "2x1x8x8 k2" in rows[0] and "2x3x4x4 CL k2" in rows[1] and "2x3x6x6 CL" in rows[2] and len(results) == 14
+    for r in rows[:3]:
         assert r.split()[-6:] == ["4.000", "1.000", "4.00", "9.000", "3.000", "3.00"]
-    assert "geometric mean speed-up 3.46x over 6 measurements" in out
+    assert "2x18x16" in rows[3] and rows[3].split()[-3:] == ["6.000", "1.000", "6.00"]
+    assert "geometric mean speed-up 3.75x over 7 measurements" in out
     # the max-pooling case compares the same function: torch's pair and the fused op, forward and gradient
     assert torch.equal(results[8], results[9]) and torch.equal(results[10][0], results[11][0])
+    assert results[12].shape == (2, 2, 6, 6) and torch.equal(results[12], results[13])  # the fold: the same map
 
 
 def test_grid_benchmark_prints_ratios_against_the_autograd_reference(capsys, monkeypatch):

@@ -309,3 +309,36 @@ def test_relu_max_pool2d_op_registration():
     with FakeTensorMode() as mode:
         fake_out, fake_which = torch.ops.stn.relu_max_pool2d_forward(mode.from_tensor(x))
     assert fake_out.stride() == out.stride() and fake_which.dtype == torch.uint8
+
+
+# ---- fold: col2im into float32 or wider, the last step of InputGradConv2d's input gradient --------------------
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float64])
+@pytest.mark.parametrize("channels, size, kernel, padding", [
+    (1, (28, 28), (9, 9), (0, 0)),  # R's ST-CNN conv1
+    (1, (21, 21), (9, 9), (4, 4)),  # pooled RTS: 'same' padding
+    (2, (13, 40), (5, 3), (1, 2)),  # rectangular, several channels, wider than a vector
+    (1, (9, 9), (9, 9), (0, 0)),  # one column position
+])
+def test_fold_matches_aten_bitwise(dtype, channels, size, kernel, padding):
+    """The kernel sums each element's column entries in ATen's order, so it equals F.fold of the columns widened to
+    float32 (float64 for float64) bit for bit, not only to rounding."""
+    require("cpp")
+    oh, ow = (size[i] + 2 * padding[i] - kernel[i] + 1 for i in range(2))
+    g = torch.Generator().manual_seed(0)
+    cols = torch.randn(3, channels * kernel[0] * kernel[1], oh * ow, generator=g).mul(1e3 ** torch.rand(1, generator=g)).to(dtype)
+    out = ops.fold(cols, size, kernel, padding, impl="cpp")
+    ref = F.fold(cols.to(torch.promote_types(dtype, torch.float32)), size, kernel, padding=padding)
+    assert out.dtype == ref.dtype and out.shape == (3, channels, *size)
+    assert torch.equal(out, ref)
+    assert torch.equal(ops.fold(cols, size, kernel, padding, impl="reference"), ref)
+
+
+def test_fold_checks_and_registration():
+    require("cpp")
+    with pytest.raises(ValueError, match=r"columns must be \(N, C\*kh\*kw, L\)"):
+        ops.fold(torch.zeros(81, 400), (28, 28), (9, 9))
+    with pytest.raises(RuntimeError, match="do not fit a 28x28 map"):
+        ops.fold(torch.zeros(1, 81, 399), (28, 28), (9, 9))
+    cols = torch.randn(2, 2 * 9, 16).bfloat16()
+    torch.library.opcheck(torch.ops.stn.fold.default, (cols, [6, 6], [3, 3], [0, 0]), test_utils=("test_schema", "test_faketensor"))

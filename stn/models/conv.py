@@ -4,8 +4,8 @@ Behind a transformer the classifier's first convolution must also return the gra
 respect to its input (it flows on into dθ). For a one-channel input and a 9×9 kernel, oneDNN's
 CPU backward-data kernel is slow: on R (64×1×28×28, 48 filters) it took 30 ms a step, more than
 the rest of the ST-CNN's step together. The same gradient as one matmul (Wᵀ·dY, the columns of
-every output pixel) followed by col2im (F.fold) takes 12 ms, so the CPU path uses that, in fp32 and under
-bf16 autocast alike.
+every output pixel) followed by col2im (`stn.ops.fold`, F.fold's values in one pass) takes 12 ms, so the CPU
+path uses that, in fp32 and under bf16 autocast alike.
 """
 from __future__ import annotations
 
@@ -29,11 +29,10 @@ def _input_grad_by_fold(grad_out: Tensor, weight: Tensor, input_shape: torch.Siz
     c_in, kh, kw = weight.shape[1:]
     grad_out = grad_out.contiguous()
     w_t = weight.to(grad_out.dtype).reshape(c_out, c_in * kh * kw).t()
-    acc = torch.promote_types(grad_out.dtype, torch.float32)
     per_sample = c_in * kh * kw * h_out * w_out * grad_out.element_size()
     chunk = max(1, CHUNK_BYTES // max(per_sample, 1))
-    parts = [F.fold(torch.matmul(w_t, g.reshape(len(g), c_out, h_out * w_out)).to(acc), tuple(input_shape[2:]),
-                    (kh, kw), padding=padding) for g in grad_out.split(chunk)]
+    parts = [ops.fold(torch.matmul(w_t, g.reshape(len(g), c_out, h_out * w_out)), input_shape[2:], (kh, kw), padding)
+             for g in grad_out.split(chunk)]
     return torch.cat(parts) if len(parts) > 1 else parts[0]
 
 

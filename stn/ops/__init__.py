@@ -26,13 +26,14 @@ from torch import Tensor
 from . import extension, registration
 from .reference import sample_reference
 
-__all__ = ["sample", "transform_sample", "affine_sample", "relu_max_pool2d", "resolve_impl", "available_impls", "IMPLS", "MODES"]
+__all__ = ["sample", "transform_sample", "affine_sample", "relu_max_pool2d", "fold", "resolve_impl", "available_impls", "IMPLS", "MODES"]
 
 IMPLS = ("reference", "cpp", "cuda")
 MODES = {"bilinear": 0, "nearest": 1}
 ENV_VAR = "STN_SAMPLER"
 FUSED_CPU_DTYPES = (torch.float32, torch.float64)
 POOL_CPU_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
+FOLD_CPU_DTYPES = POOL_CPU_DTYPES
 _warned: set[str] = set()
 
 
@@ -174,3 +175,24 @@ def relu_max_pool2d(input: Tensor, impl: str = "auto") -> Tensor:
     if resolve_impl(impl, input.device) != "cpp" or input.dtype not in POOL_CPU_DTYPES:
         return F.max_pool2d(F.relu(input), 2)
     return registration.ReLUMaxPool2dFunction.apply(input)
+
+
+def fold(columns: Tensor, output_size, kernel_size, padding=(0, 0), impl: str = "auto") -> Tensor:
+    """col2im (stride 1, no dilation) into float32 or wider: columns (N, C·kh·kw, L) -> (N, C, *output_size), bit for
+    bit `F.fold(columns.to(float32 or wider), output_size, kernel_size, padding=padding)`, its reference.
+
+    The compiled CPU kernel ("cpp", for bfloat16, float32 and float64 columns) converts as it reads and gathers each
+    output row in one pass (csrc/cpu/fold.cpp); elsewhere it is that pair of ATen calls. Not differentiable: it is
+    the last step of a convolution's input gradient (stn.models.conv).
+
+        dx = fold(torch.randn(64, 81, 20 * 20).bfloat16(), (28, 28), (9, 9))  # (64, 1, 28, 28), float32
+    """
+    output_size, kernel_size, padding = (tuple(int(v) for v in a) for a in (output_size, kernel_size, padding))
+    if columns.dim() != 3 or len(output_size) != 2 or len(kernel_size) != 2 or len(padding) != 2:
+        raise ValueError(f"stn.fold: columns must be (N, C*kh*kw, L) with 2 output sizes, kernel sizes and paddings; "
+                         f"got columns {tuple(columns.shape)}, output_size {output_size}, kernel_size {kernel_size}, "
+                         f"padding {padding}")
+    if resolve_impl(impl, columns.device) != "cpp" or columns.dtype not in FOLD_CPU_DTYPES:
+        acc = torch.promote_types(columns.dtype, torch.float32)
+        return F.fold(columns.to(acc), output_size, kernel_size, padding=padding)
+    return torch.ops.stn.fold(columns, list(output_size), list(kernel_size), list(padding))

@@ -82,7 +82,7 @@ def _format_of(t) -> torch.memory_format:
     return torch.channels_last if last else torch.contiguous_format
 
 
-def _register_pool_fakes() -> None:
+def _register_layer_fakes() -> None:
     @torch.library.register_fake("stn::relu_max_pool2d_forward")
     def _forward_fake(input):
         n, c, h, w = input.shape
@@ -92,6 +92,11 @@ def _register_pool_fakes() -> None:
     @torch.library.register_fake("stn::relu_max_pool2d_backward")
     def _backward_fake(grad_output, which, input_size):
         return grad_output.new_empty(input_size).contiguous(memory_format=_format_of(which))
+
+    @torch.library.register_fake("stn::fold")
+    def _fold_fake(columns, output_size, kernel_size, padding):
+        c = columns.shape[1] // (kernel_size[0] * kernel_size[1])
+        return columns.new_empty((columns.shape[0], c, *output_size), dtype=torch.promote_types(columns.dtype, torch.float32))
 
 
 def register() -> None:
@@ -107,4 +112,4 @@ def register() -> None:
         "affine_sample",
         lambda input, theta, out_size, align_corners: input.new_empty((input.shape[0], input.shape[1], *out_size)),
     )
-    _register_pool_fakes()
+    _register_layer_fakes()

@@ -216,6 +216,8 @@ TORCH_LIBRARY(stn, m) {
   // relu_max_pool.cpp: ReLU then 2x2 max pooling; `which` is the forward's uint8 map of the winning inputs
   m.def("relu_max_pool2d_forward(Tensor input) -> (Tensor, Tensor)");
   m.def("relu_max_pool2d_backward(Tensor grad_output, Tensor which, int[] input_size) -> Tensor");
+  // fold.cpp: col2im of a convolution's columns (stride 1) into a map in float32 or wider
+  m.def("fold(Tensor columns, int[] output_size, int[] kernel_size, int[] padding) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(stn, CPU, m) {
