@@ -35,6 +35,8 @@ CASES = [
 MAX_CASES = [
     ("TC CNN conv1, bf16", (64, 39, 52, 52), True, torch.bfloat16),
     ("RTS CNN conv1, bf16", (64, 39, 34, 34), True, torch.bfloat16),
+    ("R/P/E ST-CNN conv1, bf16", (64, 46, 20, 20), True, torch.bfloat16),
+    ("R/E CNN conv1, bf16", (64, 48, 20, 20), True, torch.bfloat16),
     ("ST-CNN loc net, TC, bf16", (64, 20, 26, 26), True, torch.bfloat16),
     ("SEQ128 conv1, bf16", (32, 8, 128, 128), True, torch.bfloat16),
     ("PARTS96 backbone, bf16", (32, 16, 96, 96), False, torch.bfloat16),

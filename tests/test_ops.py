@@ -266,7 +266,10 @@ def _pool_inputs(dtype, channels_last, shape):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("shape", [(3, 5, 9, 8), (2, 39, 12, 13), (2, 1, 7, 7), (1, 3, 2, 2), (2, 3, 6, 70), (1, 2, 5, 67),
-                                   (2, 8, 6, 70), (2, 20, 9, 12), (1, 16, 4, 5), (1, 32, 3, 4)])  # C as a constant
+                                   (2, 8, 6, 70), (2, 20, 9, 12), (1, 16, 4, 5), (1, 32, 3, 4),  # C as a constant
+                                   # runs of whole vectors, the last overlapping (bf16: 32 a vector, float 16,
+                                   # double 8), and a multiple of the vector as one run
+                                   (2, 46, 6, 7), (1, 17, 4, 6), (1, 13, 5, 4), (1, 64, 4, 6)])
 def test_relu_max_pool2d_matches_aten_bitwise(dtype, channels_last, shape):
     require("cpp")
     x = _pool_inputs(dtype, channels_last, shape)
