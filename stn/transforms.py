@@ -147,11 +147,19 @@ class _BasisPoints(torch.autograd.Function):
 
     Autograd through matmul, divide and where spent 2.3 ms per projective grid (64 × 42²) on the CPU,
     mostly on broadcasts over the size-2 point axis; here every step runs on (N, rows, P) planes and both
-    products are single 2-D mms (`python -m stn.bench grid` times it against `basis_points_reference`).
+    products are single 2-D mms (`python -m stn.bench grid` times it against `basis_points_reference`). With the
+    compiled extension, on the CPU in float32 or float64, the divide's forward and its point gradients are one op
+    each (stn::homography_points, the same values bit for bit); dM is still the mm below.
     """
 
     @staticmethod
     def forward(ctx, matrix: Tensor, basis: Tensor, eps: float | None) -> Tensor:
+        ctx.compiled = eps is not None and _compiled_points(matrix)
+        if ctx.compiled:  # the same points, inv and held in one pass (stn/ops/csrc/cpu/homography.cpp)
+            points, inv, held = torch.ops.stn.homography_points(matrix, basis, eps)
+            ctx.eps = eps
+            ctx.save_for_backward(matrix, basis, points, inv, held)
+            return points
         n, r, f = matrix.shape
         rows = torch.mm(matrix.reshape(n * r, f), basis.t()).view(n, r, -1)
         if eps is None:
@@ -160,7 +168,7 @@ class _BasisPoints(torch.autograd.Function):
             return rows.transpose(1, 2).contiguous()
         w = rows[:, -1]
         held = w.abs() < eps
-        inv = torch.where(held, torch.where(w < 0, -eps, eps).to(w.dtype), w).reciprocal_()
+        inv = torch.where(held, torch.where(w < 0, w.new_tensor(-eps), w.new_tensor(eps)), w).reciprocal_()
         points = torch.mul(rows[:, :-1].transpose(1, 2), inv.unsqueeze(2))
         ctx.eps = eps
         ctx.save_for_backward(matrix, basis, points, inv, held)
@@ -169,9 +177,12 @@ class _BasisPoints(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         matrix, basis, *divide = ctx.saved_tensors
-        q = grad.transpose(1, 2).contiguous()  # (N, D, P)
-        n, d, p = q.shape
-        if divide:  # d(x/w): grad/w to the numerator rows, -Σ grad·x/w to w
+        if ctx.compiled:  # (N, D + 1, P), as below
+            q = torch.ops.stn.homography_points_backward(grad, *divide)
+        else:
+            q = grad.transpose(1, 2).contiguous()  # (N, D, P)
+        if divide and not ctx.compiled:  # d(x/w): grad/w to the numerator rows, -Σ grad·x/w to w
+            n, d, p = q.shape
             points, inv, held = divide
             q, gp = grad.new_empty(n, d + 1, p), q
             torch.mul(gp, inv.unsqueeze(1), out=q[:, :d])
@@ -179,10 +190,20 @@ class _BasisPoints(torch.autograd.Function):
             for i in range(1, d):
                 w.addcmul_(q[:, i], points[..., i])
             w.neg_().masked_fill_(held, 0)
-        flat = q.view(n * q.shape[1], p)
+        flat = q.view(-1, q.shape[2])
         d_matrix = torch.mm(basis.t(), flat.t()).t().reshape(matrix.shape) if ctx.needs_input_grad[0] else None
         d_basis = torch.mm(flat.t(), matrix.reshape(flat.shape[0], -1)) if ctx.needs_input_grad[1] else None
         return d_matrix, d_basis, None
+
+
+def _compiled_points(matrix: Tensor) -> bool:
+    """Whether _BasisPoints's divide runs as stn::homography_points: a CPU float32/float64 (N, 3, 3) matrix and the compiled
+    extension loaded (with STN_SAMPLER=reference, or no extension, the PyTorch ops)."""
+    if matrix.device.type != "cpu" or matrix.dtype not in (torch.float32, torch.float64) or matrix.shape[1:] != (3, 3):
+        return False
+    from .ops import resolve_impl  # stn.ops imports this module
+
+    return resolve_impl("auto", matrix.device) == "cpp"
 
 
 def basis_points_reference(matrix: Tensor, basis: Tensor, eps: float | None) -> Tensor:
@@ -191,7 +212,7 @@ def basis_points_reference(matrix: Tensor, basis: Tensor, eps: float | None) -> 
     rows = torch.matmul(matrix, basis.t())
     if eps is not None:
         w = rows[:, -1:]
-        rows = rows[:, :-1] / torch.where(w.abs() < eps, torch.where(w < 0, -eps, eps).to(w.dtype), w)
+        rows = rows[:, :-1] / torch.where(w.abs() < eps, torch.where(w < 0, w.new_tensor(-eps), w.new_tensor(eps)), w)
     return rows.transpose(1, 2)
 
 

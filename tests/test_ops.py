@@ -346,3 +346,62 @@ def test_fold_checks_and_registration():
         ops.fold(torch.zeros(1, 81, 399), (28, 28), (9, 9))
     cols = torch.randn(2, 2 * 9, 16).bfloat16()
     torch.library.opcheck(torch.ops.stn.fold.default, (cols, [6, 6], [3, 3], [0, 0]), test_utils=("test_schema", "test_faketensor"))
+
+
+# ---- homography_points: the projective grid generator's divide, forward and backward ---------------------------
+
+def _projective_grid(compiled, theta, size, grad, monkeypatch):
+    """(points, dθ) of a projective grid through the op (compiled) or through the PyTorch ops."""
+    from stn import transforms
+
+    if not compiled:
+        monkeypatch.setattr(transforms, "_compiled_points", lambda m: False)
+    else:
+        assert transforms._compiled_points(theta.new_empty(1, 3, 3))
+    theta = theta.clone().requires_grad_()
+    points = transforms.Projective().grid(theta, (size, size))
+    (d_theta,) = torch.autograd.grad(points, theta, grad)
+    return points.detach(), d_theta
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n, size", [(64, 42), (5, 7)])
+def test_homography_points_match_the_pytorch_path(dtype, n, size, monkeypatch):
+    """The op's points and the θ gradient through it are the PyTorch ops' (the same arithmetic: on this code's
+    development machine bit for bit in float32, which the state_dict hashes of training runs confirm; MKL's matmul
+    may round differently elsewhere, so the test allows a few ulps). A horizon crossing the grid holds some w."""
+    require("cpp")
+    from stn import transforms
+
+    g = torch.Generator().manual_seed(0)
+    theta = transforms.Projective().identity(n, dtype=dtype) + 0.1 * torch.randn(n, 8, generator=g, dtype=dtype)
+    theta[0, 6:] = torch.tensor([-2.0, 0.0])  # w = 1 - 2x: zero on the column x = 0.5 of a 42-wide grid (held)
+    grad = torch.randn(n, size, size, 2, generator=g, dtype=dtype)
+    ours, theirs = (_projective_grid(c, theta, size, grad, monkeypatch) for c in (True, False))
+    tol = {"rtol": 1e-5, "atol": 1e-6} if dtype == torch.float32 else {"rtol": 1e-8, "atol": 1e-10}
+    torch.testing.assert_close(ours[0], theirs[0], **tol)
+    torch.testing.assert_close(ours[1], theirs[1], **{k: v * 100 for k, v in tol.items()})
+    m = transforms.Projective().matrix(theta)
+    basis = transforms.Projective()._cached_basis((size, size), False, torch.device("cpu"), dtype)
+    points, inv, held = torch.ops.stn.homography_points(m, basis, 1e-6)
+    w = torch.einsum("nf,pf->np", m[:, 2], basis)
+    assert torch.equal(held, w.abs() < 1e-6) and (held[0].any() or n < 64)
+    q = torch.ops.stn.homography_points_backward(torch.ones_like(points), points, inv, held)
+    assert q.shape == (n, 3, size * size) and not q[:, 2][held].any()  # a held w passes no gradient
+
+
+def test_homography_points_checks_and_registration():
+    require("cpp")
+    with pytest.raises(RuntimeError, match=r"matrix must be \(N, 3, 3\) and basis \(P, 3\)"):
+        torch.ops.stn.homography_points(torch.zeros(2, 2, 3), torch.zeros(5, 3), 1e-6)
+    with pytest.raises(RuntimeError, match="dtypes differ"):
+        torch.ops.stn.homography_points(torch.zeros(2, 3, 3), torch.zeros(5, 3, dtype=torch.float64), 1e-6)
+    with pytest.raises(RuntimeError, match=r"grad and points must be \(N, P, 2\)"):
+        torch.ops.stn.homography_points_backward(torch.zeros(2, 5, 3), torch.zeros(2, 5, 3), torch.zeros(2, 5),
+                                                 torch.zeros(2, 5, dtype=torch.bool))
+    m, basis = torch.randn(2, 3, 3), torch.randn(6, 3)
+    torch.library.opcheck(torch.ops.stn.homography_points.default, (m, basis, 1e-6),
+                          test_utils=("test_schema", "test_faketensor"))
+    points, inv, held = torch.ops.stn.homography_points(m, basis, 1e-6)
+    torch.library.opcheck(torch.ops.stn.homography_points_backward.default, (torch.randn(2, 6, 2), points, inv, held),
+                          test_utils=("test_schema", "test_faketensor"))

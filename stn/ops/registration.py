@@ -93,6 +93,16 @@ def _register_layer_fakes() -> None:
     def _backward_fake(grad_output, which, input_size):
         return grad_output.new_empty(input_size).contiguous(memory_format=_format_of(which))
 
+    @torch.library.register_fake("stn::homography_points")
+    def _points_fake(matrix, basis, eps):
+        n, r, p = matrix.shape[0], matrix.shape[1], basis.shape[0]
+        return matrix.new_empty((n, p, r - 1)), matrix.new_empty((n, p)), matrix.new_empty((n, p), dtype=torch.bool)
+
+    @torch.library.register_fake("stn::homography_points_backward")
+    def _points_backward_fake(grad, points, inv, held):
+        n, p, d = grad.shape
+        return grad.new_empty((n, d + 1, p))
+
     @torch.library.register_fake("stn::fold")
     def _fold_fake(columns, output_size, kernel_size, padding):
         c = columns.shape[1] // (kernel_size[0] * kernel_size[1])

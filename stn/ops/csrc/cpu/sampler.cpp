@@ -218,6 +218,9 @@ TORCH_LIBRARY(stn, m) {
   m.def("relu_max_pool2d_backward(Tensor grad_output, Tensor which, int[] input_size) -> Tensor");
   // fold.cpp: col2im of a convolution's columns (stride 1) into a map in float32 or wider
   m.def("fold(Tensor columns, int[] output_size, int[] kernel_size, int[] padding) -> Tensor");
+  // homography.cpp: a projective grid's points (M·Bᵀ divided by its last row, held eps from zero) and their backward
+  m.def("homography_points(Tensor matrix, Tensor basis, float eps) -> (Tensor, Tensor, Tensor)");
+  m.def("homography_points_backward(Tensor grad, Tensor points, Tensor inv, Tensor held) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(stn, CPU, m) {
