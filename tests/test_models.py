@@ -50,12 +50,13 @@ def test_model_names_are_checked():
         zoo.ModelSpec.parse("ST-RNN-Aff")
 
 
-@pytest.mark.parametrize("padding", [0, 2])
-def test_input_grad_conv_matches_conv2d_in_value_and_every_gradient(padding):
+@pytest.mark.parametrize("padding,bias", [(0, True), (2, True), (1, False)])
+def test_input_grad_conv_matches_conv2d_in_value_and_every_gradient(padding, bias):
     torch.manual_seed(0)
-    fast = InputGradConv2d(1, 5, 5, padding=padding).double()
-    plain = torch.nn.Conv2d(1, 5, 5, padding=padding).double()
+    fast = InputGradConv2d(1, 5, 5, padding=padding, bias=bias).double()
+    plain = torch.nn.Conv2d(1, 5, 5, padding=padding, bias=bias).double()
     plain.load_state_dict(fast.state_dict())  # same parameter names: checkpoints load either way
+    assert (fast.bias is None) == (not bias)
     x = torch.randn(3, 1, 9, 11, dtype=torch.double, requires_grad=True)
     grad = torch.randn_like(plain(x))
     outs = []
@@ -64,12 +65,37 @@ def test_input_grad_conv_matches_conv2d_in_value_and_every_gradient(padding):
         x.grad = None
         y = conv(x)
         y.backward(grad)
-        outs.append((y.detach(), x.grad.clone(), conv.weight.grad.clone(), conv.bias.grad.clone()))
+        outs.append((y.detach(), x.grad.clone(), conv.weight.grad.clone(), *([conv.bias.grad.clone()] if bias else [])))
     for a, b in zip(*outs):
         torch.testing.assert_close(a, b)
     small = torch.randn(2, 1, 6, 6, dtype=torch.double, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda t, w, b: _Conv2dFoldBackward.apply(t, w, b, (padding, padding)),
-                                    (small, fast.weight, fast.bias))
+    assert torch.autograd.gradcheck(lambda t, w, *b: _Conv2dFoldBackward.apply(t, w, b[0] if b else None, (padding, padding)),
+                                    (small, fast.weight, *([fast.bias] if bias else [])))
+
+
+@pytest.mark.parametrize("table,dataset,model", [("table2", "SEQ64", "ST-CNN-Single"), ("table2", "SEQ64", "ST-CNN-Multi"),
+                                                 ("table3", "PARTS48", "2xST-CNN")])
+def test_the_first_convolution_behind_a_transformer_takes_the_fold_input_gradient(table, dataset, model):
+    """Tables 2 and 3: the conv that reads a transformer's one-channel output returns d input through the fold
+    (InputGradConv2d); in the CNN, on the raw image, the same layer is the plain convolution."""
+    from stn.experiments import finegrained, multidigit
+    from stn.paper import registry
+
+    net = {"table2": {"width": 0.1667, "fc": 16, "loc_filters": 4, "dropout": 0.0, "init": "he"},
+           "table3": {"backbone": "small", "width": 4, "loc_channels": 8, "loc_fc": 8, "dropout": 0.0}}[table]
+    build = (multidigit if table == "table2" else finegrained).build_model
+    x = torch.rand(2, 1, *([registry.DATASETS[dataset].size] * 2))
+    for name, folds in ((model, True), ("CNN", False)):
+        net_ = build(dataset, name, net, 0)
+        convs = [m for m in net_.modules() if isinstance(m, InputGradConv2d)]
+        assert convs and all(m.in_channels == 1 for m in convs), name
+        seen = []
+        for m in convs:
+            m.register_forward_pre_hook(lambda m, args: seen.append(m.folds(args[0])))
+        net_(x).float().sum().backward()
+        assert any(seen) == folds, (name, seen)
+
+
 
 
 @pytest.mark.parametrize("channels_last", [False, True])

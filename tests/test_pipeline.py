@@ -43,6 +43,20 @@ def test_dry_run_shows_the_whole_dag(tmp_path):
     runs = set().union(*(priorities[r] for r in priorities if r.endswith("_run")))
     for table in registry.EXPERIMENTS:  # Snakemake prints no priority line for the default 0
         assert min(priorities.get(table, {0})) > max(runs), (table, priorities.get(table, {0}), max(runs))
+    # the longest runs start first (registry `slowest`), and what a run waits for does not wait behind lesser runs
+    by_job = {}
+    for block in proc.stdout.split("\n\n"):
+        rule, wildcards = re.search(r"^(?:local)?rule (\w+):", block, re.M), re.search(r"^    wildcards: (.*)$", block, re.M)
+        priority = re.search(r"^    priority: (\d+)", block, re.M)
+        if rule:
+            by_job[(rule.group(1), wildcards.group(1) if wildcards else "")] = int(priority.group(1)) if priority else 0
+    run = lambda rule, **wc: by_job[(rule, ", ".join(f"{k}={v}" for k, v in wc.items()))]
+    assert run("table5_run", dataset="TC", model=0, seed=0) > run("table5_run", dataset="T", model=0, seed=0)
+    assert run("classification_run", experiment="table1", dataset="TC", model="CNN", seed=1) > run(
+        "classification_run", experiment="table1", dataset="TC", model="ST-CNN-Aff", seed=1) > run(
+        "classification_run", experiment="table1", dataset="R", model="ST-CNN-Aff", seed=1)
+    assert by_job[("volumes", "")] > run("volumetric_run", dataset="MNIST3D", model="ST3D", seed=1)
+    assert min(p for (r, _), p in by_job.items() if r.startswith("table5_encoder")) > max(priorities["table5_run"])
 
 
 def test_smoke_outputs_agree(smoke):

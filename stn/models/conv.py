@@ -86,8 +86,9 @@ class InputGradConv2d(nn.Conv2d):
     gives autocast's plain F.conv2d back: Table 5's e() keeps it (docs/CHOICES.md, bf16 section).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, padding: int = 0) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, padding=padding)
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, padding: int = 0,
+                 bias: bool = True) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, padding=padding, bias=bias)
         self.fold_under_autocast = True
 
     def folds(self, x: Tensor) -> bool:

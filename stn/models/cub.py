@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from ..modules import SpatialTransformer, avg_pool
 from ..transforms import Attention
-from .conv import relu_max_pool
+from .conv import InputGradConv2d, relu_max_pool
 
 MODELS = ("CNN", "2xST-CNN", "4xST-CNN")
 BACKBONES = ("small", "googlenet")
@@ -58,7 +58,10 @@ class SmallBackbone(nn.Module):
         layers, c = [], channels
         for i in range(SMALL_STAGES):
             w = width * 2 ** i
-            layers += [nn.Conv2d(c, w, 3, padding=1, bias=False), nn.BatchNorm2d(w)]
+            # the first convolution behind a transformer also returns d input (to dθ): for one input channel the
+            # fold's matmul + col2im (InputGradConv2d), not oneDNN's backward-data kernel
+            conv = InputGradConv2d if i == 0 and c == 1 else nn.Conv2d
+            layers += [conv(c, w, 3, padding=1, bias=False), nn.BatchNorm2d(w)]
             layers += relu_max_pool() if i < SMALL_STAGES - 1 else [nn.ReLU(inplace=True)]
             c = w
         self.features = nn.Sequential(*layers)

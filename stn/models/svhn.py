@@ -17,7 +17,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from ..modules import SpatialTransformer, initialise
-from .conv import relu_max_pool
+from .conv import InputGradConv2d, relu_max_pool
 
 PAPER_WIDTHS = (48, 64, 128, 160, 192, 192, 192, 192)
 PAPER_FC = 3072
@@ -56,7 +56,9 @@ class SequenceNet(nn.Module):
             if (transformers == "single" and i == 0) or (transformers == "multi" and i < MULTI_STS):
                 loc, feats = _conv_loc(c, s, loc_filters) if transformers == "single" else _fc_loc(c, s)
                 self.sts[str(i)] = SpatialTransformer(loc, feats, "affine", out_size=(s, s))
-            layer = [nn.Conv2d(c, w, 5, padding=2)]
+            # conv1 behind the input's transformer also returns d input (to dθ): with one input channel, the fold's
+            # matmul + col2im (InputGradConv2d; a SEQ128 ST-CNN-Multi step 250 -> 222 ms), not oneDNN's kernel
+            layer = [(InputGradConv2d if i == 0 else nn.Conv2d)(c, w, 5, padding=2)]
             if i in POOL_AFTER:
                 layer += relu_max_pool()
                 s //= 2

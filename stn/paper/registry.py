@@ -157,6 +157,10 @@ class Experiment:
     # Snakemake priority of its runs: Table 1 first (its wall time is reported on its own), then the experiments
     # whose runs take minutes, Table 5's half-minute runs last, so that short jobs fill the end on few cores
     priority: int = 0
+    # its data sets and models whose runs take several times the others' (TC's 60 px canvas; the CNN, 10-70x an
+    # FCN's step): each name a run has adds one to its priority, so that the longest runs start first and the
+    # short ones fill the end (session 38's default run ended with a 150 s TC class of Table 5 alone for 2.5 min)
+    slowest: tuple[str, ...] = ()
     settings_key: str = "train"  # the section's key of a run's settings ("train": TrainSettings, with train_overrides)
     job_keys: tuple[str, ...] = ()  # other keys of the section that a run needs (copied into its job.json)
     # (key, values, allowed) triples the schema cannot check: values that must name something the config trains
@@ -313,7 +317,7 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
         summary="Sect. 4.1: every ST model beats its plain counterpart on every distortion (R, RTS, P, E, TC).",
         datasets=("R", "RTS", "P", "E", "TC"), models=TABLE1_MODELS,
         grid=lambda c, cfg: Grid(list(c["datasets"]), list(c["models"]), list(c["seeds"])),
-        figures=_table1_figures, protocol=MNIST_PROTOCOL, priority=10, extra_tables=("transforms",),
+        figures=_table1_figures, protocol=MNIST_PROTOCOL, priority=10, slowest=("TC", "CNN"), extra_tables=("transforms",),
         references=lambda cfg: [
             ("table1.figure_datasets", cfg["table1"]["figure_datasets"], cfg["table1"]["datasets"]),
             ("table1.figure_model", [cfg["table1"]["figure_model"]], cfg["table1"]["models"]),
@@ -352,7 +356,7 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
         summary="Appendix A.1: two parallel transformers (2xST-FCN) each take one digit and beat every single-transformer model.",
         datasets=("ADD",), models=TABLE4_MODELS,
         grid=lambda c, cfg: Grid(["ADD"], list(c["models"]), list(c["seeds"])),
-        figures=lambda c: ["figures/table4_transformers.png"], protocol=MNIST_PROTOCOL, job_keys=("pairings",),
+        figures=lambda c: ["figures/table4_transformers.png"], protocol=MNIST_PROTOCOL, job_keys=("pairings",), slowest=("CNN",),
         extra_tables=("transforms", "focus"),
         references=lambda cfg: [("table4.figure_model", [cfg["table4"]["figure_model"]], cfg["table4"]["models"])],
     ),
@@ -366,7 +370,7 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
         figures=lambda c: [f"figures/table5_{c['figure_variant']}_{c['figure_digit']}_steps.png",
                            f"figures/table5_{c['figure_variant']}_{c['figure_digit']}.gif"],
         metric="localised", metric_words="percent localised", row_label="Class", column_label="variant",
-        settings_key="optimise", job_keys=("encoders",),
+        settings_key="optimise", job_keys=("encoders",), slowest=("TC",),  # a TC class ~150 s, a T class ~20 s
         references=_table5_references,
     ),
     Experiment(

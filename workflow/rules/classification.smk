@@ -14,7 +14,7 @@ rule classification_params:
         models=lambda wc: grid(wc.experiment).models,
         cap=lambda wc: config[wc.experiment]["param_target"],
         net=lambda wc: net_options(config[wc.experiment]["net"]),
-    priority: lambda wc: run_priority(wc.experiment) + 1  # its runs wait for it
+    priority: lambda wc: upstream_priority(wc.experiment)  # its runs wait for it
     log:
         log_file("{experiment}_params"),
     benchmark:
@@ -40,7 +40,7 @@ rule classification_run:
     wildcard_constraints:
         experiment=experiments_of("classification"),
     threads: 1
-    priority: lambda wc: run_priority(wc.experiment, wc.model)
+    priority: lambda wc: run_priority(wc.experiment, wc.dataset, wc.model)
     resources:
         gpu=1 if USE_GPU else 0,
     log:

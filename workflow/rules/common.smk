@@ -53,13 +53,20 @@ def benchmark_file(name):
     return result(registry.BENCHMARK_FILE.format(name=name))
 
 
-def run_priority(experiment, model=""):
-    """A run's Snakemake priority: its experiment's (registry), one more for a CNN, a classification table's
-    slowest run (10-70x an FCN's step), so that no long job starts last and runs alone at the end. The jobs
-    that a table's runs wait for (its parameter table, MLflow experiment, job files) take at least the same:
-    Snakemake does not pass priorities upstream, so a Table 1 whose parameter table sat at 0 waited behind
-    every appendix run."""
-    return EXPERIMENTS[experiment].priority + (model == "CNN")
+def run_priority(experiment, *names):
+    """A run's Snakemake priority: its experiment's (registry), one more for each of its data set and model that
+    the experiment lists as slowest (registry: Table 1's TC and CNN, Table 4's CNN, Table 5's TC), so that no long
+    job starts last and runs alone at the end. The jobs that a table's runs wait for (its parameter table, MLflow
+    experiment, job files, data) take at least the same: Snakemake does not pass priorities upstream, so a Table 1
+    whose parameter table sat at 0 waited behind every appendix run."""
+    spec = EXPERIMENTS[experiment]
+    return spec.priority + sum(name in spec.slowest for name in names)
+
+
+def upstream_priority(experiment):
+    """The priority of a job that every run of `experiment` waits for: above its slowest run's."""
+    spec = EXPERIMENTS[experiment]
+    return spec.priority + len(spec.slowest) + 1
 
 
 # A table's render job (seconds of work) runs as soon as its runs are done, ahead of every waiting run: at

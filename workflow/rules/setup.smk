@@ -56,7 +56,7 @@ rule mlflow_experiment:
         experiment="|".join(EXPERIMENTS),
     params:
         results=lambda wildcards, output: Path(output[0]).parents[2],  # the results directory
-    priority: lambda wc: run_priority(wc.experiment) + 1  # its runs wait for it
+    priority: lambda wc: upstream_priority(wc.experiment)  # its runs wait for it
     log:
         log_file("mlflow_{experiment}"),
     benchmark:
@@ -74,7 +74,7 @@ rule job_spec:
         experiment="|".join(EXPERIMENTS),
     params:
         job=job_spec,
-    priority: lambda wc: run_priority(wc.experiment, wc.model)  # as the run it feeds: no run waits behind lesser ones
+    priority: lambda wc: run_priority(wc.experiment, wc.dataset, wc.model)  # as the run it feeds: no run waits behind lesser ones
     log:
         run_log(suffix="_job"),
     localrule: True

@@ -16,6 +16,7 @@ rule table5_encoder_spec:
         stn_settings.encoder_file(config, "{encoder}", "job.json"),
     params:
         job=lambda w: stn_settings.encoder_job(config, w.encoder),
+    priority: run_priority("table5") + 5  # as the encoder it feeds
     log:
         log_file("table5/encoder_{encoder}_job"),
     localrule: True
@@ -62,6 +63,7 @@ rule table5_encoder_from_table1:
         model=stn_settings.encoder_file(config, "{encoder}", "model.pt"),
         params=stn_settings.encoder_file(config, "{encoder}", "params.json"),
         metrics=stn_settings.encoder_file(config, "{encoder}", "metrics.json"),
+    priority: upstream_priority("table5")  # at 0 the T classes could start ahead of it and of the TC classes it feeds
     log:
         log_file("table5/encoder_{encoder}"),
     localrule: True
@@ -84,7 +86,7 @@ rule table5_run:
         trajectory=run_file("trajectory.json", "table5"),
     params:
         encoders=lambda w, input: " ".join(f"{name}={input[name]}" for name in stn_settings.encoder_inputs(config, w.dataset)),
-    priority: run_priority("table5")
+    priority: lambda wc: run_priority("table5", wc.dataset)  # TC classes first: the short T ones fill the end
     threads: 1
     log:
         run_log("table5"),

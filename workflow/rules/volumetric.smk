@@ -13,6 +13,7 @@ rule volumes:
         limits=data_limits(),
         ranges=" ".join(f"--{k.replace('_', '-')} {config['volumetric'][k]}"
                         for k in ("max_in_plane", "max_out_of_plane", "max_shift")),
+    priority: upstream_priority("volumetric")  # at 0 it waited behind Table 5, and the 3-D runs ran last (session 38)
     log:
         log_file("volumes"),
     benchmark:
