@@ -181,15 +181,15 @@ class _BasisPoints(torch.autograd.Function):
             q = torch.ops.stn.homography_points_backward(grad, *divide)
         else:
             q = grad.transpose(1, 2).contiguous()  # (N, D, P)
-        if divide and not ctx.compiled:  # d(x/w): grad/w to the numerator rows, -Σ grad·x/w to w
-            n, d, p = q.shape
-            points, inv, held = divide
-            q, gp = grad.new_empty(n, d + 1, p), q
-            torch.mul(gp, inv.unsqueeze(1), out=q[:, :d])
-            w = torch.mul(q[:, 0], points[..., 0], out=q[:, d])
-            for i in range(1, d):
-                w.addcmul_(q[:, i], points[..., i])
-            w.neg_().masked_fill_(held, 0)
+            if divide:  # d(x/w): grad/w to the numerator rows, -Σ grad·x/w to w
+                n, d, p = q.shape
+                points, inv, held = divide
+                q, gp = grad.new_empty(n, d + 1, p), q
+                torch.mul(gp, inv.unsqueeze(1), out=q[:, :d])
+                w = torch.mul(q[:, 0], points[..., 0], out=q[:, d])
+                for i in range(1, d):
+                    w.addcmul_(q[:, i], points[..., i])
+                w.neg_().masked_fill_(held, 0)
         flat = q.view(-1, q.shape[2])
         d_matrix = torch.mm(basis.t(), flat.t()).t().reshape(matrix.shape) if ctx.needs_input_grad[0] else None
         d_basis = torch.mm(flat.t(), matrix.reshape(flat.shape[0], -1)) if ctx.needs_input_grad[1] else None
