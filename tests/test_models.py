@@ -96,8 +96,6 @@ def test_the_first_convolution_behind_a_transformer_takes_the_fold_input_gradien
         assert any(seen) == folds, (name, seen)
 
 
-
-
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_input_grad_conv_under_bf16_autocast_matches_conv2d_and_returns_fp32_gradients(channels_last):
     """bf16 training: the convolution in bf16 as autocast runs F.conv2d, the gradients in the parameters' and

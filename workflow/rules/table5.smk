@@ -7,6 +7,10 @@
 wildcard_constraints:
     encoder=encoder_pattern(),
 
+# e()'s encoders, their job files and the copies from Table 1: every Table 5 run waits for them, so they start
+# with the other appendix experiments' runs, ahead of every Table 5 class
+ENCODER_PRIORITY = run_priority("table5") + 5
+
 
 rule table5_encoder_spec:
     """job.json of the run that trains one of e()'s CNNs."""
@@ -16,7 +20,7 @@ rule table5_encoder_spec:
         stn_settings.encoder_file(config, "{encoder}", "job.json"),
     params:
         job=lambda w: stn_settings.encoder_job(config, w.encoder),
-    priority: run_priority("table5") + 5  # as the encoder it feeds
+    priority: ENCODER_PRIORITY
     log:
         log_file("table5/encoder_{encoder}_job"),
     localrule: True
@@ -42,7 +46,7 @@ rule table5_encoder:
         params=stn_settings.encoder_file(config, "{encoder}", "params.json"),
         metrics=stn_settings.encoder_file(config, "{encoder}", "metrics.json"),
     threads: 1
-    priority: run_priority("table5") + 5  # every Table 5 run waits for it
+    priority: ENCODER_PRIORITY
     log:
         log_file("table5/encoder_{encoder}"),
     benchmark:
@@ -63,7 +67,7 @@ rule table5_encoder_from_table1:
         model=stn_settings.encoder_file(config, "{encoder}", "model.pt"),
         params=stn_settings.encoder_file(config, "{encoder}", "params.json"),
         metrics=stn_settings.encoder_file(config, "{encoder}", "metrics.json"),
-    priority: upstream_priority("table5")  # at 0 the T classes could start ahead of it and of the TC classes it feeds
+    priority: ENCODER_PRIORITY
     log:
         log_file("table5/encoder_{encoder}"),
     localrule: True
