@@ -6,9 +6,12 @@ localiser's initial weights, the pairings m(n) and the random patches of eq. 8).
 the images of one seed and the optimiser of another, for every pair asked for, exactly as the pipeline's
 run does (the spec's `optimise` settings, the variant's e() from the pipeline's encoder runs), and prints the
 percent localised: image seed = optimiser seed reproduces the pipeline's run of that seed. Uses the
-pipeline's outputs, so run it after `snakemake`; one thread per run, ~10 min a TC run on the default config.
+pipeline's outputs, so run it after `snakemake`; one thread per run, ~2-3 min a TC run on the default config.
+`--steps` runs longer or shorter than the spec, and `--at` adds the percent localised at earlier steps (every step up
+to the last is the same computation whatever the budget, so one long run reads as several shorter ones).
 
     .venv/bin/python scripts/coloc_seeds.py --variant TC --digit 1 --image-seeds 0 2 --optimiser-seeds 0 1 2
+    .venv/bin/python scripts/coloc_seeds.py --digit 1 --optimiser-seeds 0 1 2 3 --steps 440 --at 320 400
 """
 from __future__ import annotations
 
@@ -34,10 +37,13 @@ def pipeline_inputs(results: Path, variant: str) -> tuple[dict, co.Encoder, dict
 
 
 def localised(settings: dict, encoder: co.Encoder, mnist: dict, variant: str, digit: int, image_seed: int,
-              optimiser_seed: int) -> float:
-    """Percent of class `digit`'s images of `image_seed` localised by an optimisation drawn with `optimiser_seed`."""
+              optimiser_seed: int, at: tuple[int, ...] = ()) -> list[float]:
+    """Percent of class `digit`'s images of `image_seed` localised by an optimisation drawn with `optimiser_seed`: at
+    each step of `at` (multiples of settings["record_every"]), then at the end."""
     data = co.make_images(mnist, digit, variant, settings["images"], image_seed)
-    return co.optimise(data["images"], data["boxes"], encoder, settings, optimiser_seed, log=lambda s: None)["localised"]
+    result = co.optimise(data["images"], data["boxes"], encoder, settings, optimiser_seed, log=lambda s: None)
+    recorded = {frame["step"]: frame["localised"] for frame in result["trajectory"]}
+    return [recorded[step] for step in at] + [result["localised"]]
 
 
 def main(argv=None) -> None:
@@ -48,17 +54,23 @@ def main(argv=None) -> None:
     ap.add_argument("--image-seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--optimiser-seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--steps", type=int, help="optimisation steps per run (default: the spec's)")
+    ap.add_argument("--at", type=int, nargs="+", default=[], help="also print the percent localised at these steps")
     a = ap.parse_args(argv)
     for path in (a.results / "specs" / "table5.json", a.results / "data" / "mnist.npz"):
         if not path.exists():
             raise SystemExit(f"{path} is missing: run the pipeline first (snakemake --cores all)")
     torch.set_num_threads(a.threads)
-    inputs = pipeline_inputs(a.results, a.variant)
-    print("variant digit image_seed optimiser_seed localised_%")
+    settings, encoder, mnist = pipeline_inputs(a.results, a.variant)
+    settings = {**settings, "steps": a.steps or settings["steps"]}
+    wrong = [s for s in a.at if s % settings["record_every"] or not 0 <= s <= settings["steps"]]
+    if wrong:
+        raise SystemExit(f"--at {wrong}: the runs record every {settings['record_every']} steps up to {settings['steps']}")
+    print(" ".join(["variant digit image_seed optimiser_seed", *(f"at_{s}" for s in a.at), "localised_%"]))
     for image_seed in a.image_seeds:
         for optimiser_seed in a.optimiser_seeds:
-            rate = localised(*inputs, a.variant, a.digit, image_seed, optimiser_seed)
-            print(f"{a.variant} {a.digit} {image_seed} {optimiser_seed} {rate:.0f}", flush=True)
+            rates = localised(settings, encoder, mnist, a.variant, a.digit, image_seed, optimiser_seed, tuple(a.at))
+            print(f"{a.variant} {a.digit} {image_seed} {optimiser_seed} " + " ".join(f"{r:.0f}" for r in rates), flush=True)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ import torch
 
 from stn.experiments.classification import input_spec, param_table
 from stn.models import mnist as zoo
-from stn.models.conv import InputGradConv2d, _Conv2dFoldBackward
+from stn.models.conv import InputGradConv2d, _Conv2dFoldBackward, _input_grad_by_fold
 
 TABLE1_MODELS = ["FCN", "CNN"] + [f"ST-{b}-{t}" for b in ("FCN", "CNN") for t in ("Aff", "Proj", "TPS")]
 
@@ -119,6 +119,29 @@ def test_input_grad_conv_under_bf16_autocast_matches_conv2d_and_returns_fp32_gra
     for a, b in zip(*outs):
         torch.testing.assert_close(a, b, rtol=0.02, atol=0.02 * b.abs().max().item())
     assert (outs[0][1] - outs[1][1]).abs().max() > 0  # the fold path ran (it rounds differently from oneDNN)
+
+
+def test_fold_columns_in_fp32_sum_the_bf16_products_exactly_and_bf16_columns_do_not():
+    """Under bf16 autocast dY and W are bf16. With columns_dtype float32 the input gradient is their products summed in
+    fp32 (to fp32's rounding of the exact sum); bf16 columns round each column first, ~2⁻⁹ of it, which is what broke
+    Table 5's class 1 where columns cancel (docs/CHOICES.md). And the layer passes its columns_dtype on."""
+    torch.manual_seed(0)
+    g, w = torch.randn(3, 39, 20, 20).bfloat16(), torch.randn(39, 1, 9, 9).bfloat16()
+    exact = torch.nn.grad.conv2d_input((3, 1, 28, 28), w.double(), g.double())
+    error = lambda dx: ((dx.double() - exact).abs().max() / exact.abs().max()).item()  # noqa: E731
+    fp32 = _input_grad_by_fold(g, w, torch.Size((3, 1, 28, 28)), (0, 0), torch.float32)
+    bf16 = _input_grad_by_fold(g, w, torch.Size((3, 1, 28, 28)), (0, 0))
+    assert fp32.dtype == bf16.dtype == torch.float32
+    assert error(fp32) < 1e-6 and error(bf16) > 1e-4
+    conv = InputGradConv2d(1, 39, 9)
+    conv.columns_dtype = torch.float32
+    x = torch.rand(2, 1, 28, 28, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = conv(x)
+    y.backward(torch.ones_like(y))
+    dy = torch.ones(2, 39, 20, 20, dtype=torch.bfloat16)
+    expected = torch.nn.grad.conv2d_input((2, 1, 28, 28), conv.weight.bfloat16().double(), dy.double())
+    torch.testing.assert_close(x.grad.double(), expected, rtol=1e-6, atol=1e-6 * expected.abs().max().item())
 
 
 def test_he_init_and_standardisation_keep_the_identity_start_and_the_parameter_count():

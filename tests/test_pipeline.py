@@ -254,6 +254,15 @@ def test_coloc_seeds_reproduces_the_pipelines_run_and_varies_the_optimisers_draw
     run = json.loads((smoke / "runs" / "table5" / "TC" / "8" / "seed0" / "metrics.json").read_text())
     assert out[1] == f"TC 8 0 0 {run['localised']:.0f}"
     assert out[2].startswith("TC 8 0 1 ") and 0 <= float(out[2].split()[-1]) <= 100
+    # a longer run read at the spec's own last step (6) is the pipeline's run again: every step up to it is the same
+    longer = subprocess.run([sys.executable, "scripts/coloc_seeds.py", "--results", str(smoke), "--digit", "8",
+                             "--optimiser-seeds", "0", "--steps", "8", "--at", "2", "6"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=300, check=True).stdout.splitlines()
+    assert longer[0] == "variant digit image_seed optimiser_seed at_2 at_6 localised_%"
+    assert longer[1].split()[5] == f"{run['localised']:.0f}" and len(longer[1].split()) == 7
+    wrong = subprocess.run([sys.executable, "scripts/coloc_seeds.py", "--results", str(smoke), "--at", "3"], cwd=ROOT,
+                           env=env, capture_output=True, text=True)
+    assert wrong.returncode != 0 and "--at [3]: the runs record every 2 steps up to 6" in wrong.stderr
     missing = subprocess.run([sys.executable, "scripts/coloc_seeds.py", "--results", str(smoke / "none")], cwd=ROOT,
                              env=env, capture_output=True, text=True)
     assert missing.returncode != 0 and "table5.json is missing: run the pipeline first" in missing.stderr

@@ -197,11 +197,12 @@ class Encoder(nn.Module):
         self.names = list(names) if names is not None else [str(i) for i in range(len(cnns))]
         self.precision = precision
         self.eval().requires_grad_(False)
-        # under bf16, the crops' gradient through oneDNN's kernel as before: the fold's rounding (a third faster)
-        # localised TC's class 1 58% instead of 97% (session 33, docs/CHOICES.md bf16 section)
+        # under bf16, the crops' gradient from fp32 columns (`InputGradConv2d.columns_dtype`): from bf16 columns, each
+        # rounded before col2im sums them, TC's class 1 ended at 49-56% over optimiser seeds 0-3 (440 steps), against
+        # 87-94% on three of them; oneDNN's kernel, the path until session 40, is ~1.3x slower a step (docs/CHOICES.md)
         for layer in self.modules():
             if isinstance(layer, InputGradConv2d):
-                layer.fold_under_autocast = False
+                layer.columns_dtype = torch.float32
 
     def largest(self, only: tuple[int, ...] | None = None) -> int:
         """The largest canvas (side in pixels) among the CNNs `only` (all: None): 60 with TC's CNN, else 28."""
