@@ -23,18 +23,19 @@ CHUNK_BYTES = 2 << 20
 
 
 def _input_grad_by_fold(grad_out: Tensor, weight: Tensor, input_shape: torch.Size, padding: tuple[int, int],
-                        columns: torch.dtype | None = None) -> Tensor:
+                        columns_dtype: torch.dtype | None = None) -> Tensor:
     """d input (N, C_in, H, W) in fp32 or wider: the columns Wᵀ·dY, col2im-summed in fp32. The columns come in
-    `columns` (default grad_out's dtype). Under autocast grad_out is bf16, and by default each column is one
-    fp32-accumulated dot product over C_out rounded to bf16; with `columns` float32 the products of the bf16
+    `columns_dtype` (default grad_out's dtype). Under autocast grad_out is bf16, and by default each column is one
+    fp32-accumulated dot product over C_out rounded to bf16; with float32 the products of the bf16
     values are summed in fp32 with no rounding before col2im, which matters where the k² columns that meet at an
     input pixel nearly cancel (a rounding of 2⁻⁹ of each column can then exceed their sum)."""
     n, c_out, h_out, w_out = grad_out.shape
     c_in, kh, kw = weight.shape[1:]
-    dtype = columns or grad_out.dtype
+    dtype = columns_dtype or grad_out.dtype
     # no .contiguous(): a channels-last dY reshapes to (n, C_out, HW) as a view with the channels innermost, which
     # the matmul reads as a transposed operand, the same products bit for bit (R's 64 × 46 × 20² bf16 chunks:
     # 2.38 -> 2.01 ms with the fold; 64 × 39 × 52²: 15.8 -> 10.6 ms, the copy gone)
+    # W rounded to dY's dtype first (bf16 under autocast, as the forward used it), then widened: exact products
     w_t = weight.to(grad_out.dtype).to(dtype).reshape(c_out, c_in * kh * kw).t()
     per_sample = c_in * kh * kw * h_out * w_out * w_t.element_size()
     chunk = max(1, CHUNK_BYTES // max(per_sample, 1))
@@ -44,20 +45,20 @@ def _input_grad_by_fold(grad_out: Tensor, weight: Tensor, input_shape: torch.Siz
 
 
 class _Conv2dFoldBackward(torch.autograd.Function):
-    """F.conv2d whose input gradient is `_input_grad_by_fold` (its columns in `columns`). Under CPU autocast the
+    """F.conv2d whose input gradient is `_input_grad_by_fold` (its columns in `columns_dtype`). Under CPU autocast the
     convolution runs in the autocast dtype (bf16) as F.conv2d would, and the gradients return in the inputs' own
     dtypes."""
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, padding: tuple[int, int],
-                columns: torch.dtype | None = None) -> Tensor:
+                columns_dtype: torch.dtype | None = None) -> Tensor:
         ctx.dtypes = (x.dtype, weight.dtype, bias.dtype if bias is not None else None)
         if torch.is_autocast_enabled("cpu"):
             dtype = torch.get_autocast_dtype("cpu")
             x, weight = x.to(dtype), weight.to(dtype)
             bias = bias.to(dtype) if bias is not None else None
         ctx.save_for_backward(x, weight)
-        ctx.padding, ctx.has_bias, ctx.columns = padding, bias is not None, columns
+        ctx.padding, ctx.has_bias, ctx.columns_dtype = padding, bias is not None, columns_dtype
         with torch.autocast("cpu", enabled=False):
             return F.conv2d(x, weight, bias, padding=padding)
 
@@ -67,7 +68,7 @@ class _Conv2dFoldBackward(torch.autograd.Function):
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         x_dtype, w_dtype, b_dtype = ctx.dtypes
         grad_out = grad_out.to(x.dtype)
-        grad_x = _input_grad_by_fold(grad_out, weight, x.shape, ctx.padding, ctx.columns).to(x_dtype) if need_x else None
+        grad_x = _input_grad_by_fold(grad_out, weight, x.shape, ctx.padding, ctx.columns_dtype).to(x_dtype) if need_x else None
         grad_w = grad_b = None
         if need_w or (need_b and ctx.has_bias):
             # in the layout the output came in (channels-last in training): oneDNN's bf16 weight gradient
