@@ -8,7 +8,9 @@ run does (the spec's `optimise` settings, the variant's e() from the pipeline's 
 percent localised: image seed = optimiser seed reproduces the pipeline's run of that seed. Uses the
 pipeline's outputs, so run it after `snakemake`; one thread per run, ~2-3 min a TC run on the default config.
 `--steps` runs longer or shorter than the spec, and `--at` adds the percent localised at earlier steps (every step up
-to the last is the same computation whatever the budget, so one long run reads as several shorter ones).
+to the last is the same computation whatever the budget, so one long run reads as several shorter ones). The last
+column is eq. 8's mean loss over the run's last `--loss-steps` steps, which needs no true boxes: within an image set,
+the draws that localise worst have had the highest (docs/CHOICES.md, "Co-localisation").
 
     .venv/bin/python scripts/coloc_seeds.py --variant TC --digit 1 --image-seeds 0 2 --optimiser-seeds 0 1 2
     .venv/bin/python scripts/coloc_seeds.py --digit 1 --optimiser-seeds 0 1 2 3 --steps 440 --at 320 400
@@ -37,13 +39,19 @@ def pipeline_inputs(results: Path, variant: str) -> tuple[dict, co.Encoder, dict
 
 
 def localised(settings: dict, encoder: co.Encoder, mnist: dict, variant: str, digit: int, image_seed: int,
-              optimiser_seed: int, at: tuple[int, ...] = ()) -> list[float]:
+              optimiser_seed: int, at: tuple[int, ...] = (), loss_steps: int = 40) -> tuple[list[float], float]:
     """Percent of class `digit`'s images of `image_seed` localised by an optimisation drawn with `optimiser_seed`: at
-    each step of `at` (multiples of settings["record_every"]), then at the end."""
+    each step of `at` (multiples of settings["record_every"]), then at the end; and eq. 8's mean loss over the last
+    `loss_steps` steps (a multiple of settings["record_every"])."""
     data = co.make_images(mnist, digit, variant, settings["images"], image_seed)
     result = co.optimise(data["images"], data["boxes"], encoder, settings, optimiser_seed, log=lambda s: None)
-    recorded = {frame["step"]: frame["localised"] for frame in result["trajectory"]}
-    return [recorded[step] for step in at] + [result["localised"]]
+    frames = result["trajectory"]
+    recorded = {frame["step"]: frame["localised"] for frame in frames}
+    # each frame's loss is the mean over the steps since the frame before: weight it by their number
+    last = [(frame["loss"], frame["step"] - before["step"]) for before, frame in zip(frames, frames[1:])
+            if frame["step"] > settings["steps"] - loss_steps]
+    final_loss = sum(loss * n for loss, n in last) / sum(n for _, n in last)
+    return [recorded[step] for step in at] + [result["localised"]], final_loss
 
 
 def main(argv=None) -> None:
@@ -56,6 +64,8 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--steps", type=int, help="optimisation steps per run (default: the spec's)")
     ap.add_argument("--at", type=int, nargs="+", default=[], help="also print the percent localised at these steps")
+    ap.add_argument("--loss-steps", type=int, help="the last column: eq. 8's mean loss over this many last steps "
+                                                   "(default: 40, or the whole run where it is shorter)")
     a = ap.parse_args(argv)
     for path in (a.results / "specs" / "table5.json", a.results / "data" / "mnist.npz"):
         if not path.exists():
@@ -66,11 +76,19 @@ def main(argv=None) -> None:
     wrong = [s for s in a.at if s % settings["record_every"] or not 0 <= s <= settings["steps"]]
     if wrong:
         raise SystemExit(f"--at {wrong}: the runs record every {settings['record_every']} steps up to {settings['steps']}")
-    print(" ".join(["variant digit image_seed optimiser_seed", *(f"at_{s}" for s in a.at), "localised_%"]))
+    every = settings["record_every"]
+    a.loss_steps = a.loss_steps or min(40, settings["steps"] // every * every)
+    if a.loss_steps % every or not 0 < a.loss_steps <= settings["steps"]:
+        raise SystemExit(f"--loss-steps {a.loss_steps}: must be a positive multiple of the runs' record_every "
+                         f"({settings['record_every']}) up to their {settings['steps']} steps")
+    print(" ".join(["variant digit image_seed optimiser_seed", *(f"at_{s}" for s in a.at), "localised_%",
+                    f"loss_last_{a.loss_steps}"]))
     for image_seed in a.image_seeds:
         for optimiser_seed in a.optimiser_seeds:
-            rates = localised(settings, encoder, mnist, a.variant, a.digit, image_seed, optimiser_seed, tuple(a.at))
-            print(f"{a.variant} {a.digit} {image_seed} {optimiser_seed} " + " ".join(f"{r:.0f}" for r in rates), flush=True)
+            rates, loss = localised(settings, encoder, mnist, a.variant, a.digit, image_seed, optimiser_seed,
+                                    tuple(a.at), a.loss_steps)
+            print(f"{a.variant} {a.digit} {image_seed} {optimiser_seed} " + " ".join(f"{r:.0f}" for r in rates)
+                  + f" {loss:.3f}", flush=True)
 
 
 if __name__ == "__main__":

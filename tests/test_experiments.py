@@ -241,11 +241,18 @@ def test_a_random_bank_encodes_k_patches_once_and_each_step_draws_its_patch_from
             return super().parts(x, only)
 
     loss = co.triplet_loss
-    monkeypatch.setattr(co, "triplet_loss", lambda a, b, r, m: drawn.append(r.detach()) or loss(a, b, r, m))
+    drawn_args = []
+    monkeypatch.setattr(co, "triplet_loss", lambda a, b, r, m: drawn.append(r.detach())
+                        or drawn_args.append((a.detach(), b.detach(), r.detach(), m)) or loss(a, b, r, m))
     settings = {"images": 5, "steps": 8, "optimizer": "adam", "lr": 0.003, "momentum": 0.9, "margin": 4.0, "scale_from": 1.0,
                 "anneal_steps": 4, "centre": "ink", "record_every": 4, "figure_images": 2}
-    co.optimise(images, boxes, Counting([cnn], [1.0]), settings, 0, log=lambda s: None)
+    frames = co.optimise(images, boxes, Counting([cnn], [1.0]), settings, 0, log=lambda s: None)["trajectory"]
     assert len(calls) == 2 * 8  # fresh patches: e() of the crops and of new patches every step
+    losses = [float(loss(*args)) for args in drawn_args]  # eq. 8 of each step, recomputed from its inputs
+    assert [f["step"] for f in frames] == [0, 4, 8] and frames[0]["loss"] is None
+    assert [f["loss"] for f in frames[1:]] == pytest.approx([np.mean(losses[:4]), np.mean(losses[4:])], rel=1e-6)
+    assert frames[1]["loss"] != frames[2]["loss"]
+    drawn_args.clear()
     calls.clear(), drawn.clear()
     co.optimise(images, boxes, Counting([cnn], [1.0]), {**settings, "random_bank": 3}, 0, log=lambda s: None)
     assert len(calls) == 3 + 8  # the bank once, then only the crops

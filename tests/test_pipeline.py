@@ -250,19 +250,24 @@ def test_coloc_seeds_reproduces_the_pipelines_run_and_varies_the_optimisers_draw
     out = subprocess.run([sys.executable, "scripts/coloc_seeds.py", "--results", str(smoke), "--variant", "TC",
                           "--digit", "8", "--image-seeds", "0", "--optimiser-seeds", "0", "1"], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=300, check=True).stdout.splitlines()
-    assert out[0] == "variant digit image_seed optimiser_seed localised_%" and len(out) == 3
+    assert out[0] == "variant digit image_seed optimiser_seed localised_% loss_last_6" and len(out) == 3
     run = json.loads((smoke / "runs" / "table5" / "TC" / "8" / "seed0" / "metrics.json").read_text())
-    assert out[1] == f"TC 8 0 0 {run['localised']:.0f}"
-    assert out[2].startswith("TC 8 0 1 ") and 0 <= float(out[2].split()[-1]) <= 100
+    frames = json.loads((smoke / "runs" / "table5" / "TC" / "8" / "seed0" / "trajectory.json").read_text())["trajectory"]
+    # the whole run's mean loss: its frames' (every 2 steps) means, weighted by the steps each covers
+    assert out[1] == f"TC 8 0 0 {run['localised']:.0f} {sum(f['loss'] for f in frames[1:]) / 3:.3f}"
+    assert out[2].startswith("TC 8 0 1 ") and 0 <= float(out[2].split()[-2]) <= 100 and float(out[2].split()[-1]) >= 0
     # a longer run read at the spec's own last step (6) is the pipeline's run again: every step up to it is the same
     longer = subprocess.run([sys.executable, "scripts/coloc_seeds.py", "--results", str(smoke), "--digit", "8",
                              "--optimiser-seeds", "0", "--steps", "8", "--at", "2", "6"], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=300, check=True).stdout.splitlines()
-    assert longer[0] == "variant digit image_seed optimiser_seed at_2 at_6 localised_%"
-    assert longer[1].split()[5] == f"{run['localised']:.0f}" and len(longer[1].split()) == 7
+    assert longer[0] == "variant digit image_seed optimiser_seed at_2 at_6 localised_% loss_last_8"
+    assert longer[1].split()[5] == f"{run['localised']:.0f}" and len(longer[1].split()) == 8
     wrong = subprocess.run([sys.executable, "scripts/coloc_seeds.py", "--results", str(smoke), "--at", "3"], cwd=ROOT,
                            env=env, capture_output=True, text=True)
     assert wrong.returncode != 0 and "--at [3]: the runs record every 2 steps up to 6" in wrong.stderr
+    odd = subprocess.run([sys.executable, "scripts/coloc_seeds.py", "--results", str(smoke), "--loss-steps", "3"], cwd=ROOT,
+                         env=env, capture_output=True, text=True)
+    assert odd.returncode != 0 and "--loss-steps 3: must be a positive multiple of the runs' record_every (2)" in odd.stderr
     missing = subprocess.run([sys.executable, "scripts/coloc_seeds.py", "--results", str(smoke / "none")], cwd=ROOT,
                              env=env, capture_output=True, text=True)
     assert missing.returncode != 0 and "table5.json is missing: run the pipeline first" in missing.stderr

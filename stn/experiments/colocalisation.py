@@ -414,7 +414,9 @@ def derangement(n: int, gen: torch.Generator) -> Tensor:
 
 def optimise(images: np.ndarray, boxes: np.ndarray, encoder: Encoder, settings: dict, seed: int,
              log=print, on_eval=None) -> dict:
-    """Train a localiser on one image set; returns the final localisation rate and the θ trajectory. The margin
+    """Train a localiser on one image set; returns the final localisation rate and the θ trajectory, whose frames
+    (every settings["record_every"] steps and the last) also carry eq. 8's mean loss over the steps since the frame
+    before (None at step 0): the final loss ranks draws without the true boxes (docs/CHOICES.md). The margin
     is settings["margin"] per unit of the weight of e()'s CNNs in use, each from its settings["encoder_start"] step
     on (`encoder_schedule`). Iₙʳᵃⁿᵈ is a fresh patch every step, or with settings["random_bank"] = K > 0 one of K
     patches per image encoded once at the start (`random_bank`)."""
@@ -432,6 +434,7 @@ def optimise(images: np.ndarray, boxes: np.ndarray, encoder: Encoder, settings: 
     gen = torch.Generator().manual_seed(seed)
     bank = random_bank(x, encoder, settings["random_bank"], gen) if settings.get("random_bank", 0) else None
     trajectory = []
+    window_loss, window_steps = torch.zeros(()), 0  # eq. 8 since the last frame
     start = time.time()
     for step in range(settings["steps"] + 1):
         scale = window_scale(step, settings["scale_from"], settings["anneal_steps"])
@@ -441,7 +444,10 @@ def optimise(images: np.ndarray, boxes: np.ndarray, encoder: Encoder, settings: 
             boxes = boxes_from_theta(theta.detach().double())
             hits = iou(boxes, true) > 0.5  # A.2's measure: IoU with the true box above 0.5
             rate = float(hits.double().mean() * 100)
-            trajectory.append({"step": step, "theta": theta[: settings["figure_images"]].tolist(), "localised": rate})
+            mean_loss = float(window_loss) / window_steps if window_steps else None
+            window_loss, window_steps = torch.zeros(()), 0
+            trajectory.append({"step": step, "theta": theta[: settings["figure_images"]].tolist(), "localised": rate,
+                               "loss": mean_loss})
             if on_eval:
                 on_eval(step, rate)
             log(f"step {step}/{settings['steps']}  localised {rate:.0f}%  window {theta[0, 0]:.3f} of the canvas  "
@@ -457,6 +463,8 @@ def optimise(images: np.ndarray, boxes: np.ndarray, encoder: Encoder, settings: 
         opt.zero_grad()
         loss.backward()
         opt.step()
+        window_loss += loss.detach()
+        window_steps += 1
     return {"localised": rate, "trajectory": trajectory, "predicted_boxes": boxes.tolist(), "hits": hits.tolist()}
 
 
