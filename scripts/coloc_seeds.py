@@ -39,7 +39,7 @@ def pipeline_inputs(results: Path, variant: str) -> tuple[dict, co.Encoder, dict
 
 
 def localised(settings: dict, encoder: co.Encoder, mnist: dict, variant: str, digit: int, image_seed: int,
-              optimiser_seed: int, at: tuple[int, ...] = (), loss_steps: int = 40) -> tuple[list[float], float]:
+              optimiser_seed: int, at: tuple[int, ...], loss_steps: int) -> tuple[list[float], float]:
     """Percent of class `digit`'s images of `image_seed` localised by an optimisation drawn with `optimiser_seed`: at
     each step of `at` (multiples of settings["record_every"]), then at the end; and eq. 8's mean loss over the last
     `loss_steps` steps (a multiple of settings["record_every"])."""
@@ -73,14 +73,14 @@ def main(argv=None) -> None:
     torch.set_num_threads(a.threads)
     settings, encoder, mnist = pipeline_inputs(a.results, a.variant)
     settings = {**settings, "steps": a.steps or settings["steps"]}
-    wrong = [s for s in a.at if s % settings["record_every"] or not 0 <= s <= settings["steps"]]
-    if wrong:
-        raise SystemExit(f"--at {wrong}: the runs record every {settings['record_every']} steps up to {settings['steps']}")
     every = settings["record_every"]
+    wrong = [s for s in a.at if s % every or not 0 <= s <= settings["steps"]]
+    if wrong:
+        raise SystemExit(f"--at {wrong}: the runs record every {every} steps up to {settings['steps']}")
     a.loss_steps = a.loss_steps or min(40, settings["steps"] // every * every)
     if a.loss_steps % every or not 0 < a.loss_steps <= settings["steps"]:
         raise SystemExit(f"--loss-steps {a.loss_steps}: must be a positive multiple of the runs' record_every "
-                         f"({settings['record_every']}) up to their {settings['steps']} steps")
+                         f"({every}) up to their {settings['steps']} steps")
     print(" ".join(["variant digit image_seed optimiser_seed", *(f"at_{s}" for s in a.at), "localised_%",
                     f"loss_last_{a.loss_steps}"]))
     for image_seed in a.image_seeds:

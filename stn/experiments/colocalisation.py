@@ -434,7 +434,7 @@ def optimise(images: np.ndarray, boxes: np.ndarray, encoder: Encoder, settings: 
     gen = torch.Generator().manual_seed(seed)
     bank = random_bank(x, encoder, settings["random_bank"], gen) if settings.get("random_bank", 0) else None
     trajectory = []
-    window_loss, window_steps = torch.zeros(()), 0  # eq. 8 since the last frame
+    window = []  # eq. 8's loss at each step since the last frame
     start = time.time()
     for step in range(settings["steps"] + 1):
         scale = window_scale(step, settings["scale_from"], settings["anneal_steps"])
@@ -444,10 +444,9 @@ def optimise(images: np.ndarray, boxes: np.ndarray, encoder: Encoder, settings: 
             boxes = boxes_from_theta(theta.detach().double())
             hits = iou(boxes, true) > 0.5  # A.2's measure: IoU with the true box above 0.5
             rate = float(hits.double().mean() * 100)
-            mean_loss = float(window_loss) / window_steps if window_steps else None
-            window_loss, window_steps = torch.zeros(()), 0
             trajectory.append({"step": step, "theta": theta[: settings["figure_images"]].tolist(), "localised": rate,
-                               "loss": mean_loss})
+                               "loss": float(torch.stack(window).mean()) if window else None})
+            window.clear()
             if on_eval:
                 on_eval(step, rate)
             log(f"step {step}/{settings['steps']}  localised {rate:.0f}%  window {theta[0, 0]:.3f} of the canvas  "
@@ -463,8 +462,7 @@ def optimise(images: np.ndarray, boxes: np.ndarray, encoder: Encoder, settings: 
         opt.zero_grad()
         loss.backward()
         opt.step()
-        window_loss += loss.detach()
-        window_steps += 1
+        window.append(loss.detach())
     return {"localised": rate, "trajectory": trajectory, "predicted_boxes": boxes.tolist(), "hits": hits.tolist()}
 
 
