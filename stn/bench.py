@@ -1,5 +1,6 @@
 """`python -m stn.bench sampler`: time every sampler implementation against F.affine_grid + F.grid_sample.
 (The other subcommands, in SUBCOMMANDS: `train`, training steps per second and the protocol's device-hours;
+`share`, the runs per hour of k training jobs sharing one device against one;
 `pool`, average pooling against torch's; `grid`, the projective and TPS grid generators against autograd's;
 `coloc`, a Table 5 class's optimisation step with fresh random patches against a bank of them.)
 
@@ -310,7 +311,8 @@ def format_row(r: dict, left_s: float | None = None) -> str:
             f"{r['copy_percent']:>7.1f} {r['peak_mib']:>9.1f} {left:>7}").rstrip()
 
 
-SUBCOMMANDS = {"train": "bench_train", "pool": "bench_pool", "grid": "bench_grid", "coloc": "bench_coloc"}  # name -> module with main(argv)
+SUBCOMMANDS = {"train": "bench_train", "share": "bench_share", "pool": "bench_pool", "grid": "bench_grid",
+               "coloc": "bench_coloc"}  # name -> module with main(argv)
 
 
 def main(argv: list[str] | None = None) -> int:

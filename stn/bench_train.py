@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import statistics
+from typing import Callable
+
 import torch
 
 from .bench import call_times
@@ -23,10 +25,10 @@ from .train import keep_freed_memory
 MODES = {"cpu": ("none", "default"), "cuda": ("none", "reduce-overhead")}
 
 
-def step_times(model: torch.nn.Module, dataset: str, settings, mode: str, device: torch.device, steps: int,
-               warmup: int, precision: str = "fp32") -> tuple[float, float]:
-    """(seconds the warm-up steps took, median seconds of one timed step) of `model` training on random
-    images of `dataset`'s shape under `settings`, torch.compile `mode` and `precision` (fp32 or bf16)."""
+def training_step(model: torch.nn.Module, dataset: str, settings, mode: str, device: torch.device,
+                  precision: str = "fp32") -> Callable[[], None]:
+    """One training step of `model` (forward, backward, optimiser step) on a fixed batch of random images of
+    `dataset`'s shape under `settings`, torch.compile `mode` and `precision` (fp32 or bf16), as a call."""
     from .modules import param_groups
     from .paper import registry
     from .train import _forward_backward, as_input, make_optimizer, wants_channels_last
@@ -48,7 +50,13 @@ def step_times(model: torch.nn.Module, dataset: str, settings, mode: str, device
         _forward_backward(step_model, opt, x, y, precision)
         opt.step()
 
-    warm, times = call_times(step, device, steps, warmup)
+    return step
+
+
+def step_times(model: torch.nn.Module, dataset: str, settings, mode: str, device: torch.device, steps: int,
+               warmup: int, precision: str = "fp32") -> tuple[float, float]:
+    """(seconds the warm-up steps took, median seconds of one timed step) of `training_step`'s step."""
+    warm, times = call_times(training_step(model, dataset, settings, mode, device, precision), device, steps, warmup)
     return warm, statistics.median(times)
 
 
@@ -61,6 +69,22 @@ def _config(path: str, tables: list[str]) -> dict:
     if missing := [t for t in tables if t not in config]:
         raise SystemExit(f"{path} has no section {', '.join(missing)}")
     return config
+
+
+def job_model(config: dict, table: str, dataset: str, model: str, params: dict | None = None):
+    """(the built model, its TrainSettings) of `table`'s first-seed run of `model` on `dataset` in `config`,
+    built as the runs build it (the parameter-matched widths of `stn params`; pass `params`, the table's
+    `classification.param_table`, to reuse it across models)."""
+    from .experiments import classification
+    from .paper import registry
+    from .settings import TrainSettings, resolve_job
+
+    section = config[table]
+    grid = registry.experiment(table).grid(section, config)
+    if params is None:
+        params = classification.param_table([dataset], list(grid.models), section["param_target"], section.get("net"))
+    settings = TrainSettings.from_dict(resolve_job(config, table, dataset, model, grid.seeds[0])["settings"])
+    return classification.build_model(dataset, model, params, seed=0), settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from .experiments import classification
     from .paper import registry
-    from .settings import COMPILE_MODES, PRECISIONS, TrainSettings, resolve_job
+    from .settings import COMPILE_MODES, PRECISIONS
     from .train import resolve_device
 
     if args.steps < 1 or args.warmup < 1:
@@ -125,13 +149,9 @@ def main(argv: list[str] | None = None) -> int:
             for model in models:
                 if not grid.has(dataset, model):
                     continue
-                job = resolve_job(config, name, dataset, model, grid.seeds[0])
-                settings = TrainSettings.from_dict(job["settings"])
-                runs += len(grid.seeds)
-                steps_total += len(grid.seeds) * settings.iterations
                 base = None
                 for mode, precision in variants:
-                    built = classification.build_model(dataset, model, params, seed=0)
+                    built, settings = job_model(config, name, dataset, model, params)  # a fresh model each time
                     warm, step = step_times(built.model, dataset, settings, mode, device, args.steps, args.warmup,
                                             precision)
                     base = base or step
@@ -140,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{name:<7} {dataset:<8} {model:<14} {built.params:>8} {settings.batch_size:>5} {mode:<16} "
                           f"{precision:<5} {warm:>9.1f} {step * 1e3:>9.2f} {1 / step:>8.1f} {cost:>15.2f} "
                           f"{base / step:>7.2f}", flush=True)
+                runs += len(grid.seeds)
+                steps_total += len(grid.seeds) * settings.iterations
         for mode, precision in variants:
             h = hours[mode, precision]
             ratio = f" ({hours[variants[0]] / h:.2f}x base)" if h else " (nothing measured)"

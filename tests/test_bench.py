@@ -125,7 +125,41 @@ def test_train_benchmark_names_what_it_cannot_cost(capsys):
         assert message in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("sub", ["train", "coloc"])
+def test_share_benchmark_prints_the_total_rate_of_k_jobs_against_one(capsys):
+    """One job, then two at once (--jobs 2 runs k = 1 first): each row's total is k jobs' steps per second and
+    its ratio that total over one job's; the summary names the k with the highest total."""
+    argv = ["share", "--config", "config/smoke.yaml", "--dataset", "RTS", "--models", "ST-FCN-Aff", "--jobs", "2",
+            "--seconds", "1", "--warmup", "1", "--device", "cpu"]
+    assert bench.main(argv) == 0
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if line.startswith("ST-FCN-Aff ")]
+    assert [r[1] for r in rows] == ["1", "2"]
+    (_, _, each1, total1, x1), (_, _, each2, total2, x2) = rows
+    assert float(each1) == float(total1) > 0 and float(x1) == 1.0
+    assert 0 < float(each2) <= float(total2) and float(x2) == pytest.approx(float(total2) / float(total1), abs=0.01)
+    best = max((float(total1), 1), (float(total2), 2))[1]
+    assert f"ST-FCN-Aff: most runs per hour with {best} jobs per device" in out
+
+
+def test_share_benchmark_names_bad_input_and_a_failing_job(capsys):
+    from stn.bench_share import shared_rate
+
+    for argv, message in [(["--jobs", "0"], "--jobs takes positive integers"),
+                          (["--jobs", "two"], "--jobs takes positive integers"),
+                          (["--models", "ST-CNN-TPS"], "['ST-CNN-TPS'] on RTS not trained by table1"),
+                          (["--table", "table2"], "only the classification tables"),
+                          (["--mode", "fast"], "--mode must be one of")]:
+        with pytest.raises(SystemExit):
+            bench.main(["share", "--config", "config/smoke.yaml", "--device", "cpu", *argv])
+        assert message in capsys.readouterr().err
+    # a job that cannot build its model stops the benchmark with its error (its partner does not wait on)
+    spec = {"config": "config/smoke.yaml", "table": "table1", "dataset": "NOPE", "model": "CNN", "mode": "none",
+            "precision": "fp32", "device": "cpu", "seconds": 1.0, "warmup": 1, "threads": 1}
+    with pytest.raises(SystemExit, match="share: a job of CNN failed: .*NOPE"):
+        shared_rate(spec, 2)
+
+
+@pytest.mark.parametrize("sub", ["train", "share", "coloc"])
 def test_benchmarks_name_a_missing_config_in_one_line(sub, capsys):
     assert bench.main([sub, "--config", "config/nope.yaml"]) == 2
     err = capsys.readouterr().err

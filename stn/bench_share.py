@@ -1,0 +1,138 @@
+"""`python -m stn.bench share`: how many training jobs should share one device. For each k in `--jobs`,
+k processes train the same model at once on the device (as k Snakemake jobs given one GPU would: see
+`--resources gpu=N` in the README), each on its own random batch, for `--seconds` after `--warmup`
+untimed steps and a barrier that starts them together. The total steps per second over all k is
+what runs per hour scale with (every run of a table trains a fixed number of steps); `x one job` is
+that total against k = 1 in the same benchmark.
+
+A training step at the paper's batch sizes keeps a GPU busy for a few tens of microseconds against
+hundreds on the host, so one job leaves most of the device idle; k jobs fill it until the device (or
+the host's cores) saturate.
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import queue
+import statistics
+import time
+
+import torch
+
+BARRIER_TIMEOUT_S = 600  # a worker that cannot build its model in this long has failed
+
+
+def _worker(spec: dict, barrier, results) -> None:
+    """One training process: build, warm up, wait for the others, then step for spec['seconds']."""
+    try:
+        from .bench import _sync
+        from .bench_train import _config, job_model, training_step
+        from .train import keep_freed_memory
+
+        torch.set_num_threads(spec["threads"])
+        keep_freed_memory()
+        device = torch.device(spec["device"])
+        config = _config(spec["config"], [spec["table"]])
+        built, settings = job_model(config, spec["table"], spec["dataset"], spec["model"])
+        step = training_step(built.model, spec["dataset"], settings, spec["mode"], device, spec["precision"])
+        for _ in range(spec["warmup"]):
+            step()
+        _sync(device)
+        barrier.wait(BARRIER_TIMEOUT_S)
+        steps, start = 0, time.perf_counter()
+        while time.perf_counter() - start < spec["seconds"]:
+            step()
+            steps += 1
+        _sync(device)
+        results.put((steps, time.perf_counter() - start))
+    except BaseException as exc:  # the parent reports it; the others must not wait at the barrier for ever
+        barrier.abort()
+        results.put(f"{type(exc).__name__}: {exc}")
+
+
+def shared_rate(spec: dict, jobs: int) -> list[float]:
+    """Steps per second of each of `jobs` processes training `spec`'s model on one device at once."""
+    ctx = mp.get_context("spawn")  # CUDA cannot be used in a forked child
+    barrier, results = ctx.Barrier(jobs), ctx.Queue()
+    procs = [ctx.Process(target=_worker, args=(spec, barrier, results), daemon=True) for _ in range(jobs)]
+    for p in procs:
+        p.start()
+    out: list = []
+    try:
+        deadline = time.monotonic() + BARRIER_TIMEOUT_S + spec["seconds"] + 60
+        while len(out) < jobs:
+            try:
+                out.append(results.get(timeout=max(1.0, deadline - time.monotonic())))
+            except queue.Empty:
+                raise SystemExit(f"share: {jobs} jobs of {spec['model']} did not finish in time") from None
+            if isinstance(out[-1], str):
+                raise SystemExit(f"share: a job of {spec['model']} failed: {out[-1]}")
+    finally:
+        for p in procs:
+            p.join(5)
+            if p.is_alive():
+                p.kill()
+    return [steps / seconds for steps, seconds in out]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m stn.bench share", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="config/paper.yaml", help="the config whose runs to train")
+    parser.add_argument("--table", default="table1", help="a classification table (table1, table4)")
+    parser.add_argument("--dataset", default="RTS", help="one of the table's data sets")
+    parser.add_argument("--models", default="CNN,ST-CNN-Aff", help="comma-separated models of the table")
+    parser.add_argument("--mode", default="none", help="torch.compile mode of every job (none = eager)")
+    parser.add_argument("--precision", default="fp32", help="fp32 or bf16")
+    parser.add_argument("--jobs", default="1,2,4", help="comma-separated numbers of jobs sharing the device (1 is always run)")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--seconds", type=float, default=10.0, help="timed seconds of every job")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps of every job first")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads of every job")
+    args = parser.parse_args(argv)
+    from .bench_train import _config
+    from .paper import registry
+    from .settings import COMPILE_MODES, PRECISIONS
+    from .train import resolve_device
+
+    try:
+        jobs = [int(k) for k in args.jobs.split(",")]
+    except ValueError:
+        jobs = []
+    if not jobs or min(jobs) < 1:
+        parser.error(f"--jobs takes positive integers separated by commas, got {args.jobs!r}")
+    jobs = sorted({1, *jobs})  # one job is the baseline
+    if args.seconds <= 0 or args.warmup < 1 or args.threads < 1:
+        parser.error("--seconds must be positive, --warmup and --threads at least 1")
+    if args.mode not in COMPILE_MODES or args.precision not in PRECISIONS:
+        parser.error(f"--mode must be one of {list(COMPILE_MODES)} and --precision one of {list(PRECISIONS)}")
+    if args.table not in registry.EXPERIMENTS or registry.experiment(args.table).module != "classification":
+        parser.error(f"--table {args.table}: only the classification tables (table1, table4) can be trained here")
+    config = _config(args.config, [args.table])
+    grid = registry.experiment(args.table).grid(config[args.table], config)
+    models = args.models.split(",")
+    if bad := [m for m in models if not grid.has(args.dataset, m)]:
+        parser.error(f"{bad} on {args.dataset} not trained by {args.table} in {args.config} "
+                     f"(data sets {grid.datasets}, models {grid.models})")
+    device = resolve_device(args.device)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"== {where}: k jobs training one model each at once, {args.threads} thread(s) each, {args.seconds:g} s "
+          f"after {args.warmup} untimed steps; {args.table} {args.dataset}, compile {args.mode}, {args.precision}; "
+          "x one job = total steps/s against k = 1 (the runs per hour the device gives)")
+    header = f"{'model':<14} {'jobs':>4} {'steps/s, each (median)':>22} {'steps/s, total':>14} {'x one job':>9}"
+    print(header + "\n" + "-" * len(header), flush=True)
+    for model in models:
+        spec = {"config": args.config, "table": args.table, "dataset": args.dataset, "model": model,
+                "mode": args.mode, "precision": args.precision, "device": str(device), "seconds": args.seconds,
+                "warmup": args.warmup, "threads": args.threads}
+        base = None
+        best = (0.0, 0)
+        for k in jobs:
+            rates = shared_rate(spec, k)
+            total = sum(rates)
+            base = base or total  # k = 1 comes first
+            best = max(best, (total, k))
+            print(f"{model:<14} {k:>4} {statistics.median(rates):>22.1f} {total:>14.1f} {total / base:>9.2f}",
+                  flush=True)
+        print(f"{model}: most runs per hour with {best[1]} jobs per device ({best[0] / base:.2f}x one job)", flush=True)
+    return 0
