@@ -134,5 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             best = max(best, (total, k))
             print(f"{model:<14} {k:>4} {statistics.median(rates):>22.1f} {total:>14.1f} {total / base:>9.2f}",
                   flush=True)
-        print(f"{model}: most runs per hour with {best[1]} jobs per device ({best[0] / base:.2f}x one job)", flush=True)
+        jobs_word = "job" if best[1] == 1 else "jobs"
+        print(f"{model}: most runs per hour with {best[1]} {jobs_word} per device ({best[0] / base:.2f}x one job)",
+              flush=True)
     return 0

@@ -138,7 +138,7 @@ def test_share_benchmark_prints_the_total_rate_of_k_jobs_against_one(capsys):
     assert float(each1) == float(total1) > 0 and float(x1) == 1.0
     assert 0 < float(each2) <= float(total2) and float(x2) == pytest.approx(float(total2) / float(total1), abs=0.01)
     best = max((float(total1), 1), (float(total2), 2))[1]
-    assert f"ST-FCN-Aff: most runs per hour with {best} jobs per device" in out
+    assert f"ST-FCN-Aff: most runs per hour with {best} {'job' if best == 1 else 'jobs'} per device" in out
 
 
 def test_share_benchmark_names_bad_input_and_a_failing_job(capsys):

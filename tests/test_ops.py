@@ -253,6 +253,50 @@ def test_cuda_dtypes_match_reference(dtype):
     assert xx.grad.dtype == dtype and torch.isfinite(xx.grad.float()).all()
 
 
+# The CUDA backward's shapes (stn/ops/csrc/cuda/sampler.cu): channel planes of d input in shared memory, in one
+# chunk or several (then bfloat16 takes the global-atomics shape so that d grid rounds once); maps too large for
+# a plane; more samples than a grid's y dimension holds.
+CUDA_BACKWARD_SHAPES = {
+    "plane, one chunk": ((3, 4, 9, 8), (7, 6)),
+    "planes, two chunks": ((2, 30, 24, 24), (11, 13)),
+    "map past a plane": ((2, 2, 120, 110), (9, 10)),
+    "3-D map past a plane": ((1, 2, 24, 24, 24), (5, 6, 7)),
+    "70,000 samples": ((70000, 1, 3, 3), (2, 2)),
+}
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("shape", CUDA_BACKWARD_SHAPES, ids=list(CUDA_BACKWARD_SHAPES))
+@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("grads", ["both", "input", "grid"])
+def test_cuda_backward_shapes_match_reference(shape, mode, dtype, grads):
+    require("cuda", "cuda")
+    if grads != "both" and (dtype != torch.float32 or shape != "planes, two chunks"):
+        pytest.skip("one gradient alone: checked on one shape and dtype")
+    in_size, out_size = CUDA_BACKWARD_SHAPES[shape]
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(in_size, generator=g).to(dtype)
+    grid = random_grid(in_size[0], out_size, len(out_size), seed=4).to(dtype)
+    weights = torch.rand(in_size[0], in_size[1], *out_size, generator=g)
+    want = {"input": grads != "grid", "grid": grads != "input"}
+
+    def run(impl, device, dt):
+        xx = x.to(device, dt).requires_grad_(want["input"])
+        gg = grid.to(device, dt).requires_grad_(want["grid"])
+        out = ops.sample(xx, gg, mode, False, impl)
+        leaves = [t for t in (xx, gg) if t.requires_grad]
+        grads_ = torch.autograd.grad((out.to(torch.float64) * weights.to(device, torch.float64)).sum(), leaves)
+        return [t.double().cpu() for t in (out, *grads_)]
+
+    ref = run("reference", "cpu", torch.float64)
+    got = run("cuda", "cuda", dtype)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    for name, a, b in zip(["output", *[k for k in want if want[k]]], got, ref):
+        scale = b.abs().max().item() or 1.0
+        assert (a - b).abs().max().item() <= tol * scale, f"{shape}, {mode}, {dtype}: {name} differs"
+
+
 # ---- relu_max_pool2d: ReLU + 2x2 max pooling in one op ------------------------------------------------------
 
 def _pool_inputs(dtype, channels_last, shape):

@@ -25,6 +25,26 @@ def test_gpu_check_script_parses():
     subprocess.run(["bash", "-n", "scripts/gpu_check.sh"], cwd=ROOT, check=True)
 
 
+def test_gpu_check_keeps_to_its_budget_and_names_every_step(tmp_path):
+    """With a stand-in interpreter whose training benchmark hangs: every step before it passes, it is stopped at
+    what is left of GPU_CHECK_SECONDS, the ones after it are skipped, and the summary names all of them."""
+    fake = tmp_path / "python"
+    fake.write_text('#!/bin/sh\ncase "$*" in *"stn.bench train"*) sleep 60;; esac\necho "ran: $*"\n')
+    fake.chmod(0o755)
+    logs = tmp_path / "logs"
+    env = {**os.environ, "PYTHON": str(fake), "GPU_CHECK_SECONDS": "16"}
+    proc = subprocess.run(["bash", "scripts/gpu_check.sh", str(logs)], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 1
+    summary = [line.split("[")[0].split(" (")[0].strip() for line in (logs / "summary.txt").read_text().splitlines()]
+    assert summary[:5] == ["ok    build", "ok    CUDA tests", "ok    sampler bench N=256", "ok    sampler bench N=16384",
+                           "TIMEOUT Table 1's protocol in GPU-hours"]
+    assert summary[5:9] == ["SKIP  jobs sharing the GPU", "SKIP  CUDA graphs against eager",
+                            "SKIP  training on the GPU", "SKIP  sampler bench, the CPU bar's cases"]
+    assert "ran: -m pytest -q -rs -p no:cacheprovider -n 4 -m cuda" in (logs / "tests.log").read_text()
+    assert len(list(logs.iterdir())) <= 8
+
+
 def test_setup_refuses_an_unsupported_python_before_installing_anything(tmp_path):
     fake = tmp_path / "python3.10"  # answers --version, fails every -c check as a 3.10 would fail the version test
     fake.write_text('#!/bin/sh\nif [ "$1" = --version ]; then echo "Python 3.10.0"; else exit 1; fi\n')

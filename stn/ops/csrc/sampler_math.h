@@ -132,14 +132,14 @@ struct LinearTaps {
 };
 
 // Nearest-neighbour tap (eq. 4, ties rounded to even as grid_sample does). False when absent.
-template <int D, typename acc_t>
-STN_HD bool nearest_offset(const acc_t* p, const Geometry<D>& g, int64_t* offset) {
-  int64_t off = 0;
+template <int D, typename acc_t, typename index_t>
+STN_HD bool nearest_offset(const acc_t* p, const Geometry<D, index_t>& g, index_t* offset) {
+  index_t off = 0;
 #pragma unroll
   for (int a = 0; a < D; ++a) {
     const acc_t r = round_even(p[a]);
     if (!(r >= acc_t(0) && r <= acc_t(g.size[a] - 1))) return false;
-    off += static_cast<int64_t>(r) * g.stride[a];
+    off += static_cast<index_t>(r) * g.stride[a];
   }
   *offset = off;
   return true;
