@@ -26,13 +26,13 @@ def _worker(spec: dict, barrier, results) -> None:
     """One training process: build, warm up, wait for the others, then step for spec['seconds']."""
     try:
         from .bench import _sync
-        from .bench_train import _config, job_model, training_step
+        from .bench_train import job_model, table_config, training_step
         from .train import keep_freed_memory
 
         torch.set_num_threads(spec["threads"])
         keep_freed_memory()
         device = torch.device(spec["device"])
-        config = _config(spec["config"], [spec["table"]])
+        config = table_config(spec["config"], [spec["table"]])
         built, settings = job_model(config, spec["table"], spec["dataset"], spec["model"])
         step = training_step(built.model, spec["dataset"], settings, spec["mode"], device, spec["precision"])
         for _ in range(spec["warmup"]):
@@ -46,8 +46,8 @@ def _worker(spec: dict, barrier, results) -> None:
         _sync(device)
         results.put((steps, time.perf_counter() - start))
     except BaseException as exc:  # the parent reports it; the others must not wait at the barrier for ever
-        barrier.abort()
         results.put(f"{type(exc).__name__}: {exc}")
+        barrier.abort()
 
 
 def shared_rate(spec: dict, jobs: int) -> list[float]:
@@ -57,21 +57,25 @@ def shared_rate(spec: dict, jobs: int) -> list[float]:
     procs = [ctx.Process(target=_worker, args=(spec, barrier, results), daemon=True) for _ in range(jobs)]
     for p in procs:
         p.start()
-    out: list = []
+    out: list = []  # one item from each job: (steps, seconds), or its error
     try:
         deadline = time.monotonic() + BARRIER_TIMEOUT_S + spec["seconds"] + 60
         while len(out) < jobs:
             try:
-                out.append(results.get(timeout=max(1.0, deadline - time.monotonic())))
+                out.append(results.get(timeout=1.0))
             except queue.Empty:
-                raise SystemExit(f"share: {jobs} jobs of {spec['model']} did not finish in time") from None
-            if isinstance(out[-1], str):
-                raise SystemExit(f"share: a job of {spec['model']} failed: {out[-1]}")
+                if dead := [p.exitcode for p in procs if p.exitcode not in (None, 0)]:  # killed before it could say
+                    raise SystemExit(f"share: a job of {spec['model']} died (exit code {dead[0]})") from None
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"share: {jobs} jobs of {spec['model']} did not finish in time") from None
     finally:
         for p in procs:
             p.join(5)
             if p.is_alive():
                 p.kill()
+    if errors := [o for o in out if isinstance(o, str)]:  # the cause first, not a partner's broken barrier
+        cause = next((e for e in errors if not e.startswith("BrokenBarrierError")), errors[0])
+        raise SystemExit(f"share: a job of {spec['model']} failed: {cause}")
     return [steps / seconds for steps, seconds in out]
 
 
@@ -90,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps of every job first")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads of every job")
     args = parser.parse_args(argv)
-    from .bench_train import _config
+    from .bench_train import table_config
     from .paper import registry
     from .settings import COMPILE_MODES, PRECISIONS
     from .train import resolve_device
@@ -108,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--mode must be one of {list(COMPILE_MODES)} and --precision one of {list(PRECISIONS)}")
     if args.table not in registry.EXPERIMENTS or registry.experiment(args.table).module != "classification":
         parser.error(f"--table {args.table}: only the classification tables (table1, table4) can be trained here")
-    config = _config(args.config, [args.table])
+    config = table_config(args.config, [args.table])
     grid = registry.experiment(args.table).grid(config[args.table], config)
     models = args.models.split(",")
     if bad := [m for m in models if not grid.has(args.dataset, m)]:

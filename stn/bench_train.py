@@ -60,7 +60,7 @@ def step_times(model: torch.nn.Module, dataset: str, settings, mode: str, device
     return warm, statistics.median(times)
 
 
-def _config(path: str, tables: list[str]) -> dict:
+def table_config(path: str, tables: list[str]) -> dict:
     """The config's YAML as written: only the costed tables' sections are used, and they are checked where
     their settings are resolved; the whole-config checks (that SVHN or CUB is on disk) do not apply here."""
     from .config import read_config
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     if bad := [t for t in tables if t not in registry.EXPERIMENTS or registry.experiment(t).module != "classification"]:
         parser.error(f"--tables: {bad}: this benchmark builds the classification tables (table1, table4); "
                      "the other experiments' models are not costed yet")
-    config = _config(args.config, tables)
+    config = table_config(args.config, tables)
     keep_freed_memory()
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"== {where}, {args.config}: median of {args.steps} training steps after {args.warmup} untimed ones "
