@@ -7,7 +7,8 @@ that total against k = 1 in the same benchmark.
 
 A training step at the paper's batch sizes keeps a GPU busy for a few tens of microseconds against
 hundreds on the host, so one job leaves most of the device idle; k jobs fill it until the device (or
-the host's cores) saturate.
+the host's cores) saturate. Without NVIDIA's MPS, as Snakemake's jobs run, the GPU time-slices between
+the processes' contexts: what sharing buys is one job's kernels running while the others' hosts work.
 """
 from __future__ import annotations
 
