@@ -6,7 +6,8 @@ config's protocol needs. Each row's last column is its speed against the baselin
 Each (table, data set, model) is built as its runs build it (the parameter-matched widths of
 `stn params`), then trained on random images of its data set's shape with its resolved settings
 (the table's train settings and overrides: batch size, optimiser, channels-last) for `--warmup`
-untimed steps (the first compiled step compiles) and `--steps` timed ones. The estimate is the
+untimed steps (the first compiled step compiles) and `--steps` timed ones, in one loop that waits for the
+device only at its end, as a training run's does (the mean step of that loop is the row's). The estimate is the
 sum over the table's runs (data sets × models × seeds) of iterations / steps per second: training
 steps only, not evaluation, data loading or start-up. With `--config config/paper.yaml` (the
 default) that is the paper's protocol.
@@ -14,12 +15,12 @@ default) that is the paper's protocol.
 from __future__ import annotations
 
 import argparse
-import statistics
+import time
 from typing import Callable
 
 import torch
 
-from .bench import call_times
+from .bench import _sync, call_times
 from .train import keep_freed_memory
 
 MODES = {"cpu": ("none", "default"), "cuda": ("none", "reduce-overhead")}
@@ -55,9 +56,16 @@ def training_step(model: torch.nn.Module, dataset: str, settings, mode: str, dev
 
 def step_times(model: torch.nn.Module, dataset: str, settings, mode: str, device: torch.device, steps: int,
                warmup: int, precision: str = "fp32") -> tuple[float, float]:
-    """(seconds the warm-up steps took, median seconds of one timed step) of `training_step`'s step."""
-    warm, times = call_times(training_step(model, dataset, settings, mode, device, precision), device, steps, warmup)
-    return warm, statistics.median(times)
+    """(seconds the warm-up steps took, mean seconds of a step) of `training_step`'s step, timed as a loop of
+    `steps` steps that waits for the device only at its end, as a training run's loop does (stn.train.LossWatch):
+    on a GPU the host queues the next step while the device runs this one."""
+    step = training_step(model, dataset, settings, mode, device, precision)
+    warm, _ = call_times(step, device, 0, warmup)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _sync(device)
+    return warm, (time.perf_counter() - start) / steps
 
 
 def table_config(path: str, tables: list[str]) -> dict:
@@ -100,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precisions", default="fp32,bf16",
                         help="comma-separated step arithmetics, fp32 and/or bf16 (default: both)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    parser.add_argument("--steps", type=int, default=20, help="timed steps per model and mode (their median is used)")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per model and mode (one loop; its mean step is used)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (the first compiled one compiles)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args(argv)
@@ -129,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     config = table_config(args.config, tables)
     keep_freed_memory()
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"== {where}, {args.config}: median of {args.steps} training steps after {args.warmup} untimed ones "
+    print(f"== {where}, {args.config}: mean step of a loop of {args.steps} training steps after {args.warmup} untimed ones "
           f"(random images of each data set's shape; the first compiled step compiles, so its warm-up is long); "
           f"x base: speed against {modes[0]} fp32 in this run")
     header = (f"{'table':<7} {'data set':<8} {'model':<14} {'params':>8} {'batch':>5} {'mode':<16} {'prec':<5} "

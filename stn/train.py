@@ -37,6 +37,65 @@ class Diverged(FloatingPointError):
     """Training diverged: a non-finite loss, or one that exploded past EXPLODE times its first value."""
 
 
+DEFERRED_DEVICES = ("cuda",)  # where LossWatch reads the loss only at check points
+CHECK_EVERY = 100  # there, the training loop checks for divergence at least this often (steps)
+RESIDENT_BYTES = 1 << 30  # a training set up to this size is moved to the GPU once (see device_resident)
+
+
+class LossWatch:
+    """The training loss of each step: the running sum for the curve, the last value for the progress line and
+    the divergence test (a non-finite loss, or one past EXPLODE × max(first loss, 1)). On the CPU reading a loss
+    costs nothing, so each is read and tested as it is added, as `loss.item()`. On a GPU reading one waits for the
+    device to finish the step, which would stall the host every step; there the losses are kept as tensors (no
+    work per step) and read together, one wait for all, when the loop calls `check()` (at its eval, progress and
+    checkpoint points and every CHECK_EVERY steps), which raises for the first diverged step with its iteration,
+    loss and learning rate. Either way the sums are the same float64 additions in the same order."""
+
+    def __init__(self, device: torch.device, first: float | None = None, running: float = 0.0, seen: int = 0):
+        self.deferred = device.type in DEFERRED_DEVICES
+        self.total, self.seen, self.first, self.last = running, seen, first, None
+        self.pending: list[tuple[int, float, torch.Tensor]] = []  # (iteration, learning rate, loss) not yet read
+
+    def add(self, it: int, loss: torch.Tensor, lr: float) -> None:
+        """Step `it`'s loss, trained at learning rate `lr`."""
+        self.pending.append((it, lr, loss.detach()))
+        if not self.deferred or self.first is None:  # the first loss sets the threshold
+            self.check()
+
+    def check(self) -> None:
+        """Read the losses added since the last check; raise Diverged for the first diverged one."""
+        if not self.pending:
+            return
+        pending, self.pending = self.pending, []
+        losses = [t for _, _, t in pending]
+        values = [losses[0].item()] if len(losses) == 1 else torch.stack(losses).tolist()
+        for (it, lr, _), value in zip(pending, values):
+            self.first = value if self.first is None else self.first
+            if not math.isfinite(value) or value > EXPLODE * max(self.first, 1.0):
+                raise Diverged(f"training diverged at iteration {it}: loss {value:.4g} (first {self.first:.4g}) at "
+                               f"learning rate {lr:g}; lower the learning rate (the table's train.lr, or a "
+                               "train_overrides entry for this run)")
+            self.total += value
+            self.seen += 1
+            self.last = value
+
+    def mean(self) -> float:
+        """The mean loss since the last call (or the start), and a fresh sum."""
+        self.check()
+        mean = self.total / self.seen
+        self.total, self.seen = 0.0, 0
+        return mean
+
+    def running(self) -> tuple[float, int]:
+        """(the loss summed since the last mean, steps in it), for a checkpoint."""
+        self.check()
+        return self.total, self.seen
+
+    def last_value(self) -> float:
+        self.check()
+        return self.last
+
+
 # Both optimisers run fused: one kernel per parameter instead of a handful of element-wise ops each
 # (Adam's step 420 -> 145 µs on the CPU for a Table 4 ST-FCN's 14 tensors). The same update, rounded
 # differently (2e-6 apart after 50 Adam steps).
@@ -94,6 +153,15 @@ class Batches:
 def _source(x):
     """Index-able inputs: a uint8 array, or an object that renders samples on demand (3-D volumes)."""
     return torch.from_numpy(x) if isinstance(x, np.ndarray) else x
+
+
+def device_resident(t, device: torch.device):
+    """A training tensor moved to the GPU once, where it fits in RESIDENT_BYTES: each batch is then gathered
+    there, so the host neither copies images nor waits for a transfer every step. The CPU, rendered sets (not
+    tensors) and larger sets keep theirs where they are, and batches are gathered on the host."""
+    if device.type != "cuda" or not isinstance(t, torch.Tensor) or t.numel() * t.element_size() > RESIDENT_BYTES:
+        return t
+    return t.to(device)
 
 
 def _first(x, n: int):
@@ -270,6 +338,8 @@ def train_run(
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     x_train, y_train = _source(data["x_train"]), torch.from_numpy(data["y_train"])
+    if isinstance(x_train := device_resident(x_train, device), torch.Tensor) and x_train.device.type != "cpu":
+        y_train = y_train.to(device)
     x_val = _source(_first(data["x_val"], settings.eval_samples))
     y_val = torch.from_numpy(data["y_val"][: settings.eval_samples])
     groups = param_groups(model, settings.lr, settings.loc_lr_mult)
@@ -305,11 +375,14 @@ def train_run(
     try:
         t0 = time.time() - elapsed
         running, seen = (ckpt["running"], ckpt["seen"]) if ckpt is not None and "running" in ckpt else (0.0, 0)
+        watch = LossWatch(device, first_loss, running, seen)
         next_log = time.time() + FIRST_LOG_S
         model.train()
         step_model = model if settings.compile == "none" else torch.compile(model, mode=settings.compile, dynamic=False)
         for it in range(start_it + 1, settings.iterations + 1):
             idx = batches.next()
+            if y_train.device != idx.device:  # the set lives on the GPU: gather there (the copy does not wait)
+                idx = idx.to(device, non_blocking=True)
             x = as_input(x_train[idx], device, channels_last)
             y = y_train[idx].to(device)
             try:
@@ -322,36 +395,34 @@ def train_run(
                 step_model = model
                 loss = _forward_backward(model, opt, x, y, settings.precision)
             opt.step()
+            watch.add(it, loss, opt.param_groups[0]["lr"])
             sched.step()
-            loss_value = loss.item()
-            first_loss = loss_value if first_loss is None else first_loss
-            if not math.isfinite(loss_value) or loss_value > EXPLODE * max(first_loss, 1.0):
-                raise Diverged(f"training diverged at iteration {it}: loss {loss_value:.4g} (first {first_loss:.4g}) at "
-                               f"learning rate {opt.param_groups[0]['lr']:g}; lower the learning rate (the table's "
-                               f"train.lr, or a train_overrides entry for this run)")
-            running += loss_value
-            seen += 1
-            if it % settings.eval_every == 0 or it == settings.iterations:
+            evaluate = it % settings.eval_every == 0 or it == settings.iterations
+            report = time.time() >= next_log or it == settings.iterations
+            save = it % settings.checkpoint_every == 0 and it != settings.iterations
+            if evaluate or report or save or it % CHECK_EVERY == 0:
+                watch.check()
+            if evaluate:
                 val_err = error_rate(model, x_val, y_val, device, channels_last, eval_batch)
-                point = {"iteration": it, "train_loss": running / seen, "val_error": val_err,
+                point = {"iteration": it, "train_loss": watch.mean(), "val_error": val_err,
                          "lr": opt.param_groups[0]["lr"], "seconds": time.time() - t0}
                 curve.append(point)
-                running, seen = 0.0, 0
                 if run is not None:
                     run.log_metrics({k: v for k, v in point.items() if k != "iteration"}, step=it)
-            if time.time() >= next_log or it == settings.iterations:
+            if report:
                 done = it - start_it
                 rate = done / max(time.time() - t0 - elapsed, 1e-9)
                 eta = (settings.iterations - it) / max(rate, 1e-9)
                 last = f"{curve[-1]['val_error']:.2f}%" if curve else "not yet measured"
-                log(f"[{time.strftime('%H:%M:%S')}] iteration {it}/{settings.iterations}  loss {loss_value:.4f}  val error {last}  "
+                log(f"[{time.strftime('%H:%M:%S')}] iteration {it}/{settings.iterations}  loss {watch.last_value():.4f}  val error {last}  "
                     f"{rate:.1f} it/s  eta {eta / 60:.1f} min")
                 next_log = time.time() + LOG_EVERY_S
-            if it % settings.checkpoint_every == 0 and it != settings.iterations:
+            if save:
+                running, seen = watch.running()
                 _save({"settings": settings.to_dict(), "seed": seed, "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                        "batches": batches.state_dict(), "torch_rng": torch.get_rng_state(), "iteration": it,
                        "curve": curve, "run_id": run.run_id if run else None, "elapsed": time.time() - t0,
-                       "first_loss": first_loss, "running": running, "seen": seen}, ckpt_path)
+                       "first_loss": watch.first, "running": running, "seen": seen}, ckpt_path)
         seconds = time.time() - t0
         test_err = error_rate(model, _source(data["x_test"]), torch.from_numpy(data["y_test"]), device,
                               channels_last, eval_batch)

@@ -127,6 +127,60 @@ def test_an_exploding_loss_stops_naming_the_step_and_the_rate(tmp_path):
     assert not (tmp_path / "metrics.json").exists()
 
 
+def test_a_deferred_loss_watch_trains_the_same_run_and_names_the_same_divergence(tmp_path, monkeypatch):
+    """On a GPU the loss is read only at check points (LossWatch): forced on the CPU here, the curve and weights
+    are bitwise the per-step ones, and an exploding run names the same first diverged step, loss and rate, though
+    its check comes later (nothing between steps 1 and 20 checks here but CHECK_EVERY, set to 7)."""
+    import stn.train as train
+    from stn.train import Diverged
+
+    def outcome(out_dir, **extra):
+        settings = TrainSettings(**{**SETTINGS, "eval_every": 20, "checkpoint_every": 20, **extra})
+        try:
+            train_run(model(), tiny_data(), settings, seed=1, out_dir=out_dir, log=lambda s: None)
+        except Diverged as exc:
+            return str(exc)
+        return (json.loads((out_dir / "curve.json").read_text())[-1]["train_loss"],
+                (out_dir / "model.pt").read_bytes())
+
+    eager = [outcome(tmp_path / "eager"), outcome(tmp_path / "eager-x", lr=3e4, lr_step=1, lr_gamma=0.5)]
+    monkeypatch.setattr(train, "DEFERRED_DEVICES", ("cuda", "cpu"))
+    monkeypatch.setattr(train, "CHECK_EVERY", 7)
+    deferred = [outcome(tmp_path / "deferred"), outcome(tmp_path / "deferred-x", lr=3e4, lr_step=1, lr_gamma=0.5)]
+    assert deferred[0] == eager[0]
+    message = eager[1]
+    assert message.startswith("training diverged at iteration ") and deferred[1] == message
+    it = int(message.split("iteration ")[1].split(":")[0])
+    assert 1 < it < 7, "the divergence must come after the rate's first drop and before the first check"
+    assert f"at learning rate {3e4 * 0.5 ** (it - 1):g};" in message  # the rate of that step (halved every step)
+
+
+def test_only_a_gpu_run_moves_its_training_set_and_only_one_that_fits(monkeypatch):
+    import stn.train as train
+    from stn.train import device_resident
+
+    x = torch.zeros(4, 8, 8, dtype=torch.uint8)
+    assert device_resident(x, torch.device("cpu")) is x
+    monkeypatch.setattr(train, "RESIDENT_BYTES", 255)  # x holds 256 bytes: too large, so not moved (no GPU needed)
+    assert device_resident(x, torch.device("cuda")) is x
+    rendered = object()  # a set that renders its samples on demand
+    assert device_resident(rendered, torch.device("cuda")) is rendered
+
+
+@pytest.mark.cuda
+def test_an_exploding_gpu_run_names_its_first_diverged_step_as_the_cpu_does(tmp_path):
+    """On a GPU the set lives on the device and the loss is read at check points; the divergence named is still the
+    first step's, with its rate (the same schedule as the CPU's, which it need not match in value)."""
+    from stn.train import Diverged
+
+    settings = TrainSettings(**{**SETTINGS, "lr": 3e4, "lr_step": 1, "lr_gamma": 0.5, "device": "cuda"})
+    with pytest.raises(Diverged, match=r"training diverged at iteration (\d+): loss .* at learning rate") as info:
+        train_run(model(), tiny_data(), settings, seed=1, out_dir=tmp_path, log=lambda s: None)
+    it = int(str(info.value).split("iteration ")[1].split(":")[0])
+    rate = float(str(info.value).split("learning rate ")[1].split(";")[0])
+    assert rate == pytest.approx(3e4 * 0.5 ** (it - 1))
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_same_seed_and_threads_give_bitwise_equal_weights(tmp_path, threads):
     before = torch.get_num_threads()
