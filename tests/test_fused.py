@@ -267,6 +267,21 @@ def test_bad_arguments_are_named():
 
 
 @pytest.mark.parametrize("impl", FUSED_IMPLS)
+def test_the_ops_backward_is_recorded_in_cpp(impl):
+    """csrc/autograd.cpp attaches each op's backward under the Autograd key: the graph's node is a C++ one (no
+    Python runs for it), for the fused and the unfused op alike, and only a tensor that asks gets a gradient."""
+    require(impl, device_of(impl))
+    x = torch.rand(2, 1, 5, 5, device=device_of(impl), requires_grad=True)
+    theta = random_theta(2, 2, torch.float32).to(device_of(impl)).flatten(1).requires_grad_()
+    fused = ops.transform_sample(x, Affine(), theta, (4, 4), impl=impl)
+    unfused = ops.sample(x, Affine().grid(theta.detach(), (4, 4)), impl=impl)
+    assert fused.grad_fn.name() == "torch::autograd::CppNode<stn::(anonymous namespace)::AffineSample>"
+    assert unfused.grad_fn.name() == "torch::autograd::CppNode<stn::(anonymous namespace)::Sample>"
+    dx, = torch.autograd.grad(unfused.sum(), (x,))
+    assert dx.shape == x.shape and dx.abs().sum() > 0
+
+
+@pytest.mark.parametrize("impl", FUSED_IMPLS)
 def test_torch_compile_fullgraph(impl):
     require(impl, device_of(impl))
     x = torch.rand(2, 3, 9, 9, device=device_of(impl), requires_grad=True)

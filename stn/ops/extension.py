@@ -34,7 +34,8 @@ def cuda_home() -> str | None:
 
 
 def _sources(with_cuda: bool) -> list[Path]:
-    files = sorted(CSRC.glob("cpu/*.cpp"))
+    """Device-neutral C++ (autograd.cpp), the CPU kernels and, with CUDA, the CUDA kernels."""
+    files = sorted(CSRC.glob("*.cpp")) + sorted(CSRC.glob("cpu/*.cpp"))
     if with_cuda:
         files += sorted(CSRC.glob("cuda/*.cu"))
     return files

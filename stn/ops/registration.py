@@ -5,8 +5,9 @@ stn::<name>_backward(grad, a, b, *args, need_a, need_b) -> (da, db), where a gra
 was not asked for comes back as an empty tensor. The fake implementations let torch.compile
 trace the ops; `differentiable(name)` is the pair as one differentiable function.
 
-Autograd is a torch.autograd.Function rather than torch.library.register_autograd: the same
-formula for ~15 µs (18%) less host time per forward+backward, which is what a GPU step at batch
+Autograd is registered in C++ (csrc/autograd.cpp) rather than here, as torch.library.register_autograd
+or a torch.autograd.Function: no Python runs for it in a step, 12.5 µs less host time per forward+backward
+than the Function (itself ~15 µs faster than register_autograd); host time is what a GPU step at batch
 256 waits on (its kernels take ~20 µs).
 """
 from __future__ import annotations
@@ -15,7 +16,6 @@ from typing import Callable
 
 import torch
 
-_functions: dict[str, Callable] = {}
 _done = False
 
 
@@ -30,35 +30,10 @@ def _register_fakes(name: str, forward_fake) -> None:
         return da, db
 
 
-def _autograd_function(name: str) -> type[torch.autograd.Function]:
-    forward_op = getattr(torch.ops.stn, f"{name}_forward")
-    backward_op = getattr(torch.ops.stn, f"{name}_backward")
-
-    class Pair(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, a, b, *args):
-            ctx.save_for_backward(a, b)
-            ctx.args = args
-            return forward_op(a, b, *args)
-
-        @staticmethod
-        def backward(ctx, grad_output):
-            a, b = ctx.saved_tensors
-            need_a, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-            da, db = backward_op(grad_output, a, b, *ctx.args, need_a, need_b)
-            return (da if need_a else None), (db if need_b else None), *([None] * len(ctx.args))
-
-    Pair.__name__ = Pair.__qualname__ = f"{name}_function"
-    return Pair
-
-
 def differentiable(name: str) -> Callable:
-    """stn::<name>_forward with its backward attached (the extension must be loaded).
-
-    A plain dict caches the Functions: torch.compile cannot trace through functools.cache."""
-    if name not in _functions:
-        _functions[name] = _autograd_function(name).apply
-    return _functions[name]
+    """stn::<name>_forward, differentiable: csrc/autograd.cpp attaches stn::<name>_backward to it under the
+    Autograd key (the extension must be loaded)."""
+    return getattr(torch.ops.stn, f"{name}_forward")
 
 
 class ReLUMaxPool2dFunction(torch.autograd.Function):
