@@ -156,7 +156,8 @@ def _step(method: Method, x, theta, backward: bool):
     return out
 
 
-def _sync(device):
+def sync_device(device) -> None:
+    """Wait for `device` to finish its queued work (nothing to wait for on the CPU)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -167,13 +168,13 @@ def call_times(fn: Callable[[], object], device, repeats: int, warmup: int = 2) 
     start = time.perf_counter()
     for _ in range(warmup):
         fn()
-    _sync(device)
+    sync_device(device)
     warm = time.perf_counter() - start
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
-        _sync(device)
+        sync_device(device)
         times.append(time.perf_counter() - start)
     return warm, times
 
@@ -268,10 +269,10 @@ def copy_bandwidth(device: torch.device, mib: int = 512, repeats: int = 10) -> f
     dst = torch.empty_like(src)
     best = math.inf
     for _ in range(repeats + 1):
-        _sync(device)
+        sync_device(device)
         start = time.perf_counter()
         dst.copy_(src)
-        _sync(device)
+        sync_device(device)
         best = min(best, time.perf_counter() - start)
     return 2 * src.numel() * src.element_size() / best
 

@@ -26,7 +26,7 @@ BARRIER_TIMEOUT_S = 600  # a worker that cannot build its model in this long has
 def _worker(spec: dict, barrier, results) -> None:
     """One training process: build, warm up, wait for the others, then step for spec['seconds']."""
     try:
-        from .bench import _sync
+        from .bench import sync_device
         from .bench_train import job_model, table_config, training_step
         from .train import keep_freed_memory
 
@@ -38,13 +38,13 @@ def _worker(spec: dict, barrier, results) -> None:
         step = training_step(built.model, spec["dataset"], settings, spec["mode"], device, spec["precision"])
         for _ in range(spec["warmup"]):
             step()
-        _sync(device)
+        sync_device(device)
         barrier.wait(BARRIER_TIMEOUT_S)
         steps, start = 0, time.perf_counter()
         while time.perf_counter() - start < spec["seconds"]:
             step()
             steps += 1
-        _sync(device)
+        sync_device(device)
         results.put((steps, time.perf_counter() - start))
     except BaseException as exc:  # the parent reports it; the others must not wait at the barrier for ever
         results.put(f"{type(exc).__name__}: {exc}")

@@ -20,7 +20,7 @@ from typing import Callable
 
 import torch
 
-from .bench import _sync, call_times
+from .bench import call_times, sync_device
 from .train import keep_freed_memory
 
 MODES = {"cpu": ("none", "default"), "cuda": ("none", "reduce-overhead")}
@@ -64,7 +64,7 @@ def step_times(model: torch.nn.Module, dataset: str, settings, mode: str, device
     start = time.perf_counter()
     for _ in range(steps):
         step()
-    _sync(device)
+    sync_device(device)
     return warm, (time.perf_counter() - start) / steps
 
 
