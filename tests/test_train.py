@@ -143,16 +143,18 @@ def test_a_deferred_loss_watch_trains_the_same_run_and_names_the_same_divergence
         return (json.loads((out_dir / "curve.json").read_text())[-1]["train_loss"],
                 (out_dir / "model.pt").read_bytes())
 
-    eager = [outcome(tmp_path / "eager"), outcome(tmp_path / "eager-x", lr=3e4, lr_step=1, lr_gamma=0.5)]
+    # the rate tripled every step: the loss explodes a few steps in, at a rate of its own
+    eager = [outcome(tmp_path / "eager"), outcome(tmp_path / "eager-x", lr=1.0, lr_step=1, lr_gamma=3.0)]
     monkeypatch.setattr(train, "DEFERRED_DEVICES", ("cuda", "cpu"))
     monkeypatch.setattr(train, "CHECK_EVERY", 7)
-    deferred = [outcome(tmp_path / "deferred"), outcome(tmp_path / "deferred-x", lr=3e4, lr_step=1, lr_gamma=0.5)]
+    deferred = [outcome(tmp_path / "deferred"), outcome(tmp_path / "deferred-x", lr=1.0, lr_step=1, lr_gamma=3.0)]
     assert deferred[0] == eager[0]
     message = eager[1]
     assert message.startswith("training diverged at iteration ") and deferred[1] == message
     it = int(message.split("iteration ")[1].split(":")[0])
-    assert 1 < it < 7, "the divergence must come after the rate's first drop and before the first check"
-    assert f"at learning rate {3e4 * 0.5 ** (it - 1):g};" in message  # the rate of that step (halved every step)
+    # read at the check of step 7 together with steps before it (step 1 is read at once: it sets the threshold)
+    assert 2 < it < 7, "the diverged step must be read at the first check, after other steps"
+    assert f"at learning rate {3.0 ** (it - 1):g};" in message  # that step's own rate
 
 
 def test_only_a_gpu_run_moves_its_training_set_and_only_one_that_fits(monkeypatch):
@@ -173,12 +175,12 @@ def test_an_exploding_gpu_run_names_its_first_diverged_step_as_the_cpu_does(tmp_
     first step's, with its rate (the same schedule as the CPU's, which it need not match in value)."""
     from stn.train import Diverged
 
-    settings = TrainSettings(**{**SETTINGS, "lr": 3e4, "lr_step": 1, "lr_gamma": 0.5, "device": "cuda"})
+    settings = TrainSettings(**{**SETTINGS, "lr": 1.0, "lr_step": 1, "lr_gamma": 3.0, "device": "cuda"})
     with pytest.raises(Diverged, match=r"training diverged at iteration (\d+): loss .* at learning rate") as info:
         train_run(model(), tiny_data(), settings, seed=1, out_dir=tmp_path, log=lambda s: None)
     it = int(str(info.value).split("iteration ")[1].split(":")[0])
     rate = float(str(info.value).split("learning rate ")[1].split(";")[0])
-    assert rate == pytest.approx(3e4 * 0.5 ** (it - 1))
+    assert rate == pytest.approx(3.0 ** (it - 1))
 
 
 @pytest.mark.parametrize("threads", [1, 2])
