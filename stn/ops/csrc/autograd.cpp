@@ -9,6 +9,8 @@
 #include <torch/library.h>
 
 #include <tuple>
+#include <type_traits>
+#include <vector>
 
 namespace stn {
 namespace {
@@ -24,80 +26,59 @@ c10::TypedOperatorHandle<Sig> op(const char* name) {
 
 using Grads = std::tuple<at::Tensor, at::Tensor>;
 
-// The gradients of the pair's two tensor inputs (an empty one where not asked for becomes undefined), then
-// none for the `rest` non-tensor arguments.
-variable_list input_grads(AutogradContext* ctx, const Grads& grads, size_t rest) {
-  variable_list out{ctx->needs_input_grad(0) ? std::get<0>(grads) : at::Tensor(),
-                    ctx->needs_input_grad(1) ? std::get<1>(grads) : at::Tensor()};
-  out.resize(2 + rest);
-  return out;
-}
+// The pair stn::<name>_forward(a, b, arg, align_corners) / stn::<name>_backward(grad, a, b, arg, align_corners,
+// need_a, need_b) -> (da, db) as one autograd Function; Self names the op pair (its kForward and kBackward) and
+// the graph's node (CppNode<Self>). Arg is the pair's own argument: the sampling mode, or the output size.
+template <typename Self, typename Arg>
+class PairFunction : public torch::autograd::Function<Self> {
+  using Stored = std::conditional_t<std::is_same_v<Arg, at::IntArrayRef>, std::vector<int64_t>, Arg>;
 
-class Sample : public torch::autograd::Function<Sample> {
  public:
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& grid, int64_t mode,
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& a, const at::Tensor& b, Arg arg,
                             bool align_corners) {
-    static const auto forward_op = op<at::Tensor(const at::Tensor&, const at::Tensor&, int64_t, bool)>("stn::sample_forward");
+    static const auto forward_op = op<at::Tensor(const at::Tensor&, const at::Tensor&, Arg, bool)>(Self::kForward);
     at::AutoDispatchBelowADInplaceOrView below;
-    ctx->save_for_backward({input, grid});
-    ctx->saved_data["mode"] = mode;
+    ctx->save_for_backward({a, b});
+    if constexpr (std::is_same_v<Arg, at::IntArrayRef>) ctx->saved_data["arg"] = arg.vec();
+    else ctx->saved_data["arg"] = arg;
     ctx->saved_data["align_corners"] = align_corners;
-    return forward_op.call(input, grid, mode, align_corners);
+    return forward_op.call(a, b, arg, align_corners);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_output) {
     static const auto backward_op =
-        op<Grads(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, bool, bool, bool)>("stn::sample_backward");
+        op<Grads(const at::Tensor&, const at::Tensor&, const at::Tensor&, Arg, bool, bool, bool)>(Self::kBackward);
     const variable_list saved = ctx->get_saved_variables();
-    return input_grads(ctx,
-                       backward_op.call(grad_output[0], saved[0], saved[1], ctx->saved_data["mode"].toInt(),
-                                        ctx->saved_data["align_corners"].toBool(), ctx->needs_input_grad(0),
-                                        ctx->needs_input_grad(1)),
-                       2);
+    const Stored arg = ctx->saved_data["arg"].template to<Stored>();
+    const bool need_a = ctx->needs_input_grad(0), need_b = ctx->needs_input_grad(1);
+    const auto [da, db] = backward_op.call(grad_output[0], saved[0], saved[1], arg,
+                                           ctx->saved_data["align_corners"].toBool(), need_a, need_b);
+    // a gradient not asked for comes back empty: undefined here; none for arg and align_corners
+    return {need_a ? da : at::Tensor(), need_b ? db : at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
-class AffineSample : public torch::autograd::Function<AffineSample> {
- public:
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& theta,
-                            at::IntArrayRef out_size, bool align_corners) {
-    static const auto forward_op =
-        op<at::Tensor(const at::Tensor&, const at::Tensor&, at::IntArrayRef, bool)>("stn::affine_sample_forward");
-    at::AutoDispatchBelowADInplaceOrView below;
-    ctx->save_for_backward({input, theta});
-    ctx->saved_data["out_size"] = out_size.vec();
-    ctx->saved_data["align_corners"] = align_corners;
-    return forward_op.call(input, theta, out_size, align_corners);
-  }
-
-  static variable_list backward(AutogradContext* ctx, variable_list grad_output) {
-    static const auto backward_op =
-        op<Grads(const at::Tensor&, const at::Tensor&, const at::Tensor&, at::IntArrayRef, bool, bool, bool)>(
-            "stn::affine_sample_backward");
-    const variable_list saved = ctx->get_saved_variables();
-    const std::vector<int64_t> out_size = ctx->saved_data["out_size"].toIntVector();
-    return input_grads(ctx,
-                       backward_op.call(grad_output[0], saved[0], saved[1], out_size,
-                                        ctx->saved_data["align_corners"].toBool(), ctx->needs_input_grad(0),
-                                        ctx->needs_input_grad(1)),
-                       2);
-  }
+struct Sample : PairFunction<Sample, int64_t> {
+  static constexpr const char* kForward = "stn::sample_forward";
+  static constexpr const char* kBackward = "stn::sample_backward";
 };
 
-at::Tensor sample_autograd(const at::Tensor& input, const at::Tensor& grid, int64_t mode, bool align_corners) {
-  return Sample::apply(input, grid, mode, align_corners);
-}
+struct AffineSample : PairFunction<AffineSample, at::IntArrayRef> {
+  static constexpr const char* kForward = "stn::affine_sample_forward";
+  static constexpr const char* kBackward = "stn::affine_sample_backward";
+};
 
-at::Tensor affine_sample_autograd(const at::Tensor& input, const at::Tensor& theta, at::IntArrayRef out_size,
-                                  bool align_corners) {
-  return AffineSample::apply(input, theta, out_size, align_corners);
+// The op's Autograd kernel: F's node recorded, the device kernels called below it.
+template <typename F, typename Arg>
+at::Tensor with_autograd(const at::Tensor& a, const at::Tensor& b, Arg arg, bool align_corners) {
+  return F::apply(a, b, arg, align_corners);
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(stn, Autograd, m) {
-  m.impl("sample_forward", &sample_autograd);
-  m.impl("affine_sample_forward", &affine_sample_autograd);
+  m.impl("sample_forward", &with_autograd<Sample, int64_t>);
+  m.impl("affine_sample_forward", &with_autograd<AffineSample, at::IntArrayRef>);
 }
 
 }  // namespace stn
