@@ -1,12 +1,13 @@
-"""`python -m stn.bench train`: training steps per second of each classification model, eager and
-compiled, in fp32 and bf16 (autocast), at its table's batch size on this device, and the device-hours the
+"""`python -m stn.bench train`: training steps per second of each classification model, eager,
+compiled or (on a GPU) replayed as one CUDA graph per step, in fp32 and bf16 (autocast), at its table's batch size on this device, and the device-hours the
 config's protocol needs. Each row's last column is its speed against the baseline, the first mode in fp32
 (eager fp32 by default), measured in the same run.
 
 Each (table, data set, model) is built as its runs build it (the parameter-matched widths of
 `stn params`), then trained on random images of its data set's shape with its resolved settings
 (the table's train settings and overrides: batch size, optimiser, channels-last) for `--warmup`
-untimed steps (the first compiled step compiles) and `--steps` timed ones, in one loop that waits for the
+untimed steps (the first compiled step compiles; compile graph takes at least its eager warm-up and the
+recording) and `--steps` timed ones, in one loop that waits for the
 device only at its end, as a training run's does (the mean step of that loop is the row's). The estimate is the
 sum over the table's runs (data sets × models × seeds) of iterations / steps per second: training
 steps only, not evaluation, data loading or start-up. With `--config config/paper.yaml` (the
@@ -15,43 +16,49 @@ default) that is the paper's protocol.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from typing import Callable
 
 import torch
 
+from . import graphs
 from .bench import call_times, sync_device
 from .train import keep_freed_memory
 
-MODES = {"cpu": ("none", "default"), "cuda": ("none", "reduce-overhead")}
+MODES = {"cpu": ("none", "default"), "cuda": ("none", "graph")}  # the default --modes on each device
+BENCH_BATCHES = 4  # the random training set's size, in batches
 
 
 def training_step(model: torch.nn.Module, dataset: str, settings, mode: str, device: torch.device,
-                  precision: str = "fp32") -> Callable[[], None]:
-    """One training step of `model` (forward, backward, optimiser step) on a fixed batch of random images of
-    `dataset`'s shape under `settings`, torch.compile `mode` and `precision` (fp32 or bf16), as a call."""
+                  precision: str = "fp32") -> Callable[[], torch.Tensor]:
+    """One training step of `model` (batch gather, forward, backward, optimiser step) under `settings`, compile
+    `mode` and `precision` (fp32 or bf16), as a call: a run's own step (stn.train.TrainStep), on a set of
+    BENCH_BATCHES batches of random images of `dataset`'s shape that lives on the device, as a run's does."""
     from .modules import param_groups
     from .paper import registry
-    from .train import _forward_backward, as_input, make_optimizer, wants_channels_last
+    from .train import Batches, TrainStep, as_input, make_optimizer, wants_channels_last
 
     spec = registry.DATASETS[dataset]
+    settings = dataclasses.replace(settings, compile=mode, precision=precision)
     model = model.to(device).train()
     channels_last = wants_channels_last(model, settings.channels_last)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = make_optimizer(settings.optimizer, param_groups(model, settings.lr, settings.loc_lr_mult), settings.lr,
                          settings.momentum, settings.weight_decay)
-    shape = (settings.batch_size, *((spec.channels,) if spec.channels > 1 else ()), spec.size, spec.size)
+    n = BENCH_BATCHES * settings.batch_size
     g = torch.Generator().manual_seed(0)
-    x = as_input(torch.randint(0, 256, shape, generator=g, dtype=torch.uint8), device, channels_last)
-    y = torch.randint(0, spec.classes, (settings.batch_size,), generator=g).to(device)
-    step_model = model if mode == "none" else torch.compile(model, mode=mode, dynamic=False)
+    x_set = torch.randint(0, 256, (n, *((spec.channels,) if spec.channels > 1 else ()), spec.size, spec.size),
+                          generator=g, dtype=torch.uint8).to(device)
+    y_set = torch.randint(0, spec.classes, (n,), generator=g).to(device)
+    batches = Batches(n, settings.batch_size, 0, device)
 
-    def step():
-        _forward_backward(step_model, opt, x, y, precision)
-        opt.step()
+    def fetch(idx):
+        return as_input(x_set[idx], device, channels_last), y_set[idx]
 
-    return step
+    step = TrainStep(model, opt, fetch, settings, device, resident=True, log=lambda line: print(line, flush=True))
+    return lambda: step(batches.next())
 
 
 def step_times(model: torch.nn.Module, dataset: str, settings, mode: str, device: torch.device, steps: int,
@@ -60,7 +67,7 @@ def step_times(model: torch.nn.Module, dataset: str, settings, mode: str, device
     `steps` steps that waits for the device only at its end, as a training run's loop does (stn.train.LossWatch):
     on a GPU the host queues the next step while the device runs this one."""
     step = training_step(model, dataset, settings, mode, device, precision)
-    warm, _ = call_times(step, device, 0, warmup)
+    warm, _ = call_times(step, device, 0, max(warmup, graphs.WARMUP + 1) if mode == "graph" else warmup)
     start = time.perf_counter()
     for _ in range(steps):
         step()
@@ -103,8 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--datasets", default=None, help="comma-separated data sets (default: the table's)")
     parser.add_argument("--models", default=None, help="comma-separated models (default: the table's)")
     parser.add_argument("--modes", default=None,
-                        help="comma-separated torch.compile modes, none = eager (default: none and default on the "
-                             "CPU, none and reduce-overhead on a GPU)")
+                        help="comma-separated compile settings (none = eager; default and reduce-overhead: "
+                             "torch.compile; graph: the whole step as one CUDA graph) (default: none and default on "
+                             "the CPU, none and graph on a GPU)")
     parser.add_argument("--precisions", default="fp32,bf16",
                         help="comma-separated step arithmetics, fp32 and/or bf16 (default: both)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")

@@ -20,7 +20,7 @@ def _key(schema: dict, help: str, default: Any = MISSING):
 
 POSITIVE_INT = {"type": "integer", "minimum": 1}
 OPTIMIZER_NAMES = ("sgd", "adam")
-COMPILE_MODES = ("none", "default", "reduce-overhead")  # torch.compile modes a run can train under
+COMPILE_MODES = ("none", "default", "reduce-overhead", "graph")  # how a run's training steps run (stn.train.TrainStep)
 INITS = ("default", "he")  # weight initialisations (stn.modules.initialise)
 PRECISIONS = ("fp32", "bf16")  # the arithmetic of a run's training steps (stn.train.autocast)
 
@@ -49,9 +49,11 @@ class TrainSettings:
         {"type": ["array", "null"], "items": POSITIVE_INT, "uniqueItems": True},
         "iterations at which the rate drops by lr_gamma, in place of every lr_step (CUB: 10k, 20k, 25k)", None)
     compile: str = _key({"enum": list(COMPILE_MODES)},
-                        "none (eager), or the torch.compile mode of the training steps' forward and backward: default "
-                        "(Inductor's kernels) or reduce-overhead (on a GPU also CUDA graphs: each step replays one "
-                        "capture, with no per-kernel host work); evaluation stays eager", "none")
+                        "none (eager); the torch.compile mode of the training steps' forward and backward: default "
+                        "(Inductor's kernels) or reduce-overhead (on a GPU also CUDA graphs of those two); or graph: "
+                        "on a GPU the whole step (batch gather, forward, backward and optimiser step) recorded once "
+                        "as a CUDA graph and replayed, with no per-step host work but a copy and a replay (elsewhere "
+                        "eager). Evaluation stays eager", "none")
     loc_warmup: int = _key({"type": "integer", "minimum": 0},
                            "steps over which the localisation nets' learning rate ramps linearly from 0 to its "
                            "value, so that the classifier learns before the transformers move (0: no ramp; "

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import ops
+from . import graphs, ops
 from .io import atomic_path, load_torch, write_json
 from .modules import SpatialTransformer, param_groups
 from .settings import OPTIMIZER_NAMES, TrainSettings, late_fall  # noqa: F401  (TrainSettings is re-exported)
@@ -126,19 +126,26 @@ def resolve_device(name: str) -> torch.device:
 
 
 class Batches:
-    """Seeded sampling without replacement, epoch after epoch; its state is two integers and a permutation."""
+    """Seeded sampling without replacement, epoch after epoch; its state is two integers and a permutation.
+    With `device` a GPU the indices are served from a copy of the permutation on the GPU (one copy per epoch,
+    from pinned memory, which does not wait for the device): a slice of it per step, no transfer."""
 
-    def __init__(self, n: int, batch_size: int, seed: int) -> None:
+    def __init__(self, n: int, batch_size: int, seed: int, device: torch.device | None = None) -> None:
         self.n, self.batch_size = n, batch_size
+        self.device = device if device is not None and device.type != "cpu" else None
         self.gen = torch.Generator().manual_seed(seed)
-        self.perm = torch.randperm(n, generator=self.gen)
+        self._set_perm(torch.randperm(n, generator=self.gen))
         self.pos = 0
+
+    def _set_perm(self, perm: torch.Tensor) -> None:
+        self.perm = perm
+        self.served = perm if self.device is None else to_device(perm, self.device)
 
     def next(self) -> torch.Tensor:
         if self.pos + self.batch_size > self.n:
-            self.perm = torch.randperm(self.n, generator=self.gen)
+            self._set_perm(torch.randperm(self.n, generator=self.gen))
             self.pos = 0
-        idx = self.perm[self.pos : self.pos + self.batch_size]
+        idx = self.served[self.pos : self.pos + self.batch_size]
         self.pos += self.batch_size
         return idx
 
@@ -147,7 +154,8 @@ class Batches:
 
     def load_state_dict(self, s: dict) -> None:
         self.gen.set_state(s["gen"])
-        self.perm, self.pos = s["perm"], s["pos"]
+        self._set_perm(s["perm"].cpu())
+        self.pos = s["pos"]
 
 
 def _source(x):
@@ -175,9 +183,17 @@ def wants_channels_last(model: nn.Module, channels_last: bool) -> bool:
     return channels_last and any(isinstance(m, nn.Conv2d) for m in model.modules())
 
 
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`t` on `device`, the host not waiting: a CPU tensor bound for a GPU goes through pinned memory (a copy
+    from pageable memory may first wait for everything queued on the device)."""
+    if device.type == "cuda" and t.device.type == "cpu":
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)
+
+
 def as_input(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
     """uint8 images become floats in [0, 1]; rendered float inputs pass through."""
-    x = x.to(device, non_blocking=True)
+    x = to_device(x, device)
     x = x.float().div_(255) if x.dtype == torch.uint8 else x.float()
     if x.dim() == 3:
         x = x.unsqueeze(1)
@@ -247,7 +263,9 @@ def autocast(precision: str, device: torch.device):
     """The context of a training step's forward pass at `precision` (settings.PRECISIONS): for bf16,
     torch.autocast in bfloat16 on the step's device (the backward follows the forward's dtypes); for fp32 a
     disabled autocast, which changes nothing. The spatial transformers turn it off for θ and the sampling."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    # no cast cache: each weight is cast once per forward anyway, and a CUDA-graph recording (compile: graph)
+    # must not keep casts made outside it
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16", cache_enabled=False)
 
 
 def keep_freed_memory() -> bool:
@@ -277,6 +295,55 @@ def _forward_backward(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Ten
     loss = classification_loss(logits.float(), y)
     loss.backward()
     return loss
+
+
+class TrainStep:
+    """A training step as one call, `step(idx) -> loss`: gather batch `idx` through `fetch(idx) -> (x, y)`,
+    forward, backward and the optimiser step, under `settings.compile`:
+
+    - none: eagerly;
+    - default, reduce-overhead: forward and backward through torch.compile (reduce-overhead on a GPU also
+      CUDA-graphs those two), the optimiser step eagerly. If the first compiled step fails, it says so once and
+      trains eagerly;
+    - graph: on a GPU the whole step recorded once as a CUDA graph and replayed (stn.graphs.GraphedStep), the
+      batch gather included where `resident` (the set and `idx` live on the device); elsewhere eagerly, said once.
+    """
+
+    def __init__(self, model: nn.Module, opt: torch.optim.Optimizer, fetch: Callable, settings: TrainSettings,
+                 device: torch.device, resident: bool, log: Callable[[str], None], recorder=None) -> None:
+        self.model, self.opt, self.fetch, self.precision, self.log = model, opt, fetch, settings.precision, log
+        self.mode, self.resident, self.first = settings.compile, resident, True
+        self.net = model if self.mode in ("none", "graph") else torch.compile(model, mode=self.mode, dynamic=False)
+        self.graphed = None
+        if self.mode == "graph":
+            recorder = recorder or graphs.recorder_for(device)
+            if recorder is None:
+                log(f"compile: graph records CUDA graphs, which the {device.type} has not; training eagerly")
+            else:
+                self.graphed = graphs.GraphedStep(self._gathered if resident else self._step, opt, recorder, log)
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        loss = _forward_backward(self.net, self.opt, x, y, self.precision)
+        self.opt.step()
+        return loss
+
+    def _gathered(self, idx: torch.Tensor) -> torch.Tensor:
+        return self._step(*self.fetch(idx))
+
+    def __call__(self, idx: torch.Tensor) -> torch.Tensor:
+        if self.graphed is not None:
+            return self.graphed(idx) if self.resident else self.graphed(*self.fetch(idx))
+        x, y = self.fetch(idx)
+        if not self.first or self.net is self.model:
+            return self._step(x, y)
+        self.first = False
+        try:
+            return self._step(x, y)
+        except Exception as exc:  # noqa: BLE001 (only the first compiled step: the eager retry raises real errors)
+            self.log(f"torch.compile (mode {self.mode}) failed on the first step ({graphs.one_line(exc)}); "
+                     "training eagerly")
+            self.net = self.model
+            return self._step(x, y)
 
 
 def make_scheduler(opt: torch.optim.Optimizer, settings: TrainSettings) -> torch.optim.lr_scheduler.LRScheduler:
@@ -338,14 +405,19 @@ def train_run(
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     x_train, y_train = _source(data["x_train"]), torch.from_numpy(data["y_train"])
-    if isinstance(x_train := device_resident(x_train, device), torch.Tensor) and x_train.device.type != "cpu":
-        y_train = y_train.to(device)
+    x_train = device_resident(x_train, device)
+    resident = isinstance(x_train, torch.Tensor) and x_train.device.type == device.type
+    y_train = y_train.to(device) if resident else y_train
+
+    def fetch(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return as_input(x_train[idx], device, channels_last), to_device(y_train[idx], device)
+
     x_val = _source(_first(data["x_val"], settings.eval_samples))
     y_val = torch.from_numpy(data["y_val"][: settings.eval_samples])
     groups = param_groups(model, settings.lr, settings.loc_lr_mult)
     opt = make_optimizer(settings.optimizer, groups, settings.lr, settings.momentum, settings.weight_decay)
     sched = make_scheduler(opt, settings)
-    batches = Batches(len(y_train), min(settings.batch_size, len(y_train)), seed)
+    batches = Batches(len(y_train), min(settings.batch_size, len(y_train)), seed, device if resident else None)
     eval_batch = eval_batch_size(device, rendered=not isinstance(data["x_val"], np.ndarray))
     start_it, curve, run_id, elapsed, first_loss = 0, [], None, 0.0, None
     ckpt_path = out_dir / "checkpoint.pt"
@@ -378,23 +450,9 @@ def train_run(
         watch = LossWatch(device, first_loss, running, seen)
         next_log = time.time() + FIRST_LOG_S
         model.train()
-        step_model = model if settings.compile == "none" else torch.compile(model, mode=settings.compile, dynamic=False)
+        step = TrainStep(model, opt, fetch, settings, device, resident, log)
         for it in range(start_it + 1, settings.iterations + 1):
-            idx = batches.next()
-            if y_train.device != idx.device:  # the set lives on the GPU: gather there (the copy does not wait)
-                idx = idx.to(device, non_blocking=True)
-            x = as_input(x_train[idx], device, channels_last)
-            y = y_train[idx].to(device)
-            try:
-                loss = _forward_backward(step_model, opt, x, y, settings.precision)
-            except Exception as exc:  # noqa: BLE001 (only the first compiled step: the eager retry raises real errors)
-                if step_model is model or it != start_it + 1:
-                    raise
-                log(f"torch.compile (mode {settings.compile}) failed on the first step ({type(exc).__name__}: "
-                    f"{str(exc).strip().splitlines()[0] if str(exc).strip() else 'no message'}); training eagerly")
-                step_model = model
-                loss = _forward_backward(model, opt, x, y, settings.precision)
-            opt.step()
+            loss = step(batches.next())
             watch.add(it, loss, opt.param_groups[0]["lr"])
             sched.step()
             evaluate = it % settings.eval_every == 0 or it == settings.iterations

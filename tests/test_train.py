@@ -239,6 +239,27 @@ def test_cuda_graph_steps_follow_the_eager_loss_curve(tmp_path):
     np.testing.assert_allclose(curves["reduce-overhead"], curves["none"], rtol=1e-3)
 
 
+@pytest.mark.cuda
+@pytest.mark.parametrize("optimizer,precision", [("sgd", "fp32"), ("adam", "fp32"), ("sgd", "bf16")])
+def test_whole_step_cuda_graphs_follow_the_eager_loss_curve(tmp_path, optimizer, precision):
+    """compile: graph on a GPU (gather, forward, backward and optimiser step recorded once, replayed each step, the
+    rate dropping mid-run) records without falling back and trains the eager curve and rates."""
+    data = tiny_data()
+    curves = {}
+    for mode in ("none", "graph"):
+        settings = TrainSettings(**{**SETTINGS, "eval_every": 1, "compile": mode, "device": "cuda", "lr_step": 8,
+                                    "lr_gamma": 0.5, "optimizer": optimizer, "precision": precision,
+                                    "lr": 0.01 if optimizer == "sgd" else 0.003})
+        logs = []
+        train_run(model(), data, settings, seed=1, out_dir=tmp_path / mode, log=logs.append)
+        assert not any("training eagerly" in line for line in logs), logs
+        curves[mode] = json.loads((tmp_path / mode / "curve.json").read_text())
+    assert [p["lr"] for p in curves["graph"]] == [p["lr"] for p in curves["none"]]
+    assert len(curves["none"]) == 20 and curves["none"][-1]["train_loss"] < curves["none"][0]["train_loss"]
+    np.testing.assert_allclose([p["train_loss"] for p in curves["graph"]], [p["train_loss"] for p in curves["none"]],
+                               rtol=1e-3)
+
+
 def test_a_failing_compile_falls_back_to_eager(tmp_path, monkeypatch):
     """Where torch.compile cannot build the step (no compiler, an unsupported op), the run says so once and
     trains eagerly: the same curve as compile: none."""
@@ -357,3 +378,108 @@ def test_a_warmed_up_run_resumes_to_identical_weights_and_holds_the_window_first
     loc = [k for k in start if ".localisation." in k or ".regressor." in k]
     assert loc and all(torch.equal(after[k], start[k]) for k in loc)
     assert any(not torch.equal(after[k], start[k]) for k in start if k.startswith("classifier."))
+
+
+class ReplayingRecorder:
+    """A CPU stand-in for stn.graphs.CudaRecorder: each 'replay' re-runs the recorded step (with the rates read from
+    their tensors, as in the recording) into the recording's own output, so compile: graph's host-side logic (warm-up,
+    inputs copied in, rates refreshed) trains for real. `fail` makes the recording raise, as a capture-unsafe op does.
+    Given the optimiser, a replay sets its groups' float rates to NaN around the step, as a recording that baked a
+    float in would train at a stale rate: only rates read from the tensors keep the step finite."""
+
+    def __init__(self, fail: bool = False, opt=None):
+        self.fail, self.opt, self.records, self.replays, self.warms = fail, opt, 0, 0, 0
+
+    def warm(self, fn):
+        self.warms += 1
+        return fn()
+
+    def record(self, fn):
+        if self.fail:
+            raise RuntimeError("operation not permitted when stream is capturing\ndetail")
+        self.records += 1
+        out = torch.zeros(())
+
+        def replay():
+            self.replays += 1
+            floats = [g["lr"] for g in self.opt.param_groups] if self.opt else []
+            for g in self.opt.param_groups if self.opt else []:
+                g["lr"] = float("nan")
+            out.copy_(fn())
+            for g, lr in zip(self.opt.param_groups if self.opt else [], floats):
+                g["lr"] = lr
+
+        return replay, out
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+@pytest.mark.parametrize("resident", [True, False])
+def test_a_graphed_step_trains_the_eager_steps_with_the_schedule_s_rates(optimizer, resident):
+    """compile: graph replays one recording per step: with the inputs copied in and a rate that drops mid-run (and
+    a localisation group of its own) refilled before the replay, its losses and weights are the eager steps'
+    (bitwise for SGD; Adam reads a float32 rate, not a double: losses 1e-6 apart, weights 1e-4)."""
+    from stn.graphs import WARMUP
+    from stn.modules import param_groups
+    from stn.train import Batches, TrainStep, as_input, make_optimizer, make_scheduler
+
+    data = tiny_data()
+    x_train, y_train = torch.from_numpy(data["x_train"]), torch.from_numpy(data["y_train"])
+
+    def fetch(idx):
+        return as_input(x_train[idx], torch.device("cpu"), False), y_train[idx]
+
+    def train(mode, recorder=None):  # recorder: a function of the optimiser
+        settings = TrainSettings(**{**SETTINGS, "optimizer": optimizer, "lr": 0.01 if optimizer == "sgd" else 0.003,
+                                    "loc_lr_mult": 0.5, "lr_step": 4, "lr_gamma": 0.5, "compile": mode})
+        net = model()
+        opt = make_optimizer(settings.optimizer, param_groups(net, settings.lr, settings.loc_lr_mult), settings.lr,
+                             settings.momentum)
+        sched, batches = make_scheduler(opt, settings), Batches(len(y_train), 16, 1)
+        recorder = recorder and recorder(opt)
+        step = TrainStep(net, opt, fetch, settings, torch.device("cpu"), resident, log=pytest.fail, recorder=recorder)
+        losses = []
+        for _ in range(12):
+            losses.append(step(batches.next()).item())
+            sched.step()
+        return losses, [p.detach().clone() for p in net.parameters()], opt, recorder
+
+    eager, eager_weights, *_ = train("none")
+    graphed, graphed_weights, opt, recorder = train("graph", lambda opt: ReplayingRecorder(opt=opt))
+    assert (recorder.warms, recorder.records, recorder.replays) == (WARMUP, 1, 12 - WARMUP)
+    assert all(isinstance(g["lr"], float) for g in opt.param_groups), "the schedule keeps its floats"
+    assert len({g["lr"] for g in opt.param_groups}) == 2 and eager[-1] < eager[0]
+    exact = optimizer == "sgd"
+    np.testing.assert_allclose(graphed, eager, rtol=0 if exact else 1e-6, atol=0)
+    for a, b in zip(graphed_weights, eager_weights):
+        torch.testing.assert_close(a, b, rtol=0 if exact else 1e-4, atol=0 if exact else 1e-4)
+
+
+def test_a_graph_run_records_once_and_falls_back_to_eager_where_it_cannot_record(tmp_path, monkeypatch):
+    """train_run under compile: graph trains the eager run (curve and weights bitwise, with SGD) through one recording;
+    where recording fails, and on a device without CUDA graphs, it says so once and trains eagerly, the same run."""
+    import stn.graphs as graphs
+
+    data = tiny_data()
+    settings = TrainSettings(**{**SETTINGS, "lr_step": 6, "lr_gamma": 0.5})
+
+    def outcome(name, mode, recorder):
+        if recorder is not None:
+            monkeypatch.setattr(graphs, "recorder_for", lambda device: recorder)
+        logs = []
+        train_run(model(), data, TrainSettings(**{**settings.to_dict(), "compile": mode}), seed=1,
+                  out_dir=tmp_path / name, log=logs.append)
+        curve = [(p["train_loss"], p["lr"]) for p in json.loads((tmp_path / name / "curve.json").read_text())]
+        return curve, (tmp_path / name / "model.pt").read_bytes(), [line for line in logs if "graph" in line]
+
+    eager = outcome("eager", "none", None)
+    cpu = outcome("cpu", "graph", None)  # the real recorder_for: none on a CPU
+    assert cpu[:2] == eager[:2]
+    assert cpu[2] == ["compile: graph records CUDA graphs, which the cpu has not; training eagerly"]
+    recorder = ReplayingRecorder()
+    replayed = outcome("replayed", "graph", recorder)
+    assert replayed[:2] == eager[:2] and replayed[2] == [] and recorder.records == 1
+    assert recorder.replays == settings.iterations - graphs.WARMUP
+    failing = outcome("failing", "graph", ReplayingRecorder(fail=True))
+    assert failing[:2] == eager[:2]
+    assert failing[2] == ["compile: graph could not record the training step (RuntimeError: operation not permitted "
+                          "when stream is capturing); training eagerly"]
