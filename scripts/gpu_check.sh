@@ -4,7 +4,8 @@
 # time the transformer step and the sampler against F.affine_grid + F.grid_sample at N = 256 and N = 16,384,
 # cost Table 1's protocol in GPU-hours (eager and whole-step CUDA graphs, fp32 and bf16), measure how many
 # training jobs should share the GPU, compare torch.compile's CUDA graphs with eager steps for three models,
-# train three models a few steps on the GPU, and time the CPU bar's cases on the GPU.
+# train three models a few steps on the GPU, measure job sharing again with whole-step CUDA graphs, and time
+# the CPU bar's cases on the GPU.
 #
 # Usage: scripts/gpu_check.sh [LOG_DIR]
 #   PYTHON           the interpreter (default python3)
@@ -64,6 +65,8 @@ step "torch.compile reduce-overhead against eager" 150 bench_train.log \
     $py -m stn.bench train --device cuda --datasets RTS --models CNN,ST-FCN-Aff,ST-CNN-Aff --precisions fp32 \
     --modes none,reduce-overhead,graph --steps 20
 step "training on the GPU" 60 train.log env PYTHONPATH="$PWD" $py scripts/train_smoke.py cuda
+step "jobs sharing the GPU, whole-step CUDA graphs" 100 share.log \
+    $py -m stn.bench share --device cuda --dataset RTS --models CNN,ST-CNN-Aff --jobs 1,2,4 --seconds 4 --mode graph
 step "sampler bench, the CPU bar's cases" 60 sampler.log \
     $py -m stn.bench sampler --device cuda --part step --cases 2,3,4 --repeats 50
 echo "whole check: $(( $(date +%s) - began ))s" | tee -a "$summary"

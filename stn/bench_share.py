@@ -27,7 +27,7 @@ def _worker(spec: dict, barrier, results) -> None:
     """One training process: build, warm up, wait for the others, then step for spec['seconds']."""
     try:
         from .bench import sync_device
-        from .bench_train import job_model, table_config, training_step
+        from .bench_train import job_model, table_config, training_step, untimed_steps
         from .train import keep_freed_memory
 
         torch.set_num_threads(spec["threads"])
@@ -36,7 +36,7 @@ def _worker(spec: dict, barrier, results) -> None:
         config = table_config(spec["config"], [spec["table"]])
         built, settings = job_model(config, spec["table"], spec["dataset"], spec["model"])
         step = training_step(built.model, spec["dataset"], settings, spec["mode"], device, spec["precision"])
-        for _ in range(spec["warmup"]):
+        for _ in range(untimed_steps(spec["mode"], spec["warmup"])):
             step()
         sync_device(device)
         barrier.wait(BARRIER_TIMEOUT_S)
@@ -87,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--table", default="table1", help="a classification table (table1, table4)")
     parser.add_argument("--dataset", default="RTS", help="one of the table's data sets")
     parser.add_argument("--models", default="CNN,ST-CNN-Aff", help="comma-separated models of the table")
-    parser.add_argument("--mode", default="none", help="torch.compile mode of every job (none = eager)")
+    parser.add_argument("--mode", default="none", help="compile setting of every job (none = eager; default, reduce-overhead: torch.compile; "
+                        "graph: whole-step CUDA graphs)")
     parser.add_argument("--precision", default="fp32", help="fp32 or bf16")
     parser.add_argument("--jobs", default="1,2,4", help="comma-separated numbers of jobs sharing the device (1 is always run)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")

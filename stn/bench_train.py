@@ -61,13 +61,18 @@ def training_step(model: torch.nn.Module, dataset: str, settings, mode: str, dev
     return lambda: step(batches.next())
 
 
+def untimed_steps(mode: str, warmup: int) -> int:
+    """Steps to run before timing: `warmup`, and under compile graph at least its eager warm-up and the recording."""
+    return max(warmup, graphs.WARMUP + 1) if mode == "graph" else warmup
+
+
 def step_times(model: torch.nn.Module, dataset: str, settings, mode: str, device: torch.device, steps: int,
                warmup: int, precision: str = "fp32") -> tuple[float, float]:
     """(seconds the warm-up steps took, mean seconds of a step) of `training_step`'s step, timed as a loop of
     `steps` steps that waits for the device only at its end, as a training run's loop does (stn.train.LossWatch):
     on a GPU the host queues the next step while the device runs this one."""
     step = training_step(model, dataset, settings, mode, device, precision)
-    warm, _ = call_times(step, device, 0, max(warmup, graphs.WARMUP + 1) if mode == "graph" else warmup)
+    warm, _ = call_times(step, device, 0, untimed_steps(mode, warmup))
     start = time.perf_counter()
     for _ in range(steps):
         step()
