@@ -483,3 +483,25 @@ def test_a_graph_run_records_once_and_falls_back_to_eager_where_it_cannot_record
     assert failing[:2] == eager[:2]
     assert failing[2] == ["compile: graph could not record the training step (RuntimeError: operation not permitted "
                           "when stream is capturing); training eagerly"]
+
+
+def test_a_killed_graph_run_resumes_to_the_eager_run_s_weights(tmp_path, monkeypatch):
+    """Under compile: graph (the stand-in recorder), a run killed at step 13 checkpointed the schedule's float rates,
+    not the recording's tensors, and resumes (warming up and recording afresh) to the uninterrupted eager run's
+    curve and model file."""
+    import stn.graphs as graphs
+
+    data = tiny_data()
+    settings = TrainSettings(**{**SETTINGS, "eval_every": 4, "lr_step": 6, "lr_gamma": 0.5})
+    train_run(model(), data, settings, seed=1, out_dir=tmp_path / "eager", log=lambda s: None)
+    graph = TrainSettings(**{**settings.to_dict(), "compile": "graph"})
+    recorders = []
+    monkeypatch.setattr(graphs, "recorder_for", lambda device: recorders.append(ReplayingRecorder()) or recorders[-1])
+    train_killed_at(13, data, graph, tmp_path / "graph", monkeypatch)
+    saved = torch.load(tmp_path / "graph" / "checkpoint.pt", weights_only=False)
+    assert saved["iteration"] == 10 and all(type(g["lr"]) is float for g in saved["optimizer"]["param_groups"])
+    train_run(model(), data, graph, seed=1, out_dir=tmp_path / "graph", log=lambda s: None)
+    assert [r.records for r in recorders] == [1, 1]
+    curve = lambda d: [{k: v for k, v in p.items() if k != "seconds"} for p in json.loads((d / "curve.json").read_text())]  # noqa: E731
+    assert curve(tmp_path / "graph") == curve(tmp_path / "eager")
+    assert (tmp_path / "graph" / "model.pt").read_bytes() == (tmp_path / "eager" / "model.pt").read_bytes()
