@@ -40,7 +40,9 @@ class CudaRecorder:
     def record(self, fn: Callable[[], torch.Tensor]) -> tuple[Callable[[], None], torch.Tensor]:
         """(replay, the recording's output tensor, which each replay overwrites). Nothing runs while recording."""
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        # thread_local: only this thread's CUDA calls can break the recording (a run's other threads, the warm
+        # start's watchdog or MLflow's, make none, but need not be audited)
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             out = fn()
         return graph.replay, out
 
