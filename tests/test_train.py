@@ -1,4 +1,5 @@
 """Training: a killed run resumes to the same result; a failing run ends FAILED in MLflow."""
+import contextlib
 import json
 
 import numpy as np
@@ -505,3 +506,103 @@ def test_a_killed_graph_run_resumes_to_the_eager_run_s_weights(tmp_path, monkeyp
     curve = lambda d: [{k: v for k, v in p.items() if k != "seconds"} for p in json.loads((d / "curve.json").read_text())]  # noqa: E731
     assert curve(tmp_path / "graph") == curve(tmp_path / "eager")
     assert (tmp_path / "graph" / "model.pt").read_bytes() == (tmp_path / "eager" / "model.pt").read_bytes()
+
+
+class HostRead(AssertionError):
+    """A training step read a tensor's value back to Python."""
+
+
+@contextlib.contextmanager
+def no_host_reads():
+    """Tensor methods that bring a value to the host (on a GPU: wait for the device; inside a CUDA-graph recording:
+    fail, or bake the value in) raise HostRead while the context is open."""
+    names = ("item", "tolist", "numpy", "cpu", "__bool__", "__float__", "__int__", "__index__")
+    saved = {name: getattr(torch.Tensor, name) for name in names}
+
+    def forbid(name):
+        def read(self, *args, **kwargs):
+            raise HostRead(f"Tensor.{name} in a training step")
+        return read
+
+    try:
+        for name in names:
+            setattr(torch.Tensor, name, forbid(name))
+        yield
+    finally:
+        for name, method in saved.items():
+            setattr(torch.Tensor, name, method)
+
+
+def _every_trained_model():
+    """(label, model, input shape, labels (N,) or (N, P), classes) for a model of each kind every table trains, small."""
+    from stn.experiments import finegrained, multidigit, volumetric
+    from stn.experiments.classification import input_spec
+    from stn.paper import registry
+
+    for dataset, names in (("RTS", registry.TABLE1_MODELS), ("ADD", ("2xST-FCN-Aff", "2xST-FCN-TPS"))):
+        spec = input_spec(dataset)
+        for name in names:
+            shape = (spec.channels, spec.size, spec.size) if spec.channels > 1 else (spec.size, spec.size)
+            yield f"{dataset} {name}", zoo.build(name, spec, 240_000).model, shape, (), spec.classes
+    net2 = {"width": 0.1667, "fc": 16, "loc_filters": 4, "dropout": 0.5, "init": "he"}
+    for name in ("CNN", "ST-CNN-Single", "ST-CNN-Multi"):
+        yield f"SEQ64 {name}", multidigit.build_model("SEQ64", name, net2, 0), (64, 64), (5,), 11
+    net3 = {"backbone": "small", "width": 4, "loc_channels": 8, "loc_fc": 8, "dropout": 0.5}
+    for name in ("CNN", "2xST-CNN", "4xST-CNN"):
+        yield f"PARTS48 {name}", finegrained.build_model("PARTS48", name, net3, 0), (48, 48), (), 25
+    for name in ("ST3D", "baseline"):
+        yield f"MNIST3D {name}", volumetric.build(name, widths=4, seed=0)[0], (1, 60, 60, 60), (), 10
+
+
+def _step_every_trained_model(device: torch.device, precision: str, guard) -> list[str]:
+    """Two training steps (TrainStep: gather, forward, backward, optimiser step; SGD, then Adam) of every model of
+    `_every_trained_model` on `device`, each step inside `guard()`; returns their labels."""
+    from stn.modules import param_groups
+    from stn.train import TrainStep, as_input, make_optimizer
+
+    seen = []
+    for label, net, shape, label_shape, classes in _every_trained_model():
+        net = net.to(device)
+        g = torch.Generator().manual_seed(0)
+        x_set = torch.randint(0, 256, (8, *shape), generator=g, dtype=torch.uint8)
+        y_set = torch.randint(0, classes, (8, *label_shape), generator=g).to(device)
+        x_set = (x_set.float() / 255 if len(shape) == 4 else x_set).to(device)  # the 3-D sets are rendered floats
+
+        def fetch(idx):
+            return as_input(x_set[idx], device, False), y_set[idx]
+
+        for optimizer in ("sgd", "adam"):
+            settings = TrainSettings(**{**SETTINGS, "optimizer": optimizer, "precision": precision})
+            opt = make_optimizer(optimizer, param_groups(net, 0.01, 0.5), 0.01, 0.9)
+            step = TrainStep(net, opt, fetch, settings, device, True, log=pytest.fail)
+            for i in range(2):  # the second step too: the optimiser's state exists from the first on
+                idx = torch.arange(i * 4, i * 4 + 4, device=device)
+                with guard():
+                    loss = step(idx)
+                assert loss.shape == (), label
+        seen.append(label)
+    return seen
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_no_training_step_of_any_model_reads_a_value_back_to_the_host(precision):
+    """What compile: graph records, and what an eager GPU step must not wait on: the step of every kind of model the
+    tables train (Tables 1-4 and the 3-D transformer; gather, forward, backward, optimiser step; SGD and Adam) reads
+    no tensor's value into Python (checked by mutation: a data-dependent `if` in SpatialTransformer fails it)."""
+    assert len(_step_every_trained_model(torch.device("cpu"), precision, no_host_reads)) == 18
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_no_gpu_training_step_of_any_model_waits_for_the_device(precision):
+    """On a GPU the same steps make no synchronising CUDA call either (torch's sync debug mode set to error: it
+    also sees the waits inside ops, which the CPU test cannot)."""
+    @contextlib.contextmanager
+    def no_syncs():
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            yield
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+    assert len(_step_every_trained_model(torch.device("cuda"), precision, no_syncs)) == 18
