@@ -1,17 +1,16 @@
-"""`python -m stn.bench train`: training steps per second of each classification model, eager,
-compiled or (on a GPU) replayed as one CUDA graph per step, in fp32 and bf16 (autocast), at its table's batch size on this device, and the device-hours the
-config's protocol needs. Each row's last column is its speed against the baseline, the first mode in fp32
-(eager fp32 by default), measured in the same run.
+"""`python -m stn.bench train`: training steps per second of each classification model, eager, compiled, or
+(on a GPU) replayed as one CUDA graph per step, in fp32 and bf16 (autocast), at its table's batch size on this
+device, and the device-hours the config's protocol needs. Each row's last column is its speed against the
+baseline, the first mode in fp32 (eager fp32 by default), measured in the same run.
 
 Each (table, data set, model) is built as its runs build it (the parameter-matched widths of
 `stn params`), then trained on random images of its data set's shape with its resolved settings
 (the table's train settings and overrides: batch size, optimiser, channels-last) for `--warmup`
 untimed steps (the first compiled step compiles; compile graph takes at least its eager warm-up and the
-recording) and `--steps` timed ones, in one loop that waits for the
-device only at its end, as a training run's does (the mean step of that loop is the row's). The estimate is the
-sum over the table's runs (data sets × models × seeds) of iterations / steps per second: training
-steps only, not evaluation, data loading or start-up. With `--config config/paper.yaml` (the
-default) that is the paper's protocol.
+recording) and `--steps` timed ones, in one loop that waits for the device only at its end, as a training
+run's does (the mean step of that loop is the row's). The estimate is the sum over the table's runs (data
+sets × models × seeds) of iterations / steps per second: training steps only, not evaluation, data loading
+or start-up. With `--config config/paper.yaml` (the default) that is the paper's protocol.
 """
 from __future__ import annotations
 

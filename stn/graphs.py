@@ -77,6 +77,7 @@ class GraphedStep:
         self.inputs: list[torch.Tensor] = []
         self.rates: list[torch.Tensor] = []  # one device tensor per parameter group
         self.values: list[float] = []  # the floats the rate tensors hold
+        self.loss: torch.Tensor | None = None  # the recording's output
 
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
         if self.replay is None and not self.broken:
