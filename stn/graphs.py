@@ -40,9 +40,9 @@ class CudaRecorder:
     def record(self, fn: Callable[[], torch.Tensor]) -> tuple[Callable[[], None], torch.Tensor]:
         """(replay, the recording's output tensor, which each replay overwrites). Nothing runs while recording."""
         graph = torch.cuda.CUDAGraph()
-        # thread_local: only this thread's CUDA calls can break the recording (a run's other threads, the warm
-        # start's watchdog or MLflow's, make none, but need not be audited)
-        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+        # the default capture mode, "global": an unsafe CUDA call from any thread while recording is an error
+        # (and so an eager run), never a recording that silently misses work
+        with torch.cuda.graph(graph):
             out = fn()
         return graph.replay, out
 
