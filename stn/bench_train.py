@@ -36,7 +36,7 @@ def training_step(model: torch.nn.Module, dataset: str, settings, mode: str, dev
     BENCH_BATCHES batches of random images of `dataset`'s shape that lives on the device, as a run's does."""
     from .modules import param_groups
     from .paper import registry
-    from .train import Batches, TrainStep, as_input, make_optimizer, wants_channels_last
+    from .train import Batches, TrainStep, batch_fetch, make_optimizer, wants_channels_last
 
     spec = registry.DATASETS[dataset]
     settings = dataclasses.replace(settings, compile=mode, precision=precision)
@@ -52,11 +52,8 @@ def training_step(model: torch.nn.Module, dataset: str, settings, mode: str, dev
                           generator=g, dtype=torch.uint8).to(device)
     y_set = torch.randint(0, spec.classes, (n,), generator=g).to(device)
     batches = Batches(n, settings.batch_size, 0, device)
-
-    def fetch(idx):
-        return as_input(x_set[idx], device, channels_last), y_set[idx]
-
-    step = TrainStep(model, opt, fetch, settings, device, resident=True, log=lambda line: print(line, flush=True))
+    step = TrainStep(model, opt, batch_fetch(x_set, y_set, device, channels_last), settings, device, resident=True,
+                     log=lambda line: print(line, flush=True))
     return lambda: step(batches.next())
 
 

@@ -200,6 +200,15 @@ def as_input(x: torch.Tensor, device: torch.device, channels_last: bool) -> torc
     return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
 
 
+def batch_fetch(x_set, y_set: torch.Tensor, device: torch.device, channels_last: bool) -> Callable:
+    """fetch(idx) -> (x, y): batch `idx` of a training set as the model's input (`as_input`) and its labels, on
+    `device`; what TrainStep gathers each step (inside the recording where the set lives on the device)."""
+    def fetch(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return as_input(x_set[idx], device, channels_last), to_device(y_set[idx], device)
+
+    return fetch
+
+
 def eval_batch_size(device: torch.device, rendered: bool = False) -> int:
     """Images per forward pass when evaluating. On the CPU 32: at 500, a TC CNN's activations (500 × 39 × 52²
     floats) exceed glibc's 32 MB mmap threshold, so every batch maps fresh pages (page faults, a quarter of
@@ -408,10 +417,7 @@ def train_run(
     x_train = device_resident(x_train, device)
     resident = isinstance(x_train, torch.Tensor) and x_train.device.type == device.type
     y_train = y_train.to(device) if resident else y_train
-
-    def fetch(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return as_input(x_train[idx], device, channels_last), to_device(y_train[idx], device)
-
+    fetch = batch_fetch(x_train, y_train, device, channels_last)
     x_val = _source(_first(data["x_val"], settings.eval_samples))
     y_val = torch.from_numpy(data["y_val"][: settings.eval_samples])
     groups = param_groups(model, settings.lr, settings.loc_lr_mult)

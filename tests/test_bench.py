@@ -115,14 +115,20 @@ def test_train_benchmark_prints_steps_per_second_and_the_protocol_hours(capsys):
     assert totals[0].endswith("(1.00x base)") and totals[1].endswith("x base)")
 
 
-def test_train_benchmark_names_what_it_cannot_cost(capsys):
-    for argv, message in [(["--tables", "table2"], "builds the classification tables"),
-                          (["--modes", "fast"], "--modes: ['fast'] not among"),
-                          (["--precisions", "fp16"], "--precisions: ['fp16'] not among ['fp32', 'bf16']"),
-                          (["--datasets", "P"], "['P'] not trained by table1")]:
+def assert_refused(subcommand: str, cases: list, capsys) -> None:
+    """Each (extra argv, message) of `cases` makes `python -m stn.bench <subcommand>` (smoke config, CPU) exit,
+    its message on stderr."""
+    for argv, message in cases:
         with pytest.raises(SystemExit):
-            bench.main(["train", "--config", "config/smoke.yaml", "--device", "cpu", *argv])
+            bench.main([subcommand, "--config", "config/smoke.yaml", "--device", "cpu", *argv])
         assert message in capsys.readouterr().err
+
+
+def test_train_benchmark_names_what_it_cannot_cost(capsys):
+    assert_refused("train", [(["--tables", "table2"], "builds the classification tables"),
+                             (["--modes", "fast"], "--modes: ['fast'] not among"),
+                             (["--precisions", "fp16"], "--precisions: ['fp16'] not among ['fp32', 'bf16']"),
+                             (["--datasets", "P"], "['P'] not trained by table1")], capsys)
 
 
 def test_share_benchmark_prints_the_total_rate_of_k_jobs_against_one(capsys):
@@ -144,14 +150,11 @@ def test_share_benchmark_prints_the_total_rate_of_k_jobs_against_one(capsys):
 def test_share_benchmark_names_bad_input_and_a_failing_job(capsys):
     from stn.bench_share import shared_rate
 
-    for argv, message in [(["--jobs", "0"], "--jobs takes positive integers"),
-                          (["--jobs", "two"], "--jobs takes positive integers"),
-                          (["--models", "ST-CNN-TPS"], "['ST-CNN-TPS'] on RTS not trained by table1"),
-                          (["--table", "table2"], "only the classification tables"),
-                          (["--mode", "fast"], "--mode must be one of")]:
-        with pytest.raises(SystemExit):
-            bench.main(["share", "--config", "config/smoke.yaml", "--device", "cpu", *argv])
-        assert message in capsys.readouterr().err
+    assert_refused("share", [(["--jobs", "0"], "--jobs takes positive integers"),
+                             (["--jobs", "two"], "--jobs takes positive integers"),
+                             (["--models", "ST-CNN-TPS"], "['ST-CNN-TPS'] on RTS not trained by table1"),
+                             (["--table", "table2"], "only the classification tables"),
+                             (["--mode", "fast"], "--mode must be one of")], capsys)
     # a job that cannot build its model stops the benchmark with its error (its partner does not wait on)
     spec = {"config": "config/smoke.yaml", "table": "table1", "dataset": "NOPE", "model": "CNN", "mode": "none",
             "precision": "fp32", "device": "cpu", "seconds": 1.0, "warmup": 1, "threads": 1}

@@ -421,13 +421,11 @@ def test_a_graphed_step_trains_the_eager_steps_with_the_schedule_s_rates(optimiz
     (bitwise for SGD; Adam reads a float32 rate, not a double: losses 1e-6 apart, weights 1e-4)."""
     from stn.graphs import WARMUP
     from stn.modules import param_groups
-    from stn.train import Batches, TrainStep, as_input, make_optimizer, make_scheduler
+    from stn.train import Batches, TrainStep, batch_fetch, make_optimizer, make_scheduler
 
     data = tiny_data()
     x_train, y_train = torch.from_numpy(data["x_train"]), torch.from_numpy(data["y_train"])
-
-    def fetch(idx):
-        return as_input(x_train[idx], torch.device("cpu"), False), y_train[idx]
+    fetch = batch_fetch(x_train, y_train, torch.device("cpu"), False)
 
     def train(mode, recorder=None):  # recorder: a function of the optimiser
         settings = TrainSettings(**{**SETTINGS, "optimizer": optimizer, "lr": 0.01 if optimizer == "sgd" else 0.003,
@@ -558,7 +556,7 @@ def _step_every_trained_model(device: torch.device, precision: str, guard) -> li
     """Two training steps (TrainStep: gather, forward, backward, optimiser step; SGD, then Adam) of every model of
     `_every_trained_model` on `device`, each step inside `guard()`; returns their labels."""
     from stn.modules import param_groups
-    from stn.train import TrainStep, as_input, make_optimizer
+    from stn.train import TrainStep, batch_fetch, make_optimizer
 
     seen = []
     for label, net, shape, label_shape, classes in _every_trained_model():
@@ -567,10 +565,7 @@ def _step_every_trained_model(device: torch.device, precision: str, guard) -> li
         x_set = torch.randint(0, 256, (8, *shape), generator=g, dtype=torch.uint8)
         y_set = torch.randint(0, classes, (8, *label_shape), generator=g).to(device)
         x_set = (x_set.float() / 255 if len(shape) == 4 else x_set).to(device)  # the 3-D sets are rendered floats
-
-        def fetch(idx):
-            return as_input(x_set[idx], device, False), y_set[idx]
-
+        fetch = batch_fetch(x_set, y_set, device, False)
         for optimizer in ("sgd", "adam"):
             settings = TrainSettings(**{**SETTINGS, "optimizer": optimizer, "precision": precision})
             opt = make_optimizer(optimizer, param_groups(net, 0.01, 0.5), 0.01, 0.9)
