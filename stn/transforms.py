@@ -168,7 +168,7 @@ class _BasisPoints(torch.autograd.Function):
             return rows.transpose(1, 2).contiguous()
         w = rows[:, -1]
         held = w.abs() < eps
-        inv = torch.where(held, torch.where(w < 0, w.new_tensor(-eps), w.new_tensor(eps)), w).reciprocal_()
+        inv = torch.where(held, _signed_eps(w, eps), w).reciprocal_()
         points = torch.mul(rows[:, :-1].transpose(1, 2), inv.unsqueeze(2))
         ctx.eps = eps
         ctx.save_for_backward(matrix, basis, points, inv, held)
@@ -196,6 +196,12 @@ class _BasisPoints(torch.autograd.Function):
         return d_matrix, d_basis, None
 
 
+def _signed_eps(w: Tensor, eps: float) -> Tensor:
+    """-eps where w < 0, else eps, in w's dtype and on its device: the value a |w| < eps divisor is held at. Filled on
+    the device (new_full), not copied from the host (new_tensor), which a CUDA-graph recording refuses."""
+    return torch.where(w < 0, w.new_full((), -eps), w.new_full((), eps))
+
+
 def _compiled_points(matrix: Tensor) -> bool:
     """Whether _BasisPoints's divide runs as stn::homography_points: a CPU float32/float64 (N, 3, 3) matrix and the compiled
     extension loaded (with STN_SAMPLER=reference, or no extension, the PyTorch ops)."""
@@ -212,7 +218,7 @@ def basis_points_reference(matrix: Tensor, basis: Tensor, eps: float | None) -> 
     rows = torch.matmul(matrix, basis.t())
     if eps is not None:
         w = rows[:, -1:]
-        rows = rows[:, :-1] / torch.where(w.abs() < eps, torch.where(w < 0, w.new_tensor(-eps), w.new_tensor(eps)), w)
+        rows = rows[:, :-1] / torch.where(w.abs() < eps, _signed_eps(w, eps), w)
     return rows.transpose(1, 2)
 
 

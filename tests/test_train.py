@@ -1,6 +1,7 @@
 """Training: a killed run resumes to the same result; a failing run ends FAILED in MLflow."""
 import contextlib
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -507,28 +508,40 @@ def test_a_killed_graph_run_resumes_to_the_eager_run_s_weights(tmp_path, monkeyp
 
 
 class HostRead(AssertionError):
-    """A training step read a tensor's value back to Python."""
+    """A training step read a tensor's value back to Python, or stn's code built a tensor from host data."""
 
 
 @contextlib.contextmanager
 def no_host_reads():
-    """Tensor methods that bring a value to the host (on a GPU: wait for the device; inside a CUDA-graph recording:
-    fail, or bake the value in) raise HostRead while the context is open."""
-    names = ("item", "tolist", "numpy", "cpu", "__bool__", "__float__", "__int__", "__index__")
-    saved = {name: getattr(torch.Tensor, name) for name in names}
+    """While the context is open, HostRead is raised by the Tensor methods that bring a value to the host (on a GPU:
+    wait for the device; inside a CUDA-graph recording: fail, or bake the value in), and by the constructors that
+    copy host data to a tensor when stn's own code calls them (on a GPU a pageable host-to-device copy, which a
+    recording refuses: session 44's H200 run of `w.new_tensor(eps)` in the projective divide). torch's own callers
+    pass (the optimisers keep their step counts in host tensors on purpose)."""
+    reads = ("item", "tolist", "numpy", "cpu", "__bool__", "__float__", "__int__", "__index__")
+    saved = [(torch.Tensor, name, getattr(torch.Tensor, name)) for name in (*reads, "new_tensor")]
+    saved += [(torch, name, getattr(torch, name)) for name in ("tensor", "as_tensor", "from_numpy")]
 
     def forbid(name):
         def read(self, *args, **kwargs):
             raise HostRead(f"Tensor.{name} in a training step")
         return read
 
+    def forbid_in_stn(name, build):
+        def construct(*args, **kwargs):
+            caller = sys._getframe(1).f_globals.get("__name__", "")
+            if caller == "stn" or caller.startswith("stn."):
+                raise HostRead(f"{name} from host data in {caller}, in a training step")
+            return build(*args, **kwargs)
+        return construct
+
     try:
-        for name in names:
-            setattr(torch.Tensor, name, forbid(name))
+        for owner, name, method in saved:
+            setattr(owner, name, forbid(name) if name in reads else forbid_in_stn(name, method))
         yield
     finally:
-        for name, method in saved.items():
-            setattr(torch.Tensor, name, method)
+        for owner, name, method in saved:
+            setattr(owner, name, method)
 
 
 def _every_trained_model():

@@ -16,7 +16,7 @@
 
 #include <algorithm>
 #include <array>
-#include <bit>
+#include "bits.h"
 #include <cstdint>
 #include <cmath>
 #include <cstring>
@@ -180,7 +180,7 @@ struct PairedTaps {
   const uint64_t* pairs;  // pairs[i]: the floats at i (low half) and i + 1 (high half)
   XPair<float> x_pair(int32_t o, const int32_t* corner) const {
     const uint64_t q = pairs[o + corner[0]];
-    return {std::bit_cast<float>(static_cast<uint32_t>(q)), std::bit_cast<float>(static_cast<uint32_t>(q >> 32))};
+    return {stn::bit_cast<float>(static_cast<uint32_t>(q)), stn::bit_cast<float>(static_cast<uint32_t>(q >> 32))};
   }
 };
 
@@ -272,10 +272,10 @@ struct PaddedTile {
       for (int64_t r = 0; r < rows(); ++r) {
         const float* __restrict__ s = src + r * w;
         uint64_t* __restrict__ q = pairs.data() + row_position(r) - 1;  // from the left border's pair
-        q[0] = uint64_t(std::bit_cast<uint32_t>(s[0])) << 32;
+        q[0] = uint64_t(stn::bit_cast<uint32_t>(s[0])) << 32;
         for (int64_t x = 0; x + 1 < w; ++x)
-          q[x + 1] = uint64_t(std::bit_cast<uint32_t>(s[x])) | (uint64_t(std::bit_cast<uint32_t>(s[x + 1])) << 32);
-        q[w] = std::bit_cast<uint32_t>(s[w - 1]);  // the right border's own pair, (0, 0), is never written
+          q[x + 1] = uint64_t(stn::bit_cast<uint32_t>(s[x])) | (uint64_t(stn::bit_cast<uint32_t>(s[x + 1])) << 32);
+        q[w] = stn::bit_cast<uint32_t>(s[w - 1]);  // the right border's own pair, (0, 0), is never written
       }
     } else {
       load(src);

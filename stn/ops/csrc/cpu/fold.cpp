@@ -12,7 +12,7 @@
 #include <torch/types.h>
 
 #include <algorithm>
-#include <bit>
+#include "bits.h"
 #include <cstdint>
 #include <type_traits>
 #include <vector>
@@ -28,7 +28,7 @@ struct Accumulate {
 template <>
 struct Accumulate<c10::BFloat16> {  // the bits shifted into a float's high half, which vectorises
   using type = float;
-  static float read(c10::BFloat16 v) { return std::bit_cast<float>(static_cast<uint32_t>(v.x) << 16); }
+  static float read(c10::BFloat16 v) { return stn::bit_cast<float>(static_cast<uint32_t>(v.x) << 16); }
 };
 
 // acc[x] += col[x + shift] for the x of [0, width) whose column index x + shift lies in [0, cols)

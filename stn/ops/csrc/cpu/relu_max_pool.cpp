@@ -14,7 +14,6 @@
 #include <torch/types.h>
 
 #include <algorithm>
-#include <bit>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
@@ -89,7 +88,7 @@ inline void unpool_run(const bits* __restrict__ grad, const uint8_t* __restrict_
 template <typename bits, typename pair>
 inline void unpool_pairs(const bits* __restrict__ grad, const uint8_t* __restrict__ which, int64_t count,
                          bits* __restrict__ top, bits* __restrict__ bottom) {
-  static_assert(std::endian::native == std::endian::little, "unpool_pairs puts the lower address in the low half");
+  static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "unpool_pairs puts the lower address in the low half");
   constexpr int shift = 8 * sizeof(bits);
   for (int64_t i = 0; i < count; ++i) {
     const pair v = static_cast<std::make_unsigned_t<bits>>(grad[i]);
