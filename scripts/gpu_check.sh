@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # The checks CI cannot run (it has no GPU), for a machine with a CUDA GPU, most important first: build the
 # extension with its CUDA kernels, run every CUDA test (failing, not skipping, if the kernels are missing),
-# time the transformer step and the sampler against F.affine_grid + F.grid_sample at N = 256 and N = 16,384,
 # cost Table 1's protocol in GPU-hours (eager and whole-step CUDA graphs, fp32 and bf16), measure how many
-# training jobs should share the GPU, compare torch.compile's CUDA graphs with eager steps for three models,
-# train three models a few steps on the GPU, measure job sharing again with whole-step CUDA graphs, and time
-# the CPU bar's cases on the GPU.
+# training jobs should share the GPU (whole-step CUDA graphs, then eager), time the transformer step and the
+# sampler against F.affine_grid + F.grid_sample at N = 256 and N = 16,384, compare torch.compile's CUDA graphs
+# with eager steps for three models, train three models a few steps on the GPU, time the CPU bar's cases on
+# the GPU, and time stn's pooling against torch's there.
 #
 # Usage: scripts/gpu_check.sh [LOG_DIR]
 #   PYTHON           the interpreter (default python3)
@@ -53,21 +53,22 @@ step build 300 build.log $py -m stn.ops.build --quiet || exit 1
 xdist=$($py -c 'import xdist' >/dev/null 2>&1 && echo "-n 4")
 step "CUDA tests" 240 tests.log $py -m pytest -q -rs -p no:cacheprovider $xdist -m cuda \
     tests/test_ops.py tests/test_fused.py tests/test_train.py
+step "Table 1's protocol in GPU-hours (eager, and whole-step CUDA graphs)" 200 bench_train.log \
+    $py -m stn.bench train --device cuda --modes none,graph --steps 10
+step "jobs sharing the GPU, whole-step CUDA graphs" 150 share.log \
+    $py -m stn.bench share --device cuda --dataset RTS --models CNN,ST-CNN-Aff --jobs 1,2,4 --seconds 4 --mode graph
+step "jobs sharing the GPU" 150 share.log \
+    $py -m stn.bench share --device cuda --dataset RTS --models CNN,ST-CNN-Aff --jobs 1,2,4,8 --seconds 4
 for n in 256 16384; do
     step "sampler bench N=$n" 60 sampler.log $py -m stn.bench sampler --device cuda --cases 0,1 --n $n --repeats 50
 done
-step "Table 1's protocol in GPU-hours (eager, and whole-step CUDA graphs)" 200 bench_train.log \
-    $py -m stn.bench train --device cuda --modes none,graph --steps 10
-step "jobs sharing the GPU" 150 share.log \
-    $py -m stn.bench share --device cuda --dataset RTS --models CNN,ST-CNN-Aff --jobs 1,2,4,8 --seconds 4
 # torch.compile reduce-overhead (forward and backward CUDA-graphed) for three models; each compiles for ~half a minute
 step "torch.compile reduce-overhead against eager" 150 bench_train.log \
     $py -m stn.bench train --device cuda --datasets RTS --models CNN,ST-FCN-Aff,ST-CNN-Aff --precisions fp32 \
     --modes none,reduce-overhead,graph --steps 20
 step "training on the GPU" 60 train.log env PYTHONPATH="$PWD" $py scripts/train_smoke.py cuda
-step "jobs sharing the GPU, whole-step CUDA graphs" 100 share.log \
-    $py -m stn.bench share --device cuda --dataset RTS --models CNN,ST-CNN-Aff --jobs 1,2,4 --seconds 4 --mode graph
 step "sampler bench, the CPU bar's cases" 60 sampler.log \
     $py -m stn.bench sampler --device cuda --part step --cases 2,3,4 --repeats 50
+step "pooling against torch's" 60 sampler.log $py -m stn.bench pool --device cuda
 echo "whole check: $(( $(date +%s) - began ))s" | tee -a "$summary"
 exit $status
