@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from stn import tracking
 from stn.models import mnist as zoo
@@ -538,10 +539,30 @@ def no_host_reads():
     try:
         for owner, name, method in saved:
             setattr(owner, name, forbid(name) if name in reads else forbid_in_stn(name, method))
-        yield
+        with NoDataDependentShapes():
+            yield
     finally:
         for owner, name, method in saved:
             setattr(owner, name, method)
+
+
+class NoDataDependentShapes(TorchDispatchMode):
+    """Raises HostRead at every op (forward or backward) whose output's shape depends on the values, which on a GPU
+    reads a count back to the host (and fails a CUDA-graph recording): nonzero, masked_select, unique, boolean
+    indexing and the like. Sees inside ops that Python never calls by name (autograd's backward, custom ops)."""
+
+    FORBIDDEN = {"nonzero", "masked_select", "_unique", "_unique2", "unique_dim", "unique_consecutive", "bincount",
+                 "repeat_interleave", "_local_scalar_dense", "equal", "is_nonzero", "masked_scatter", "histc"}
+    MASKED = {"index", "index_put", "index_put_", "_index_put_impl_"}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        indices = args[1] if name in self.MASKED and len(args) > 1 else ()  # (self, indices, ...)
+        masked = any(isinstance(t, torch.Tensor) and t.dtype in (torch.bool, torch.uint8) for t in indices)
+        if name in self.FORBIDDEN or masked:
+            raise HostRead(f"aten.{name}{' with a boolean mask' if masked else ''} in a training step: its output's "
+                           "shape depends on the values")
+        return func(*args, **(kwargs or {}))
 
 
 def _every_trained_model():
@@ -596,7 +617,8 @@ def _step_every_trained_model(device: torch.device, precision: str, guard) -> li
 def test_no_training_step_of_any_model_reads_a_value_back_to_the_host(precision):
     """What compile: graph records, and what an eager GPU step must not wait on: the step of every kind of model the
     tables train (Tables 1-4 and the 3-D transformer; gather, forward, backward, optimiser step; SGD and Adam) reads
-    no tensor's value into Python (checked by mutation: a data-dependent `if` in SpatialTransformer fails it)."""
+    no tensor's value into Python and runs no op whose output's shape depends on the values (checked by mutation:
+    a data-dependent `if`, or a boolean-mask index, in SpatialTransformer fails it)."""
     assert len(_step_every_trained_model(torch.device("cpu"), precision, no_host_reads)) == 18
 
 
