@@ -2,10 +2,11 @@
 # The checks CI cannot run (it has no GPU), for a machine with a CUDA GPU, most important first: build the
 # extension with its CUDA kernels, run every CUDA test (failing, not skipping, if the kernels are missing),
 # cost Table 1's protocol in GPU-hours (eager and whole-step CUDA graphs, fp32 and bf16), measure how many
-# training jobs should share the GPU (whole-step CUDA graphs, then eager), time the transformer step and the
-# sampler against F.affine_grid + F.grid_sample at N = 256 and N = 16,384, compare torch.compile's CUDA graphs
-# with eager steps for three models, train three models a few steps on the GPU, time the CPU bar's cases on
-# the GPU, and time stn's pooling against torch's there.
+# training runs should share the GPU (whole-step CUDA graphs: k processes, then runs on CUDA streams of one
+# process; then eager processes), time the transformer step and the sampler against F.affine_grid +
+# F.grid_sample at N = 256 and N = 16,384, compare torch.compile's CUDA graphs with eager steps for three
+# models, train three models a few steps on the GPU, time the CPU bar's cases on the GPU, and time stn's
+# pooling against torch's there.
 #
 # Usage: scripts/gpu_check.sh [LOG_DIR]
 #   PYTHON           the interpreter (default python3)
@@ -57,6 +58,8 @@ step "Table 1's protocol in GPU-hours (eager, and whole-step CUDA graphs)" 200 b
     $py -m stn.bench train --device cuda --modes none,graph --steps 10
 step "jobs sharing the GPU, whole-step CUDA graphs" 150 share.log \
     $py -m stn.bench share --device cuda --dataset RTS --models CNN,ST-CNN-Aff --jobs 1,2,4 --seconds 4 --mode graph
+step "runs sharing the GPU on CUDA streams of one job, whole-step CUDA graphs" 150 share.log \
+    $py -m stn.bench share --device cuda --dataset RTS --models CNN,ST-CNN-Aff --jobs 1,2 --streams 4 --seconds 4 --mode graph
 step "jobs sharing the GPU" 150 share.log \
     $py -m stn.bench share --device cuda --dataset RTS --models CNN,ST-CNN-Aff --jobs 1,2,4,8 --seconds 4
 for n in 256 16384; do

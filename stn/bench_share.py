@@ -9,10 +9,15 @@ A training step at the paper's batch sizes keeps a GPU busy for a few tens of mi
 hundreds on the host, so one job leaves most of the device idle; k jobs fill it until the device (or
 the host's cores) saturate. Without NVIDIA's MPS, as Snakemake's jobs run, the GPU time-slices between
 the processes' contexts: what sharing buys is one job's kernels running while the others' hosts work.
+`--streams R` trains R runs in each job instead, each on its own CUDA stream and stepped in turn, so that
+one process's runs can also overlap their kernels (several seeds or models of one cell in one process);
+on a CPU they simply alternate.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import multiprocessing as mp
 import queue
 import statistics
@@ -24,7 +29,8 @@ BARRIER_TIMEOUT_S = 600  # a worker that cannot build its model in this long has
 
 
 def _worker(spec: dict, barrier, results) -> None:
-    """One training process: build, warm up, wait for the others, then step for spec['seconds']."""
+    """One training process: build spec['streams'] runs (each on its own CUDA stream), warm them up, wait for the
+    other processes, then step every run in turn for spec['seconds']."""
     try:
         from .bench import sync_device
         from .bench_train import job_model, table_config, training_step, untimed_steps
@@ -34,15 +40,23 @@ def _worker(spec: dict, barrier, results) -> None:
         keep_freed_memory()
         device = torch.device(spec["device"])
         config = table_config(spec["config"], [spec["table"]])
-        built, settings = job_model(config, spec["table"], spec["dataset"], spec["model"])
-        step = training_step(built.model, spec["dataset"], settings, spec["mode"], device, spec["precision"])
-        for _ in range(untimed_steps(spec["mode"], spec["warmup"])):
-            step()
+        runs = []  # (stream context, step) of each run
+        for _ in range(spec["streams"]):
+            on = functools.partial(torch.cuda.stream, torch.cuda.Stream(device)) if device.type == "cuda" \
+                else contextlib.nullcontext
+            built, settings = job_model(config, spec["table"], spec["dataset"], spec["model"])
+            with on():
+                step = training_step(built.model, spec["dataset"], settings, spec["mode"], device, spec["precision"])
+                for _ in range(untimed_steps(spec["mode"], spec["warmup"])):
+                    step()
+            runs.append((on, step))
         sync_device(device)
         barrier.wait(BARRIER_TIMEOUT_S)
         steps, start = 0, time.perf_counter()
         while time.perf_counter() - start < spec["seconds"]:
-            step()
+            for on, step in runs:
+                with on():
+                    step()
             steps += 1
         sync_device(device)
         results.put((steps, time.perf_counter() - start))
@@ -52,7 +66,8 @@ def _worker(spec: dict, barrier, results) -> None:
 
 
 def shared_rate(spec: dict, jobs: int) -> list[float]:
-    """Steps per second of each of `jobs` processes training `spec`'s model on one device at once."""
+    """Steps per second of each run of `jobs` processes training `spec`'s model on one device at once, each
+    process spec['streams'] runs (jobs × streams rates)."""
     ctx = mp.get_context("spawn")  # CUDA cannot be used in a forked child
     barrier, results = ctx.Barrier(jobs), ctx.Queue()
     procs = [ctx.Process(target=_worker, args=(spec, barrier, results), daemon=True) for _ in range(jobs)]
@@ -77,7 +92,7 @@ def shared_rate(spec: dict, jobs: int) -> list[float]:
     if errors := [o for o in out if isinstance(o, str)]:  # the cause first, not a partner's broken barrier
         cause = next((e for e in errors if not e.startswith("BrokenBarrierError")), errors[0])
         raise SystemExit(f"share: a job of {spec['model']} failed: {cause}")
-    return [steps / seconds for steps, seconds in out]
+    return [steps / seconds for steps, seconds in out for _ in range(spec["streams"])]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", default="fp32", help="fp32 or bf16")
     parser.add_argument("--jobs", default="1,2,4", help="comma-separated numbers of jobs sharing the device (1 is always run)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--streams", type=int, default=1, help="runs each job trains at once, each on its own CUDA "
+                        "stream (one process's runs overlapping their kernels); one job of one run is still the base")
     parser.add_argument("--seconds", type=float, default=10.0, help="timed seconds of every job")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps of every job first")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads of every job")
@@ -108,8 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     if not jobs or min(jobs) < 1:
         parser.error(f"--jobs takes positive integers separated by commas, got {args.jobs!r}")
     jobs = sorted({1, *jobs})  # one job is the baseline
-    if args.seconds <= 0 or args.warmup < 1 or args.threads < 1:
-        parser.error("--seconds must be positive, --warmup and --threads at least 1")
+    if args.seconds <= 0 or args.warmup < 1 or args.threads < 1 or args.streams < 1:
+        parser.error("--seconds must be positive, --warmup, --threads and --streams at least 1")
     if args.mode not in COMPILE_MODES or args.precision not in PRECISIONS:
         parser.error(f"--mode must be one of {list(COMPILE_MODES)} and --precision one of {list(PRECISIONS)}")
     if args.table not in registry.EXPERIMENTS or registry.experiment(args.table).module != "classification":
@@ -122,25 +139,27 @@ def main(argv: list[str] | None = None) -> int:
                      f"(data sets {grid.datasets}, models {grid.models})")
     device = resolve_device(args.device)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(f"== {where}: k jobs training one model each at once, {args.threads} thread(s) each, {args.seconds:g} s "
+    each = "one model each" if args.streams == 1 else f"{args.streams} runs of one model each, on as many CUDA streams"
+    print(f"== {where}: k jobs training {each} at once, {args.threads} thread(s) each, {args.seconds:g} s "
           f"after {args.warmup} untimed steps; {args.table} {args.dataset}, compile {args.mode}, {args.precision}; "
-          "x one job = total steps/s against k = 1 (the runs per hour the device gives)")
-    header = f"{'model':<14} {'jobs':>4} {'steps/s, each (median)':>22} {'steps/s, total':>14} {'x one job':>9}"
+          "x one job = total steps/s of all runs against one job of one run (the runs per hour the device gives)")
+    header = (f"{'model':<14} {'jobs':>4} {'runs':>4} {'steps/s, each (median)':>22} {'steps/s, total':>14} "
+              f"{'x one job':>9}")
     print(header + "\n" + "-" * len(header), flush=True)
     for model in models:
         spec = {"config": args.config, "table": args.table, "dataset": args.dataset, "model": model,
                 "mode": args.mode, "precision": args.precision, "device": str(device), "seconds": args.seconds,
                 "warmup": args.warmup, "threads": args.threads}
         base = None
-        best = (0.0, 0)
-        for k in jobs:
-            rates = shared_rate(spec, k)
+        best = (0.0, "")
+        # one job of one run first (the base), then every k with --streams runs each
+        for k, streams in dict.fromkeys([(1, 1), *((k, args.streams) for k in jobs)]):
+            rates = shared_rate({**spec, "streams": streams}, k)
             total = sum(rates)
-            base = base or total  # k = 1 comes first
-            best = max(best, (total, k))
-            print(f"{model:<14} {k:>4} {statistics.median(rates):>22.1f} {total:>14.1f} {total / base:>9.2f}",
-                  flush=True)
-        jobs_word = "job" if best[1] == 1 else "jobs"
-        print(f"{model}: most runs per hour with {best[1]} {jobs_word} per device ({best[0] / base:.2f}x one job)",
-              flush=True)
+            base = base or total
+            shape = f"{k} {'job' if k == 1 else 'jobs'}" + (f" of {streams} runs" if streams > 1 else "")
+            best = max(best, (total, shape))
+            print(f"{model:<14} {k:>4} {len(rates):>4} {statistics.median(rates):>22.1f} {total:>14.1f} "
+                  f"{total / base:>9.2f}", flush=True)
+        print(f"{model}: most runs per hour with {best[1]} per device ({best[0] / base:.2f}x one job)", flush=True)
     return 0

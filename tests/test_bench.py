@@ -139,12 +139,27 @@ def test_share_benchmark_prints_the_total_rate_of_k_jobs_against_one(capsys):
     assert bench.main(argv) == 0
     out = capsys.readouterr().out
     rows = [line.split() for line in out.splitlines() if line.startswith("ST-FCN-Aff ")]
-    assert [r[1] for r in rows] == ["1", "2"]
-    (_, _, each1, total1, x1), (_, _, each2, total2, x2) = rows
+    assert [(r[1], r[2]) for r in rows] == [("1", "1"), ("2", "2")]
+    (_, _, _, each1, total1, x1), (_, _, _, each2, total2, x2) = rows
     assert float(each1) == float(total1) > 0 and float(x1) == 1.0
     assert 0 < float(each2) <= float(total2) and float(x2) == pytest.approx(float(total2) / float(total1), abs=0.01)
     best = max((float(total1), 1), (float(total2), 2))[1]
     assert f"ST-FCN-Aff: most runs per hour with {best} {'job' if best == 1 else 'jobs'} per device" in out
+
+
+def test_share_benchmark_trains_several_runs_in_each_job(capsys):
+    """--streams 2: one job of one run (the base) first, then each k with two runs per job, the runs column k × 2
+    and the total the sum of every run's rate."""
+    argv = ["share", "--config", "config/smoke.yaml", "--dataset", "RTS", "--models", "FCN", "--jobs", "1,2",
+            "--streams", "2", "--seconds", "0.5", "--warmup", "1", "--device", "cpu"]
+    assert bench.main(argv) == 0
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if line.startswith("FCN ")]
+    assert [(r[1], r[2]) for r in rows] == [("1", "1"), ("1", "2"), ("2", "4")]
+    for _, _, runs, each, total, _ in rows[1:]:  # each run of a job steps as often as its partners
+        assert float(total) == pytest.approx(int(runs) * float(each), rel=0.02)
+    assert "2 runs of one model each, on as many CUDA streams" in out
+    assert_refused("share", [(["--streams", "0"], "--streams at least 1")], capsys)
 
 
 def test_share_benchmark_names_bad_input_and_a_failing_job(capsys):
@@ -157,7 +172,7 @@ def test_share_benchmark_names_bad_input_and_a_failing_job(capsys):
                              (["--mode", "fast"], "--mode must be one of")], capsys)
     # a job that cannot build its model stops the benchmark with its error (its partner does not wait on)
     spec = {"config": "config/smoke.yaml", "table": "table1", "dataset": "NOPE", "model": "CNN", "mode": "none",
-            "precision": "fp32", "device": "cpu", "seconds": 1.0, "warmup": 1, "threads": 1}
+            "precision": "fp32", "device": "cpu", "seconds": 1.0, "warmup": 1, "threads": 1, "streams": 1}
     with pytest.raises(SystemExit, match="share: a job of CNN failed: .*NOPE"):
         shared_rate(spec, 2)
 
