@@ -238,6 +238,25 @@ def test_extension_is_built_in_ci():
         assert st.has_cuda, "nvcc exists, so the CUDA kernels must have been compiled"
 
 
+# Library names of C++20 that C++17 lacks. torch up to 2.11 builds extensions with -std=c++17 (later ones with
+# C++20), and a GPU machine may carry such a torch: std::bit_cast failed the build on session 44's H200.
+CXX20_ONLY = ("std::bit_cast", "<bit>", "std::endian", "std::span", "<span>", "<concepts>", "std::popcount",
+              "std::countr_zero", "std::countl_zero", "std::has_single_bit", "consteval", "<=>", "std::to_array",
+              "std::ssize", "std::midpoint", "std::lerp", "std::is_constant_evaluated", "<numbers>", "std::numbers")
+
+
+def test_compiled_sources_keep_to_cxx17():
+    csrc = os.path.join(os.path.dirname(ops.__file__), "csrc")
+    found = []
+    for folder, _, files in os.walk(csrc):
+        for name in files:
+            with open(os.path.join(folder, name), encoding="utf-8") as f:
+                for number, line in enumerate(f, 1):
+                    code = line.split("//")[0]
+                    found += [f"{name}:{number}: {word}" for word in CXX20_ONLY if word in code]
+    assert not found, f"C++20-only names in the extension's sources (csrc/cpu/bits.h has a C++17 bit_cast): {found}"
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
 def test_cuda_dtypes_match_reference(dtype):
