@@ -16,7 +16,6 @@
 
 #include <algorithm>
 #include <array>
-#include "bits.h"
 #include <cstdint>
 #include <cmath>
 #include <cstring>
@@ -25,6 +24,7 @@
 #include <torch/library.h>
 
 #include "../affine_sample.h"
+#include "bits.h"
 
 namespace stn {
 namespace {

@@ -12,10 +12,11 @@
 #include <torch/types.h>
 
 #include <algorithm>
-#include "bits.h"
 #include <cstdint>
 #include <type_traits>
 #include <vector>
+
+#include "bits.h"
 
 namespace stn {
 namespace {
