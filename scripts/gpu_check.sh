@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # The checks CI cannot run (it has no GPU), for a machine with a CUDA GPU, most important first: build the
 # extension with its CUDA kernels, run every CUDA test (failing, not skipping, if the kernels are missing),
-# cost Table 1's protocol in GPU-hours (eager and whole-step CUDA graphs, fp32 and bf16), measure how many
-# training runs should share the GPU (whole-step CUDA graphs: k processes, then runs on CUDA streams of one
-# process; then eager processes), time the transformer step and the sampler against F.affine_grid +
-# F.grid_sample at N = 256 and N = 16,384, compare torch.compile's CUDA graphs with eager steps for three
-# models, train three models a few steps on the GPU, time the CPU bar's cases on the GPU, and time stn's
-# pooling against torch's there.
+# cost Table 1's protocol in GPU-hours (eager and whole-step CUDA graphs, fp32 and bf16; its CNNs again with
+# cuDNN's autotuning), measure how many training runs should share the GPU (whole-step CUDA graphs: k
+# processes, then runs on CUDA streams of one process; then eager processes), time the transformer step and
+# the sampler against F.affine_grid + F.grid_sample at N = 256 and N = 16,384, compare torch.compile's CUDA
+# graphs with eager steps for three models, train three models a few steps on the GPU, time the CPU bar's
+# cases on the GPU, and time stn's pooling against torch's there.
 #
 # Usage: scripts/gpu_check.sh [LOG_DIR]
 #   PYTHON           the interpreter (default python3)
@@ -56,6 +56,9 @@ step "CUDA tests" 240 tests.log $py -m pytest -q -rs -p no:cacheprovider $xdist 
     tests/test_ops.py tests/test_fused.py tests/test_train.py
 step "Table 1's protocol in GPU-hours (eager, and whole-step CUDA graphs)" 200 bench_train.log \
     $py -m stn.bench train --device cuda --modes none,graph --steps 10
+step "Table 1's CNNs with cuDNN autotuning" 90 bench_train.log \
+    $py -m stn.bench train --device cuda --models CNN,ST-CNN-Aff,ST-CNN-TPS --modes graph --precisions fp32 --steps 10 \
+    --cudnn-benchmark
 step "jobs sharing the GPU, whole-step CUDA graphs" 150 share.log \
     $py -m stn.bench share --device cuda --dataset RTS --models CNN,ST-CNN-Aff --jobs 1,2,4 --seconds 4 --mode graph
 step "runs sharing the GPU on CUDA streams of one job, whole-step CUDA graphs" 150 share.log \

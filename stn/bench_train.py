@@ -15,6 +15,7 @@ or start-up. With `--config config/paper.yaml` (the default) that is the paper's
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import time
 from typing import Callable
@@ -103,6 +104,17 @@ def job_model(config: dict, table: str, dataset: str, model: str, params: dict |
     return classification.build_model(dataset, model, params, seed=0), settings
 
 
+@contextlib.contextmanager
+def cudnn_benchmark(on: bool):
+    """torch.backends.cudnn.benchmark set to `on` inside, and back to what it was after."""
+    saved = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = on
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = saved
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m stn.bench train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -120,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=20, help="timed steps per model and mode (one loop; its mean step is used)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (the first compiled one compiles)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--cudnn-benchmark", action="store_true",
+                        help="let cuDNN time its convolution algorithms for each shape first (torch.backends.cudnn."
+                        "benchmark; training runs leave it off): whether the GPU-bound CNN steps gain from it")
     args = parser.parse_args(argv)
     from .experiments import classification
     from .paper import registry
@@ -148,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"== {where}, {args.config}: mean step of a loop of {args.steps} training steps after {args.warmup} untimed ones "
           f"(random images of each data set's shape; the first compiled step compiles, so its warm-up is long); "
-          f"x base: speed against {modes[0]} fp32 in this run")
+          f"x base: speed against {modes[0]} fp32 in this run{'; cuDNN autotuning on' if args.cudnn_benchmark else ''}")
     header = (f"{'table':<7} {'data set':<8} {'model':<14} {'params':>8} {'batch':>5} {'mode':<16} {'prec':<5} "
               f"{'warm-up s':>9} {'ms/step':>9} {'steps/s':>8} {'hours, its runs':>15} {'x base':>7}")
     print(header + "\n" + "-" * len(header), flush=True)
@@ -169,8 +184,9 @@ def main(argv: list[str] | None = None) -> int:
                 base = None
                 for mode, precision in variants:
                     built, settings = job_model(config, name, dataset, model, params)  # a fresh model each time
-                    warm, step = step_times(built.model, dataset, settings, mode, device, args.steps, args.warmup,
-                                            precision)
+                    with cudnn_benchmark(args.cudnn_benchmark):
+                        warm, step = step_times(built.model, dataset, settings, mode, device, args.steps, args.warmup,
+                                                precision)
                     base = base or step
                     cost = len(grid.seeds) * settings.iterations * step / 3600
                     hours[mode, precision] += cost

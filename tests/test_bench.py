@@ -115,6 +115,24 @@ def test_train_benchmark_prints_steps_per_second_and_the_protocol_hours(capsys):
     assert totals[0].endswith("(1.00x base)") and totals[1].endswith("x base)")
 
 
+def test_train_benchmark_times_with_cudnn_autotuning_when_asked(capsys, monkeypatch):
+    """--cudnn-benchmark: cuDNN's autotuning is on while the steps are timed, says so in the header, and is off
+    again afterwards."""
+    from stn import bench_train
+
+    seen = []
+    timed = bench_train.step_times
+    monkeypatch.setattr(bench_train, "step_times", lambda *a, **k: (seen.append(torch.backends.cudnn.benchmark),
+                                                                     timed(*a, **k))[1])
+    argv = ["train", "--config", "config/smoke.yaml", "--datasets", "RTS", "--models", "FCN", "--modes", "none",
+            "--precisions", "fp32", "--steps", "1", "--warmup", "1", "--device", "cpu"]
+    before = torch.backends.cudnn.benchmark
+    assert bench.main([*argv, "--cudnn-benchmark"]) == 0 and bench.main(argv) == 0
+    assert seen == [True, False] and torch.backends.cudnn.benchmark == before
+    first, second = capsys.readouterr().out.split("\n== ")
+    assert "cuDNN autotuning on" in first and "cuDNN autotuning" not in second
+
+
 def assert_refused(subcommand: str, cases: list, capsys) -> None:
     """Each (extra argv, message) of `cases` makes `python -m stn.bench <subcommand>` (smoke config, CPU) exit,
     its message on stderr."""

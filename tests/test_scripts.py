@@ -38,7 +38,7 @@ def test_gpu_check_keeps_to_its_budget_and_names_every_step(tmp_path):
     assert proc.returncode == 1
     summary = [line.split("[")[0].split(" (")[0].strip() for line in (logs / "summary.txt").read_text().splitlines()]
     assert summary[:3] == ["ok    build", "ok    CUDA tests", "TIMEOUT Table 1's protocol in GPU-hours"]
-    assert summary[3:12] == ["SKIP  jobs sharing the GPU, whole-step CUDA graphs",
+    assert summary[3:13] == ["SKIP  Table 1's CNNs with cuDNN autotuning", "SKIP  jobs sharing the GPU, whole-step CUDA graphs",
                              "SKIP  runs sharing the GPU on CUDA streams of one job, whole-step CUDA graphs",
                              "SKIP  jobs sharing the GPU",
                              "SKIP  sampler bench N=256", "SKIP  sampler bench N=16384",
